@@ -1,0 +1,128 @@
+"""One configuration object for the model family; checkpoints carry it as plain data.
+
+`ModelConfig` describes the network only (what the weights mean). Run-time choices that do not
+change the weights (device, precision, confidence threshold) live with `DepthCompleter`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+#: Bumped when the meaning of a config field or the checkpoint layout changes.
+FORMAT_VERSION = 1
+
+PROPAGATIONS = ('cspn', 'cspnpp', 'nlspn', 'classical')
+INITIAL_FILLS = ('none', 'kernel_regression')
+ENCODERS = ('resnet18', 'resnet34')
+TASKS = ('completion', 'refinement')
+NORMALISATIONS = ('median', 'fixed')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model: encoder, heads, propagation scheme and initial fill.
+
+    propagation: 'cspn' (Cheng et al. 2018), 'cspnpp' (2020), 'nlspn' (Park et al. 2020), or
+        'classical' for the no-weights morphological baseline (IP-Basic style).
+    initial_fill: 'none' (the network's initial-depth head sees the sparse map directly) or
+        'kernel_regression' (learned anisotropic kernels interpolate the points first).
+    encoder: ResNet-style encoder depth; width: channels of its first stage (ResNet uses 64).
+    steps: propagation iterations (CSPN/NLSPN); kernel_size: CSPN kernel (odd).
+    cspnpp_kernel_sizes / cspnpp_steps: the branches CSPN++ combines per pixel.
+    nlspn_neighbors: non-local neighbours per pixel for NLSPN.
+    preserve_sparse: replace valid sparse inputs after every step (the paper's embedding).
+    task: 'completion' (sparse -> dense) or 'refinement' (refine a given dense depth).
+    depth_normalization: 'median' divides depths by the median valid input depth of each frame
+        (range-agnostic, so indoor ToF and outdoor LiDAR share one model); 'fixed' by depth_scale.
+    depth_scale: metres, used with 'fixed'. max_depth: metres, outputs are clamped to it.
+    """
+
+    propagation: str = 'cspn'
+    initial_fill: str = 'none'
+    encoder: str = 'resnet18'
+    width: int = 32
+    steps: int = 24
+    kernel_size: int = 3
+    cspnpp_kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    cspnpp_steps: tuple[int, ...] = (6, 12, 24)
+    nlspn_neighbors: int = 8
+    preserve_sparse: bool = True
+    task: str = 'completion'
+    depth_normalization: str = 'median'
+    depth_scale: float = 10.0
+    max_depth: float = 120.0
+
+    def __post_init__(self) -> None:
+        _check_choice('propagation', self.propagation, PROPAGATIONS)
+        _check_choice('initial_fill', self.initial_fill, INITIAL_FILLS)
+        _check_choice('encoder', self.encoder, ENCODERS)
+        _check_choice('task', self.task, TASKS)
+        _check_choice('depth_normalization', self.depth_normalization, NORMALISATIONS)
+        if self.width < 8 or self.width % 8:
+            raise ValueError(f'width must be a multiple of 8 and >= 8, got {self.width}')
+        if not 0 <= self.steps <= 256:
+            raise ValueError(f'steps must be in [0, 256], got {self.steps}')
+        for k in (self.kernel_size, *self.cspnpp_kernel_sizes):
+            if k < 3 or k % 2 == 0:
+                raise ValueError(f'kernel sizes must be odd and >= 3, got {k}')
+        if len(self.cspnpp_kernel_sizes) == 0 or len(self.cspnpp_steps) == 0:
+            raise ValueError('cspnpp_kernel_sizes and cspnpp_steps must not be empty')
+        if not 1 <= self.nlspn_neighbors <= 24:
+            raise ValueError(f'nlspn_neighbors must be in [1, 24], got {self.nlspn_neighbors}')
+        if self.depth_scale <= 0 or self.max_depth <= 0:
+            raise ValueError('depth_scale and max_depth must be positive metres')
+
+    @property
+    def has_weights(self) -> bool:
+        """False for the classical baseline, which needs no checkpoint."""
+        return self.propagation != 'classical'
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> 'ModelConfig':
+        """Build from a mapping; unknown keys are an error that lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f'unknown model config keys {unknown}; valid keys: {sorted(names)}')
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**fixed)
+
+    @classmethod
+    def load(cls, source: Union['ModelConfig', Mapping[str, Any], str, Path, None]) -> 'ModelConfig':
+        """Accept a ModelConfig, a dict, a YAML/JSON file path, a propagation name, or None.
+
+        A YAML file may hold the fields at top level or under a `model:` key.
+        """
+        if source is None:
+            return cls()
+        if isinstance(source, ModelConfig):
+            return source
+        if isinstance(source, Mapping):
+            return cls.from_dict(source)
+        text = str(source)
+        if text in PROPAGATIONS:
+            return cls(propagation=text)
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f'model config {text!r} is neither a file nor one of '
+                                    f'{PROPAGATIONS}')
+        if path.suffix == '.json':
+            data = json.loads(path.read_text())
+        else:
+            import yaml
+            data = yaml.safe_load(path.read_text()) or {}
+        if 'model' in data and isinstance(data['model'], Mapping):
+            data = data['model']
+        return cls.from_dict(data)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {choices}, got {value!r}')

@@ -1,0 +1,1 @@
+"""cspn_ros.nodes."""

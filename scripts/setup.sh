@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (or refresh) the virtual environment at .venv with every pinned dependency and cspn_ros
+# installed in editable mode, so `.venv/bin/completion_node` etc. exist. Idempotent: a stamp of
+# requirements.txt + setup.py skips the work when nothing changed.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3}"
+stamp=.venv/.cspn_ros-setup
+want="$(cat requirements.txt setup.py setup.cfg | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+"${pip[@]}" "setuptools<80" wheel
+# torch first, alone and exact: the CPU wheel from the machine's find-links, never a CUDA download.
+"${pip[@]}" "torch==2.13.0"
+"${pip[@]}" -r requirements.txt
+"${pip[@]}" --no-deps --no-build-isolation -e .
+.venv/bin/python -c "import torch, rclpy, cspn_ros; print('cspn_ros set-up ok: torch', torch.__version__)"
+echo "$want" > "$stamp"
