@@ -17,6 +17,6 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first, alone and exact: the CPU wheel from the machine's find-links, never a CUDA download.
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -r requirements.txt
-"${pip[@]}" --no-deps --no-build-isolation -e .
+"${pip[@]}" --no-deps --no-build-isolation --use-pep517 -e .
 .venv/bin/python -c "import torch, rclpy, cspn_ros; print('cspn_ros set-up ok: torch', torch.__version__)"
 echo "$want" > "$stamp"
