@@ -17,12 +17,12 @@ setup(
         (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
     ],
     install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},
     zip_safe=False,
     maintainer='cspn_ros developers',
     maintainer_email='cspn-ros@example.com',
     description='Real-time depth completion (CSPN family) for ROS 2',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'completion_node = cspn_ros.nodes.completion_node:main',

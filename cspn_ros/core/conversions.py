@@ -1,0 +1,260 @@
+"""sensor_msgs Image / PointCloud2 <-> numpy, duck-typed, without Python loops over bytes.
+
+Incoming messages are read through their attributes (`height`, `width`, `encoding`, `step`,
+`data`, `fields`, ...), so rclpy and rosbags messages both work; `data` may be bytes, bytearray,
+array.array('B'), memoryview, a list of ints or a uint8 numpy array. Outgoing messages are plain
+field dicts whose `data` is a 1-D uint8 numpy array; the caller builds its own message class.
+
+Depth convention: the core uses float32 metres with 0 = no measurement. On the wire, 32FC1 is
+metres with NaN invalid and 16UC1 is millimetres with 0 invalid (REP 118, depth_image_proc).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+#: True when this machine stores multi-byte numbers big-endian (outgoing messages use it).
+NATIVE_BIGENDIAN = sys.byteorder == 'big'
+
+#: Image encoding -> (dtype, channels). Aliases map to the same layout.
+IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    '32FC1': (np.dtype(np.float32), 1),
+    '16UC1': (np.dtype(np.uint16), 1),
+    '16SC1': (np.dtype(np.int16), 1),
+    'mono8': (np.dtype(np.uint8), 1),
+    '8UC1': (np.dtype(np.uint8), 1),
+    'mono16': (np.dtype(np.uint16), 1),
+    'rgb8': (np.dtype(np.uint8), 3),
+    'bgr8': (np.dtype(np.uint8), 3),
+    '8UC3': (np.dtype(np.uint8), 3),
+    'rgba8': (np.dtype(np.uint8), 4),
+    'bgra8': (np.dtype(np.uint8), 4),
+}
+
+#: sensor_msgs/PointField datatype constant -> numpy dtype (byte order applied per message).
+POINTFIELD_DTYPES: dict[int, np.dtype] = {
+    1: np.dtype(np.int8), 2: np.dtype(np.uint8), 3: np.dtype(np.int16), 4: np.dtype(np.uint16),
+    5: np.dtype(np.int32), 6: np.dtype(np.uint32), 7: np.dtype(np.float32),
+    8: np.dtype(np.float64),
+}
+POINTFIELD_FLOAT32 = 7
+
+_MM_PER_M = np.float32(1000.0)
+
+
+class ConversionError(ValueError):
+    """A message cannot be converted: unsupported encoding or inconsistent sizes."""
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time (`sec`, `nanosec`) -> int nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def message_bytes(data: Any) -> np.ndarray:
+    """A message's `data` as a 1-D uint8 array, a view of the same memory where possible.
+
+    Buffers (bytes, bytearray, array.array, memoryview, numpy) are wrapped without a copy; a list
+    of ints is copied.
+    """
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise ConversionError(f'message data must be uint8, got numpy dtype {data.dtype}')
+        return data.reshape(-1)
+    if isinstance(data, (list, tuple)):
+        return np.asarray(data, dtype=np.uint8)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ConversionError(f'message data of type {type(data).__name__} is not a byte '
+                              'buffer') from None
+    if view.itemsize != 1:
+        raise ConversionError(f'message data must hold bytes, got items of {view.itemsize} '
+                              'bytes')
+    return np.frombuffer(view.cast('B') if view.format != 'B' else view, dtype=np.uint8)
+
+
+def _strided_view(buffer: np.ndarray, dtype: np.dtype, shape: tuple[int, ...],
+                  strides: tuple[int, ...], offset: int = 0) -> np.ndarray:
+    """A view of `buffer` with the given layout, converted to an aligned native-order array
+    (a copy) only when the layout makes the view unaligned or non-native."""
+    view = np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset, strides=strides)
+    if dtype.isnative and view.flags.aligned:
+        return view
+    return view.astype(dtype.newbyteorder('='))
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image -> (H,W) or (H,W,C) array with the encoding's dtype in native order.
+
+    A view of `msg.data` (no copy, read-only for immutable buffers) unless the data is
+    big-endian on a little-endian machine or the row step is not a multiple of the item size.
+    Row padding (`step > width * bytes_per_pixel`) is skipped by the view's strides.
+    """
+    encoding = msg.encoding
+    if encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {encoding!r}; supported: '
+                              f'{sorted(IMAGE_ENCODINGS)}')
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    pixel_bytes = dtype.itemsize * channels
+    if step < width * pixel_bytes:
+        raise ConversionError(f'{encoding} image step {step} is smaller than width {width} x '
+                              f'{pixel_bytes} bytes per pixel')
+    buffer = message_bytes(msg.data)
+    if buffer.size != height * step:
+        raise ConversionError(f'{encoding} image data has {buffer.size} bytes, expected height '
+                              f'{height} x step {step} = {height * step}')
+    wire_dtype = dtype.newbyteorder('>' if msg.is_bigendian else '<')
+    array = _strided_view(buffer, wire_dtype, (height, width, channels),
+                          (step, pixel_bytes, dtype.itemsize))
+    return array[..., 0] if channels == 1 else array
+
+
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image (colour or mono) -> (H,W,3) uint8 RGB; mono is replicated.
+
+    rgb8 is returned as a view of the message; other encodings are copied. mono16 keeps its
+    high byte.
+    """
+    array = image_to_array(msg)
+    encoding = msg.encoding
+    if encoding in ('rgb8', '8UC3'):
+        return array
+    if encoding == 'bgr8':
+        return np.ascontiguousarray(array[..., ::-1])
+    if encoding == 'rgba8':
+        return np.ascontiguousarray(array[..., :3])
+    if encoding == 'bgra8':
+        return np.ascontiguousarray(array[..., 2::-1])
+    if encoding in ('mono8', '8UC1'):
+        return np.repeat(array[..., None], 3, axis=2)
+    if encoding == 'mono16':
+        return np.repeat((array >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    raise ConversionError(f'{encoding!r} is not a colour or mono image encoding')
+
+
+def image_to_depth(msg: Any) -> np.ndarray:
+    """Depth image -> (H,W) float32 metres with 0 = missing (always a new array).
+
+    32FC1 is metres (NaN, inf and values <= 0 become 0); 16UC1 / mono16 are millimetres.
+    """
+    array = image_to_array(msg)
+    if msg.encoding == '32FC1':
+        return np.where(np.isfinite(array) & (array > 0), array, np.float32(0))
+    if msg.encoding in ('16UC1', 'mono16'):
+        return array.astype(np.float32) / _MM_PER_M
+    raise ConversionError(f'{msg.encoding!r} is not a depth encoding (use 32FC1 or 16UC1)')
+
+
+def image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
+    """(H,W) or (H,W,C) array -> sensor_msgs/Image fields (without header).
+
+    `data` is a 1-D uint8 view of the array when it is C-contiguous (else of a contiguous copy),
+    in this machine's byte order, with no row padding.
+    """
+    if encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(f'unsupported image encoding {encoding!r}; supported: '
+                              f'{sorted(IMAGE_ENCODINGS)}')
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    expected_ndim = 2 if channels == 1 else 3
+    if (array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels)
+            or array.dtype.newbyteorder('=') != dtype):
+        raise ConversionError(f'{encoding} needs a {dtype} array of shape (H,W'
+                              f'{"" if channels == 1 else f",{channels}"}), got {array.dtype} '
+                              f'{array.shape}')
+    native = np.ascontiguousarray(array, dtype=dtype)
+    height, width = native.shape[:2]
+    return {'height': height, 'width': width, 'encoding': encoding,
+            'is_bigendian': NATIVE_BIGENDIAN, 'step': width * dtype.itemsize * channels,
+            'data': native.reshape(-1).view(np.uint8)}
+
+
+def depth_fields(depth_m: np.ndarray, encoding: str = '32FC1') -> dict[str, Any]:
+    """(H,W) metres (0 = missing) -> depth Image fields.
+
+    32FC1: metres with missing (0, negative, non-finite) -> NaN. 16UC1: millimetres rounded to
+    the nearest mm; missing and depths beyond 65.535 m -> 0 (invalid), never clipped.
+    """
+    depth = np.asarray(depth_m, dtype=np.float32)
+    valid = np.isfinite(depth) & (depth > 0)
+    if encoding == '32FC1':
+        return image_fields(np.where(valid, depth, np.float32(np.nan)), encoding)
+    if encoding == '16UC1':
+        millimetres = np.rint(np.where(valid, depth, np.float32(0)) * _MM_PER_M)
+        millimetres[millimetres > np.iinfo(np.uint16).max] = 0
+        return image_fields(millimetres.astype(np.uint16), encoding)
+    raise ConversionError(f'depth encoding must be 32FC1 or 16UC1, got {encoding!r}')
+
+
+def pointcloud2_to_xyz(msg: Any) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> (N,3) float32 x, y, z in the cloud's frame.
+
+    Any field layout: float32/float64 (or integer) x/y/z at any offsets, extra fields, padding
+    in point_step and row_step, either byte order. Organized clouds (height > 1) are read row by
+    row as (height, width). Points with a non-finite coordinate are dropped.
+    """
+    fields = {field.name: field for field in msg.fields}
+    missing = [name for name in 'xyz' if name not in fields]
+    if missing:
+        raise ConversionError(f'PointCloud2 lacks field(s) {missing}; it has '
+                              f'{sorted(fields)}')
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    if row_step < width * point_step:
+        raise ConversionError(f'PointCloud2 row_step {row_step} is smaller than width {width} x '
+                              f'point_step {point_step}')
+    buffer = message_bytes(msg.data)
+    if buffer.size != height * row_step:
+        raise ConversionError(f'PointCloud2 data has {buffer.size} bytes, expected height '
+                              f'{height} x row_step {row_step} = {height * row_step}')
+    xyz = np.empty((height, width, 3), dtype=np.float32)
+    for axis, name in enumerate('xyz'):
+        field = fields[name]
+        if field.datatype not in POINTFIELD_DTYPES:
+            raise ConversionError(f'PointCloud2 field {name!r} has unknown datatype '
+                                  f'{field.datatype}')
+        dtype = POINTFIELD_DTYPES[field.datatype].newbyteorder('>' if msg.is_bigendian else '<')
+        if field.offset + dtype.itemsize > point_step:
+            raise ConversionError(f'PointCloud2 field {name!r} at offset {field.offset} does not '
+                                  f'fit in point_step {point_step}')
+        xyz[..., axis] = np.ndarray((height, width), dtype=dtype, buffer=buffer,
+                                    offset=field.offset, strides=(row_step, point_step))
+    xyz = xyz.reshape(-1, 3)
+    finite = np.isfinite(xyz).all(axis=1)
+    return xyz if finite.all() else xyz[finite]
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(N,3) uint8 -> (N,) float32 whose bits are 0x00RRGGBB (the 'rgb' field rviz reads)."""
+    rgb = np.asarray(rgb, dtype=np.uint32)
+    return ((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]).view(np.float32)
+
+
+def pointcloud2_fields(xyz: np.ndarray, rgb: np.ndarray | None = None) -> dict[str, Any]:
+    """(N,3) float32 points (+ (N,3) uint8 colours) -> unorganized PointCloud2 fields.
+
+    Layout: x, y, z float32 at offsets 0, 4, 8 and, with colours, a packed float32 'rgb' at 12
+    (point_step 16); `fields` is a list of {name, offset, datatype, count} dicts.
+    """
+    xyz = np.asarray(xyz, dtype=np.float32)
+    if xyz.ndim != 2 or xyz.shape[1] != 3:
+        raise ConversionError(f'points must have shape (N,3), got {xyz.shape}')
+    names = ['x', 'y', 'z']
+    if rgb is not None:
+        if np.shape(rgb) != xyz.shape:
+            raise ConversionError(f'colours must have shape {xyz.shape}, got {np.shape(rgb)}')
+        names.append('rgb')
+    points = np.empty((xyz.shape[0], len(names)), dtype=np.float32)
+    points[:, :3] = xyz
+    if rgb is not None:
+        points[:, 3] = pack_rgb(rgb)
+    point_step = 4 * len(names)
+    return {'height': 1, 'width': xyz.shape[0],
+            'fields': [{'name': name, 'offset': 4 * i, 'datatype': POINTFIELD_FLOAT32,
+                        'count': 1} for i, name in enumerate(names)],
+            'is_bigendian': NATIVE_BIGENDIAN, 'point_step': point_step,
+            'row_step': point_step * xyz.shape[0], 'data': points.reshape(-1).view(np.uint8),
+            'is_dense': bool(np.isfinite(xyz).all())}

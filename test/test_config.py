@@ -1,0 +1,42 @@
+"""ModelConfig: validation, round trips through dict/YAML, clear errors."""
+import pytest
+
+from cspn_ros.config import PROPAGATIONS, ModelConfig
+
+
+def test_dict_round_trip_keeps_every_field():
+    config = ModelConfig(propagation='cspnpp', width=16, cspnpp_kernel_sizes=(3, 5), steps=8)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+def test_yaml_file_with_model_section(tmp_path):
+    path = tmp_path / 'model.yaml'
+    path.write_text('model:\n  propagation: nlspn\n  nlspn_neighbors: 4\n  width: 24\n')
+    config = ModelConfig.load(path)
+    assert (config.propagation, config.nlspn_neighbors, config.width) == ('nlspn', 4, 24)
+
+
+@pytest.mark.parametrize('name', PROPAGATIONS)
+def test_propagation_name_is_a_config(name):
+    assert ModelConfig.load(name).propagation == name
+
+
+def test_classical_needs_no_weights():
+    assert not ModelConfig(propagation='classical').has_weights
+    assert ModelConfig().has_weights
+
+
+@pytest.mark.parametrize('bad, message', [
+    ({'propagation': 'dcn'}, 'propagation must be one of'),
+    ({'width': 12}, 'multiple of 8'),
+    ({'kernel_size': 4}, 'odd'),
+    ({'colour': 'red'}, 'unknown model config keys'),
+])
+def test_invalid_values_name_the_problem(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(bad)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match='neither a file'):
+        ModelConfig.load(tmp_path / 'nope.yaml')
