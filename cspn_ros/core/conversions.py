@@ -116,8 +116,8 @@ def image_to_array(msg: Any) -> np.ndarray:
 def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image (colour or mono) -> (H,W,3) uint8 RGB; mono is replicated.
 
-    rgb8 is returned as a view of the message; other encodings are copied. mono16 keeps its
-    high byte.
+    rgb8 (and 8UC3, taken as RGB) is returned as a view of the message; other encodings are
+    copied. mono16 keeps its high byte.
     """
     array = image_to_array(msg)
     encoding = msg.encoding

@@ -60,15 +60,17 @@ class ApproximateTimeMatcher:
         self._counts = {'matched': 0, 'dropped_out_of_order': 0, 'dropped_duplicate': 0,
                         'dropped_unmatched': 0, 'evicted': 0, 'resets': 0}
         self._received = {t: 0 for t in self.topics}
-        self.reset()
-        self._counts['resets'] = 0
+        self._clear()
 
     def reset(self) -> None:
         """Forget all queued messages and stamps (counters are kept); call after a clock jump."""
+        self._clear()
+        self._counts['resets'] += 1
+
+    def _clear(self) -> None:
         self._queues: dict[str, deque[tuple[int, Any]]] = {t: deque() for t in self.topics}
         self._newest: dict[str, Optional[int]] = {t: None for t in self.topics}
         self._last_emitted: Optional[int] = None
-        self._counts['resets'] += 1
 
     def detect_jump_back(self, stamp_ns: int, threshold_s: float = 1.0) -> bool:
         """True when stamp_ns is more than threshold_s older than the newest stamp seen on any

@@ -11,6 +11,7 @@ dependency, so the module runs on any device and exports to ONNX (GridSample, op
 
 One step, with a_0 = 1 - sum_n a_n so the weights sum to 1:
     depth_t+1(p) = a_0(p) depth_t(p) + sum_n a_n(p) depth_t(neighbour_n(p))
+The step loop runs in `fused.nlspn_propagate` (Triton on CUDA, plain torch elsewhere).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cspn_ros.config import ModelConfig
-from cspn_ros.model.propagation.cspn import replace_sparse
 
 
 def neighbour_grid(count: int) -> torch.Tensor:
@@ -85,24 +85,29 @@ class NLSPNPropagation(nn.Module):
 
     def forward(self, init: torch.Tensor, guidance: torch.Tensor, sparse: torch.Tensor,
                 confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """Propagate config.steps times.
+        """Propagate config.steps times (float32 or wider; float64 inputs stay float64).
 
         init, sparse: (B, 1, H, W) metres (sparse 0 = missing); guidance (B, 3N, H, W);
         confidence (B, 1, H, W) in [0, 1] or None (then every neighbour counts fully).
+        With config.preserve_sparse the valid sparse inputs replace the depth before the first
+        step and after every step, as in cspn.py.
         Returns depth (B, 1, H, W) and aux {'offsets': (B, N, 2, H, W) pixels,
         'affinity': (B, N, H, W) normalised neighbour weights}.
         """
+        dtype = torch.promote_types(guidance.dtype, torch.float32)
+        init, guidance, sparse = init.to(dtype), guidance.to(dtype), sparse.to(dtype)
+        if confidence is not None:
+            confidence = confidence.to(dtype)
         batch, _, height, width = init.shape
         count = self.neighbours
         offsets = guidance[:, :2 * count].reshape(batch, 2, count, height, width).transpose(1, 2)
         grid = self.sampling_grid(offsets)
         weights = self.affinities(guidance[:, 2 * count:], grid, confidence)
-        centre = 1 - weights.sum(dim=1, keepdim=True)
-        depth = init
-        for _ in range(self.steps):
-            depth = centre * depth + (weights * sample_neighbours(depth, grid)).sum(dim=1, keepdim=True)
-            if self.preserve_sparse:
-                depth = replace_sparse(depth, sparse)
+        sparse_mask = sparse > 0 if self.preserve_sparse else None
+        start = init if sparse_mask is None else torch.where(sparse_mask, sparse, init)
+        # Imported here: fused.py imports sample_neighbours from this module.
+        from cspn_ros.model.propagation.fused import nlspn_propagate
+        depth = nlspn_propagate(start, weights, grid, sparse_mask, sparse, self.steps)
         return depth, {'offsets': offsets, 'affinity': weights}
 
 

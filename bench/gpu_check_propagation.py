@@ -1,0 +1,177 @@
+"""Check the fused propagation kernels against the torch references on a CUDA GPU.
+
+Fresh random inputs (never zeros) at several sizes, odd ones included; references run in float64
+on the same (rounded) inputs; relative error ||out - ref|| / ||ref|| within float32 / float16
+tolerances; outputs land in memory poisoned with NaN first, so an unwritten pixel fails.
+Also checks that gradients through the fused path equal the reference's.
+
+    python3 bench/gpu_check_propagation.py [--json OUT.json]    (exit status 1 on any failure)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cspn_ros.config import ModelConfig  # noqa: E402
+from cspn_ros.model.propagation import cspn, fused, nlspn  # noqa: E402
+from cspn_ros.model.propagation.cspnpp import CSPNPlusPlusPropagation  # noqa: E402
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-5}  # both compute in float32; see docs
+SIZES = [(1, 352, 1216), (1, 480, 640), (2, 37, 91), (1, 101, 257), (3, 5, 7)]
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def poison_allocator(shape, device) -> None:
+    """Fill freed blocks of this size with NaN so outputs allocated next start as NaN."""
+    blocks = [torch.full(shape, float('nan'), device=device) for _ in range(8)]
+    del blocks
+
+
+def random_inputs(batch, height, width, channels, device, generator):
+    def rand(*shape):
+        return torch.rand(*shape, device=device, generator=generator)
+    init = 0.5 + 20 * rand(batch, 1, height, width)
+    sparse = torch.where(rand(batch, 1, height, width) < 0.05, 0.5 + 20 * rand(batch, 1, height, width),
+                         torch.zeros((), device=device))
+    guidance = torch.randn(batch, channels, height, width, device=device, generator=generator)
+    return init, guidance, sparse
+
+
+def check_local(device, generator, results) -> None:
+    for batch, height, width in SIZES:
+        for kernel_size in (3, 5, 7):
+            counts = [24] if kernel_size == 3 else [6, 12, 24]
+            if kernel_size > 3 and height * width > 500_000:
+                counts = [6, 12]
+            init, guidance, sparse = random_inputs(batch, height, width, kernel_size ** 2 - 1,
+                                                   device, generator)
+            affinity = cspn.normalize_affinity(guidance)
+            for dtype in (torch.float32, torch.float16):
+                for preserve in (True, False):
+                    inputs = [t.to(dtype) for t in (init, affinity, sparse)]
+                    mask = inputs[2] > 0 if preserve else None
+                    refs = [cspn.cspn_propagate(inputs[0].double(), inputs[1].double(), mask,
+                                                inputs[2].double(), c) for c in counts]
+                    poison_allocator(init.shape, device)
+                    outs = fused.cspn_propagate_at(inputs[0], inputs[1], mask, inputs[2], counts)
+                    torch.cuda.synchronize()
+                    for count, out, ref in zip(counts, outs, refs):
+                        error = relative_error(out, ref)
+                        ok = bool(torch.isfinite(out).all()) and error < TOLERANCE[dtype]
+                        if preserve:
+                            ok = ok and bool((out[mask] == inputs[2][mask].float()).all())
+                        results.append(dict(kernel='local', k=kernel_size, steps=count,
+                                            size=[batch, height, width], dtype=str(dtype),
+                                            preserve=preserve, rel_error=error, ok=ok))
+
+
+def check_cspnpp_module(device, generator, results) -> None:
+    """The CSPN++ module's output rebuilt from fused branches equals the module's."""
+    config = ModelConfig(propagation='cspnpp')
+    module = CSPNPlusPlusPropagation(config)
+    batch, height, width = 1, 96, 160
+    channels = CSPNPlusPlusPropagation.guidance_channels(config)
+    init, guidance, sparse = random_inputs(batch, height, width, channels, device, generator)
+    reference, _ = module(init.double(), guidance.double(), sparse.double())
+    affinities, kernel_weights, step_weights = module.split_guidance(guidance)
+    mask = sparse > 0
+    mixed = torch.zeros_like(init)
+    for branch, affinity in enumerate(affinities):
+        for index, depth in enumerate(fused.cspn_propagate_at(init, affinity, mask, sparse,
+                                                              module.steps)):
+            mixed = mixed + kernel_weights[:, branch:branch + 1] * step_weights[:, index:index + 1] * depth
+    mixed = torch.where(mask, sparse, mixed)
+    error = relative_error(mixed, reference)
+    results.append(dict(kernel='cspnpp_module', size=[batch, height, width], rel_error=error,
+                        ok=error < 1e-5))
+
+
+def check_nlspn(device, generator, results) -> None:
+    for batch, height, width in SIZES:
+        for neighbours in (8, 24) if height * width < 500_000 else (8,):
+            config = ModelConfig(propagation='nlspn', nlspn_neighbors=neighbours)
+            module = nlspn.NLSPNPropagation(config).to(device)
+            init, guidance, sparse = random_inputs(batch, height, width, 3 * neighbours, device,
+                                                   generator)
+            offsets = 2.0 * guidance[:, :2 * neighbours].reshape(
+                batch, 2, neighbours, height, width).transpose(1, 2)
+            grid = module.sampling_grid(offsets)
+            confidence = torch.rand(batch, 1, height, width, device=device, generator=generator)
+            affinity = module.affinities(guidance[:, 2 * neighbours:], grid, confidence).detach()
+            for dtype in (torch.float32, torch.float16):
+                inputs = [t.to(dtype) for t in (init, affinity, grid, sparse)]
+                mask = inputs[3] > 0
+                ref = fused._nlspn_reference(*(t.double() for t in inputs[:3]), mask,
+                                             inputs[3].double(), 24)
+                torch_float32 = fused._nlspn_reference(*(t.float() for t in inputs[:3]), mask,
+                                                       inputs[3].float(), 24)
+                poison_allocator(init.shape, device)
+                out = fused.nlspn_propagate(inputs[0], inputs[1], inputs[2], mask, inputs[3], 24)
+                torch.cuda.synchronize()
+                error = relative_error(out, ref)
+                # Sample positions are float32 pixel coordinates in both float32 paths (an ulp
+                # at x = 1000 is 6e-5 px): the fused error may be twice grid_sample's own.
+                limit = max(1e-5, 2 * relative_error(torch_float32, ref))
+                ok = bool(torch.isfinite(out).all()) and error < limit
+                results.append(dict(kernel='nonlocal', neighbours=neighbours, steps=24,
+                                    size=[batch, height, width], dtype=str(dtype),
+                                    rel_error=error, limit=limit, ok=ok))
+
+
+def check_gradients(device, generator, results) -> None:
+    batch, height, width = 1, 33, 47
+    init, guidance, sparse = random_inputs(batch, height, width, 8, device, generator)
+    mask = sparse > 0
+    grads = []
+    for use_fused in (True, False):
+        leaf_init = init.clone().requires_grad_()
+        leaf_guidance = guidance.clone().requires_grad_()
+        affinity = cspn.normalize_affinity(leaf_guidance)
+        run = fused.cspn_propagate if use_fused else cspn.cspn_propagate
+        out = run(leaf_init, affinity, mask, sparse, 12)
+        (out * torch.linspace(0, 1, out.numel(), device=device).view_as(out)).sum().backward()
+        grads.append((leaf_init.grad, leaf_guidance.grad))
+    error = max(relative_error(a, b) for a, b in zip(*grads))
+    results.append(dict(kernel='local_grad', rel_error=error, ok=error < 1e-5))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--json', type=Path, help='write every check here')
+    args = parser.parse_args()
+    if not fused.available():
+        print('fused kernels unavailable (no CUDA device or no Triton)')
+        return 1
+    device = torch.device('cuda')
+    generator = torch.Generator(device=device).manual_seed(torch.seed() % 2 ** 31)
+    results: list[dict] = []
+    for check in (check_local, check_cspnpp_module, check_nlspn, check_gradients):
+        check(device, generator, results)
+    failures = [r for r in results if not r['ok']]
+    if args.json:
+        args.json.write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
+                                             checks=results), indent=1))
+    worst: dict[str, float] = {}
+    for r in results:
+        key = r['kernel'] + (' ' + r['dtype'] if 'dtype' in r else '')
+        worst[key] = max(worst.get(key, 0.0), r['rel_error'])
+    print(f'| check | worst rel. error | ({torch.cuda.get_device_name()}) |\n|---|---|---|')
+    for key, value in worst.items():
+        print(f'| {key} | {value:.2e} | |')
+    for r in failures:
+        print('FAILED', r)
+    print(f'{len(results) - len(failures)} passed, {len(failures)} failed')
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Sparse depth from LiDAR points or a ToF depth image, with a z-buffer (nearest point wins).
+
+Pixel rounding: pixel centres are at integer coordinates (OpenCV / ROS), so a point at (u, v)
+lands in column floor(u + 0.5), row floor(v + 0.5). The numpy and torch versions share every
+arithmetic step (float64, same order) and the z-buffer keeps the exact minimum, so both give
+identical images. torch is imported only inside the *_torch function.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cspn_ros.core.camera import CameraError, PinholeCamera, array_module, as_float64
+
+
+def transform_from_translation_quaternion(translation: Any, quaternion_xyzw: Any) -> np.ndarray:
+    """(3,) metres + (4,) quaternion [qx, qy, qz, qw] -> (4,4) float64 homogeneous transform.
+
+    The quaternion is normalised; a zero (or non-finite) quaternion raises ValueError.
+    """
+    t = np.asarray(translation, dtype=np.float64).reshape(-1)
+    q = np.asarray(quaternion_xyzw, dtype=np.float64).reshape(-1)
+    if t.size != 3 or q.size != 4:
+        raise ValueError(f'need a 3-vector translation and a 4-vector quaternion, got '
+                         f'{t.size} and {q.size} values')
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm) or norm < 1e-12 or not np.all(np.isfinite(t)):
+        raise ValueError(f'invalid transform: translation {t.tolist()}, quaternion xyzw '
+                         f'{q.tolist()} (must be finite and non-zero)')
+    x, y, z, w = q / norm
+    transform = np.eye(4)
+    transform[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    transform[:3, 3] = t
+    return transform
+
+
+def _pixel_hits(points: Any, T_cam_from_sensor: Any, camera: PinholeCamera, min_depth: float,
+                max_depth: float) -> tuple[Any, Any]:
+    """Points (N,3) in the sensor frame -> (flat pixel index (M,) int64, depth (M,) float32) of
+    the points that land in the image with min_depth < z <= max_depth (numpy or torch)."""
+    xp = array_module(points)
+    transform = np.asarray(T_cam_from_sensor, dtype=np.float64).reshape(4, 4)
+    sensor = as_float64(points)
+    if sensor.ndim != 2 or sensor.shape[1] != 3:
+        raise ValueError(f'points must have shape (N,3), got {tuple(sensor.shape)}')
+    affine = transform[:3]
+
+    def transformed(axis: int, x: Any, y: Any, z: Any) -> Any:
+        a = [float(value) for value in affine[axis]]
+        return x * a[0] + y * a[1] + z * a[2] + a[3]
+
+    depth = transformed(2, sensor[:, 0], sensor[:, 1], sensor[:, 2])
+    in_range = (depth > min_depth) & (depth <= max_depth)
+    sensor, depth = sensor[in_range], depth[in_range]
+    x, y, z = sensor[:, 0], sensor[:, 1], sensor[:, 2]
+    u, v, projects = camera.project_columns(transformed(0, x, y, z), transformed(1, x, y, z),
+                                            depth)
+    col = xp.floor(u + 0.5)
+    row = xp.floor(v + 0.5)
+    keep = projects & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
+    flat = row[keep] * camera.width + col[keep]
+    if xp is np:
+        return flat.astype(np.int64), depth[keep].astype(np.float32)
+    return flat.long(), depth[keep].float()
+
+
+def project_to_sparse_depth(points: np.ndarray, T_cam_from_sensor: np.ndarray,
+                            camera: PinholeCamera, min_depth: float = 0.1,
+                            max_depth: float = np.inf) -> np.ndarray:
+    """(N,3) points in the sensor frame (metres) -> (H,W) float32 sparse depth, 0 = no point.
+
+    T_cam_from_sensor (4,4) maps sensor points into the camera optical frame. Where several
+    points hit one pixel the nearest (smallest z) wins. Points with z <= min_depth or
+    z > max_depth, and points outside the image, are dropped.
+    """
+    flat, depth = _pixel_hits(np.asarray(points), T_cam_from_sensor, camera, min_depth,
+                              max_depth)
+    image = np.full(camera.height * camera.width, np.inf, dtype=np.float32)
+    np.minimum.at(image, flat, depth)
+    image[np.isinf(image)] = 0
+    return image.reshape(camera.height, camera.width)
+
+
+def project_to_sparse_depth_torch(points: Any, T_cam_from_sensor: Any, camera: PinholeCamera,
+                                  min_depth: float = 0.1, max_depth: float = float('inf')) -> Any:
+    """Torch twin of `project_to_sparse_depth`: (N,3) tensor -> (H,W) float32 tensor on the
+    points' device, identical to the numpy result. T may be a tensor or an array."""
+    import torch
+    if isinstance(T_cam_from_sensor, torch.Tensor):
+        T_cam_from_sensor = T_cam_from_sensor.detach().cpu().numpy()
+    flat, depth = _pixel_hits(points, T_cam_from_sensor, camera, min_depth, max_depth)
+    image = torch.full((camera.height * camera.width,), float('inf'), dtype=torch.float32,
+                       device=points.device)
+    image.scatter_reduce_(0, flat, depth, reduce='amin')
+    image[torch.isinf(image)] = 0
+    return image.reshape(camera.height, camera.width)
+
+
+def register_depth(depth_src: np.ndarray, src_camera: PinholeCamera, T_dst_from_src: np.ndarray,
+                   dst_camera: PinholeCamera, min_depth: float = 0.1,
+                   max_depth: float = np.inf) -> np.ndarray:
+    """ToF depth (h,w) metres in its own camera -> (H,W) float32 sparse depth in the colour
+    camera (0 = none), through the same z-buffer as LiDAR points."""
+    if np.shape(depth_src) != (src_camera.height, src_camera.width):
+        raise CameraError(f'depth image of shape {np.shape(depth_src)} does not match its '
+                          f'camera {src_camera.width}x{src_camera.height}')
+    points, _ = src_camera.backproject(depth_src)
+    return project_to_sparse_depth(points, T_dst_from_src, dst_camera, min_depth, max_depth)
+
+
+def depth_to_points(depth: np.ndarray, camera: PinholeCamera, rgb: np.ndarray | None = None,
+                    stride: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """Dense depth (H,W) metres (+ (H,W,3) uint8 colour) -> (N,3) float32 optical-frame points
+    and (N,3) uint8 colours (None without rgb), every stride-th row and column, valid only."""
+    points, indices = camera.backproject(depth, stride)
+    if rgb is None:
+        return points, None
+    if np.shape(rgb) != (camera.height, camera.width, 3):
+        raise CameraError(f'colour image of shape {np.shape(rgb)} does not match the camera '
+                          f'{camera.width}x{camera.height}')
+    return points, np.asarray(rgb).reshape(-1, 3)[indices]

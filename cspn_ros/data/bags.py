@@ -1,0 +1,420 @@
+"""Paired frames from rosbag2 files (sqlite3 or mcap, read with `rosbags`), lazily.
+
+The same topics, matcher (`ApproximateTimeMatcher`) and conversion code (`CompletionPipeline.
+prepare`) as the live node, so a training or evaluation frame is the frame the robot sees.
+
+Opening a bag runs one index pass that keeps, per message, only its header stamp, log time and
+connection id (the stamp is read from the first CDR bytes, nothing is deserialised); frames are
+read back one at a time by log time, so bags larger than RAM work. `BagTrainingSamples` turns
+frames into supervised samples (dense / tof / lidar-holdout / photometric).
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import dataclasses
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from cspn_ros.core.conversions import image_to_depth, image_to_rgb
+from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
+from cspn_ros.core.projection import transform_from_translation_quaternion
+from cspn_ros.core.sync import ApproximateTimeMatcher
+
+LOGGER = logging.getLogger(__name__)
+SUPERVISIONS = ('dense', 'tof', 'lidar-holdout', 'photometric')
+
+
+class BagError(ValueError):
+    """A bag cannot be used: unreadable, corrupt, missing topics or no paired frames."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BagTopics:
+    """Topic names (the completion node's defaults). `ground_truth`: dense target depth Image
+    (32FC1 / 16UC1) in the colour camera; `pose`: nav_msgs/Odometry or
+    geometry_msgs/PoseStamped of the camera, needed only for photometric supervision."""
+
+    image: str = '/image'
+    camera_info: str = '/camera_info'
+    points: str = '/points'
+    tof_depth: str = '/tof/depth'
+    tof_camera_info: str = '/tof/camera_info'
+    ground_truth: Optional[str] = None
+    pose: Optional[str] = None
+
+    def paired(self, depth_source: str, tof_registered: bool = False) -> tuple[str, ...]:
+        """Topics the matcher pairs, the image (reference) first."""
+        topics = [self.image, self.camera_info]
+        if depth_source == 'lidar':
+            topics.append(self.points)
+        else:
+            topics.append(self.tof_depth)
+            if not tof_registered:
+                topics.append(self.tof_camera_info)
+        if self.ground_truth:
+            topics.append(self.ground_truth)
+        return tuple(topics)
+
+
+def header_stamp_ns(raw: bytes) -> int:
+    """Header stamp (ns) of a CDR-serialised message that starts with std_msgs/Header."""
+    if len(raw) < 12 or raw[0] != 0 or raw[1] not in (0, 1):
+        raise ValueError(f'not a CDR message with a header ({len(raw)} bytes)')
+    sec, nanosec = struct.unpack('<iI' if raw[1] == 1 else '>iI', raw[4:12])
+    return sec * 1_000_000_000 + nanosec
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageRef:
+    """Where one message lies in a bag: connection id, log time and header stamp (ns)."""
+
+    connection_id: int
+    log_time_ns: int
+    stamp_ns: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameRef:
+    """One paired frame: the bag it is in, its (image) stamp and one MessageRef per topic."""
+
+    bag_index: int
+    stamp_ns: int
+    messages: dict[str, MessageRef]
+
+
+def _open_reader(path: Path):
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+    reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
+    try:
+        reader.open()
+    except Exception as error:  # rosbags raises several unrelated types for unreadable bags
+        raise BagError(f'{path}: cannot open bag: {error}') from error
+    return reader
+
+
+class BagFrames:
+    """Lazy sequence of matched frames over one or more bags (in bag order, then stamp order).
+
+    `frames[i]` is a FrameRef; `read(i)` deserialises its messages -> {topic: message};
+    `prepare(i)` runs the pipeline's prepare on them. `skipped` counts index-time drops
+    (unmatched, out-of-order, duplicate messages) per bag.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], topics: BagTopics = BagTopics(),
+                 depth_source: str = 'lidar', tof_registered: bool = False,
+                 slop_s: float = 0.05, queue_size: int = 10) -> None:
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise BagError('no bag given')
+        self.topics = topics
+        self.paired_topics = topics.paired(depth_source, tof_registered)
+        self.frames: list[FrameRef] = []
+        self.poses: list[list[MessageRef]] = []
+        self.matcher_stats: list[dict[str, Any]] = []
+        self._readers: dict[int, Any] = {}
+        self._reader_pid = os.getpid()
+        for bag_index, path in enumerate(self.paths):
+            self._index(bag_index, path, slop_s, queue_size)
+        if not self.frames:
+            raise BagError(f'no paired frames in {[str(p) for p in self.paths]} on topics '
+                           f'{list(self.paired_topics)} (slop {slop_s} s); matcher stats: '
+                           f'{self.matcher_stats}')
+
+    def _index(self, bag_index: int, path: Path, slop_s: float, queue_size: int) -> None:
+        reader = self._reader(bag_index, path)
+        available = {c.topic: c.msgtype for c in reader.connections}
+        wanted = list(self.paired_topics) + ([self.topics.pose] if self.topics.pose else [])
+        missing = [t for t in wanted if t not in available]
+        if missing:
+            raise BagError(f'{path}: topic(s) {missing} not in the bag; it has '
+                           + ', '.join(f'{t} [{m}]' for t, m in sorted(available.items())))
+        matcher = ApproximateTimeMatcher(self.paired_topics, slop_s, queue_size)
+        connections = [c for c in reader.connections if c.topic in wanted]
+        poses: list[MessageRef] = []
+        log_time = None
+        try:
+            for connection, log_time, raw in reader.messages(connections=connections):
+                try:
+                    ref = MessageRef(connection.id, log_time, header_stamp_ns(raw))
+                except ValueError as error:
+                    raise BagError(f'{path}: {connection.topic} message logged at {log_time} ns: '
+                                   f'{error}') from error
+                if connection.topic == self.topics.pose:
+                    poses.append(ref)
+                    continue
+                for matched in matcher.add(connection.topic, ref.stamp_ns, ref):
+                    self.frames.append(FrameRef(bag_index, matched.stamp_ns, matched.messages))
+        except BagError:
+            raise
+        except Exception as error:  # corrupt chunk / database page: name where it happened
+            after = f'after log time {log_time} ns' if log_time is not None else 'at the start'
+            raise BagError(f'{path}: corrupt or unreadable data {after}: '
+                           f'{type(error).__name__}: {error}') from error
+        self.poses.append(sorted(poses, key=lambda r: r.stamp_ns))
+        self.matcher_stats.append(matcher.stats)
+
+    def _reader(self, bag_index: int, path: Optional[Path] = None):
+        """This process's open reader of one bag (DataLoader workers open their own)."""
+        if self._reader_pid != os.getpid():
+            self._readers, self._reader_pid = {}, os.getpid()
+        if bag_index not in self._readers:
+            self._readers[bag_index] = _open_reader(path or self.paths[bag_index])
+        return self._readers[bag_index]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, '_readers': {}}
+
+    def close(self) -> None:
+        """Close the open readers (they reopen on the next read)."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def read_message(self, bag_index: int, topic: str, ref: MessageRef) -> Any:
+        """Deserialise one indexed message; BagError names bag, topic and stamp on failure."""
+        reader = self._reader(bag_index)
+        path = self.paths[bag_index]
+        try:
+            connection = next(c for c in reader.connections if c.id == ref.connection_id)
+            for _, _, raw in reader.messages(connections=[connection], start=ref.log_time_ns,
+                                             stop=ref.log_time_ns + 1):
+                if header_stamp_ns(raw) == ref.stamp_ns:
+                    return reader.deserialize(raw, connection.msgtype)
+        except Exception as error:
+            raise BagError(f'{path}: cannot read {topic} message stamped {ref.stamp_ns} ns: '
+                           f'{type(error).__name__}: {error}') from error
+        raise BagError(f'{path}: {topic} message stamped {ref.stamp_ns} ns vanished from the bag')
+
+    def read(self, index: int) -> dict[str, Any]:
+        """The messages of frame `index`: {topic: deserialised message}."""
+        frame = self.frames[index]
+        return {topic: self.read_message(frame.bag_index, topic, ref)
+                for topic, ref in frame.messages.items()}
+
+    def pipeline_arguments(self, messages: dict[str, Any], depth_source: str) -> tuple:
+        """(image, camera_info, depth, depth_info | None): what `CompletionPipeline.prepare` /
+        `.process` take, from a frame's messages."""
+        depth_topic = self.topics.points if depth_source == 'lidar' else self.topics.tof_depth
+        return (messages[self.topics.image], messages[self.topics.camera_info],
+                messages[depth_topic], messages.get(self.topics.tof_camera_info))
+
+    def prepare(self, pipeline: CompletionPipeline, messages: dict[str, Any]) -> FrameInputs:
+        """pipeline.prepare on a frame's messages (the node's convert + project)."""
+        return pipeline.prepare(*self.pipeline_arguments(messages, pipeline.depth_source))
+
+    def ground_truth(self, messages: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
+        """The ground-truth depth (H,W) metres of a frame; InputError if its size differs."""
+        depth = image_to_depth(messages[self.topics.ground_truth])
+        if depth.shape != tuple(shape):
+            raise InputError(f'{self.topics.ground_truth}: ground truth is {depth.shape[1]}x'
+                             f'{depth.shape[0]} but the image is {shape[1]}x{shape[0]}')
+        return depth
+
+    def camera_pose(self, index: int, slop_s: float,
+                    T_body_from_camera: np.ndarray) -> Optional[np.ndarray]:
+        """T_world_from_camera (4,4) at frame `index` from the nearest pose message within
+        slop_s, or None. The pose topic gives T_world_from_body."""
+        frame = self.frames[index]
+        poses = self.poses[frame.bag_index]
+        stamps = [p.stamp_ns for p in poses]
+        position = bisect.bisect_left(stamps, frame.stamp_ns)
+        candidates = [p for p in poses[max(0, position - 1):position + 1]
+                      if abs(p.stamp_ns - frame.stamp_ns) <= slop_s * 1e9]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda p: abs(p.stamp_ns - frame.stamp_ns))
+        msg = self.read_message(frame.bag_index, self.topics.pose, best)
+        pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
+        p, q = pose.position, pose.orientation
+        T_world_from_body = transform_from_translation_quaternion([p.x, p.y, p.z],
+                                                                  [q.x, q.y, q.z, q.w])
+        return T_world_from_body @ T_body_from_camera
+
+
+def holdout_split(sparse: np.ndarray, fraction: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split valid depths (H,W) metres at random: (kept input, held-out `fraction` share)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f'holdout fraction must be in (0, 1), got {fraction}')
+    valid = np.flatnonzero(sparse > 0)
+    held = rng.choice(valid, size=int(round(fraction * valid.size)), replace=False)
+    held_out = np.zeros_like(sparse)
+    held_out.flat[held] = sparse.flat[held]
+    return np.where(held_out > 0, 0, sparse).astype(sparse.dtype), held_out
+
+
+@dataclasses.dataclass
+class SupervisionOptions:
+    """How targets are made. holdout_fraction: share of LiDAR points held out as targets;
+    tof_input_points: ToF pixels fed as sparse input; pose_slop_s: largest stamp gap to a pose
+    message; T_body_from_camera: camera pose in the pose topic's body frame (default identity:
+    the pose topic tracks the camera optical frame)."""
+
+    supervision: str = 'dense'
+    holdout_fraction: float = 0.2
+    tof_input_points: int = 500
+    pose_slop_s: float = 0.05
+    T_body_from_camera: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(4))
+
+
+class BagTrainingSamples:
+    """Training samples from BagFrames: dict(rgb, sparse, target, K[, source_rgbs,
+    T_sources_from_target]) of numpy arrays (see data/augment.py), or None for a frame that
+    cannot be used (logged with bag/topic/stamp; the trainer counts them).
+
+    Randomness (holdout, ToF subset, augmentation) comes from (seed, epoch, index), so runs
+    repeat exactly; call `set_epoch` every epoch.
+    """
+
+    def __init__(self, frames: BagFrames, pipeline: CompletionPipeline,
+                 options: SupervisionOptions = SupervisionOptions(),
+                 indices: Optional[Sequence[int]] = None,
+                 augment: Optional[Callable[[dict, np.random.Generator], dict]] = None,
+                 seed: int = 0) -> None:
+        if options.supervision not in SUPERVISIONS:
+            raise ValueError(f'supervision must be one of {SUPERVISIONS}, '
+                             f'got {options.supervision!r}')
+        self.frames, self.pipeline, self.options = frames, pipeline, options
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.indices = list(range(len(frames)) if indices is None else indices)
+        self._check_mode()
+        if options.supervision == 'photometric':  # frames need a neighbour on both sides
+            self.indices = [i for i in self.indices if self._neighbours(i) is not None]
+            if not self.indices:
+                raise BagError('photometric supervision needs runs of 3 consecutive frames')
+
+    def _check_mode(self) -> None:
+        mode, topics = self.options.supervision, self.frames.topics
+        if mode == 'dense' and not topics.ground_truth:
+            raise ValueError("supervision 'dense' needs a ground-truth depth topic "
+                             '(e.g. /ground_truth/depth)')
+        if mode == 'tof' and self.pipeline.depth_source != 'tof':
+            raise ValueError("supervision 'tof' needs depth_source 'tof'")
+        if mode == 'lidar-holdout' and self.pipeline.depth_source != 'lidar':
+            raise ValueError("supervision 'lidar-holdout' needs depth_source 'lidar'")
+        if mode == 'photometric' and not any(self.frames.poses):
+            raise BagError(
+                "supervision 'photometric' needs the relative pose between neighbouring frames, "
+                'and the bag has no pose messages. Record odometry of the camera (nav_msgs/'
+                'Odometry or geometry_msgs/PoseStamped, e.g. from wheel/visual-inertial '
+                'odometry) and pass its topic (--pose-topic), with the camera-from-body '
+                'extrinsic if the pose is not of the camera optical frame.')
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of this epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _neighbours(self, index: int) -> Optional[tuple[int, int]]:
+        frames = self.frames.frames
+        if 0 < index < len(frames) - 1 and (
+                frames[index - 1].bag_index == frames[index].bag_index
+                == frames[index + 1].bag_index):
+            return index - 1, index + 1
+        return None
+
+    def __getitem__(self, position: int) -> Optional[dict]:
+        index = self.indices[position]
+        frame = self.frames.frames[index]
+        try:
+            sample = self._sample(index, np.random.default_rng([self.seed, self.epoch, index]))
+        except (BagError, InputError) as error:
+            LOGGER.warning('skipping frame %d of %s (stamp %d ns): %s', index,
+                           self.frames.paths[frame.bag_index], frame.stamp_ns, error)
+            return None
+        return sample
+
+    def _sample(self, index: int, rng: np.random.Generator) -> dict:
+        messages = self.frames.read(index)
+        inputs = self.frames.prepare(self.pipeline, messages)
+        sample = {'rgb': inputs.rgb, 'K': inputs.camera.camera_matrix.copy()}
+        mode = self.options.supervision
+        if mode == 'dense':
+            sample['sparse'] = inputs.sparse
+            sample['target'] = self.frames.ground_truth(messages, inputs.sparse.shape)
+        elif mode == 'tof':
+            valid = np.count_nonzero(inputs.sparse)
+            fraction = min(self.options.tof_input_points / max(valid, 1), 0.5)
+            sample['sparse'], _ = holdout_split(inputs.sparse, 1 - fraction, rng)
+            sample['target'] = inputs.sparse
+        elif mode == 'lidar-holdout':
+            sample['sparse'], sample['target'] = holdout_split(
+                inputs.sparse, self.options.holdout_fraction, rng)
+        else:
+            sample['sparse'] = sample['target'] = inputs.sparse
+            sample.update(self._sources(index, inputs))
+        return self.augment(sample, rng) if self.augment else sample
+
+    def _sources(self, index: int, inputs: FrameInputs) -> dict:
+        """Neighbouring views and their poses for the photometric loss."""
+        options = self.options
+        T_world_from_target = self.frames.camera_pose(index, options.pose_slop_s,
+                                                      options.T_body_from_camera)
+        rgbs, poses = [], []
+        for neighbour in self._neighbours(index):
+            T_world_from_source = self.frames.camera_pose(neighbour, options.pose_slop_s,
+                                                          options.T_body_from_camera)
+            if T_world_from_target is None or T_world_from_source is None:
+                raise InputError(f'no {self.frames.topics.pose} message within '
+                                 f'{options.pose_slop_s} s of frame {index} or {neighbour}')
+            messages = self.frames.read(neighbour)
+            rgb = image_to_rgb(messages[self.frames.topics.image])
+            if rgb.shape != inputs.rgb.shape:
+                raise InputError(f'neighbour frame {neighbour} is {rgb.shape}, frame {index} '
+                                 f'is {inputs.rgb.shape}')
+            rgbs.append(rgb)
+            poses.append(np.linalg.inv(T_world_from_source) @ T_world_from_target)
+        return {'source_rgbs': np.stack(rgbs), 'T_sources_from_target': np.stack(poses)}
+
+
+def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
+    """Topic, pairing and projection options shared by `evaluate` and `training_node`; names
+    and defaults are the completion node's parameters."""
+    group = parser.add_argument_group('bag topics and projection (as the completion node)')
+    defaults = BagTopics()
+    group.add_argument('--image-topic', default=defaults.image)
+    group.add_argument('--camera-info-topic', default=defaults.camera_info)
+    group.add_argument('--points-topic', default=defaults.points)
+    group.add_argument('--tof-depth-topic', default=defaults.tof_depth)
+    group.add_argument('--tof-camera-info-topic', default=defaults.tof_camera_info)
+    group.add_argument('--depth-source', choices=('lidar', 'tof'), default='lidar')
+    group.add_argument('--tof-registered', action='store_true',
+                       help='the ToF depth is already in the colour camera')
+    group.add_argument('--extrinsic-translation', type=float, nargs=3, default=[0.0, 0.0, 0.0],
+                       metavar=('X', 'Y', 'Z'), help='sensor frame in the camera frame, metres')
+    group.add_argument('--extrinsic-rotation', type=float, nargs=4,
+                       default=[0.0, 0.0, 0.0, 1.0], metavar=('QX', 'QY', 'QZ', 'QW'))
+    group.add_argument('--slop', type=float, default=0.05, help='pairing slop, seconds')
+    group.add_argument('--queue-size', type=int, default=10)
+    group.add_argument('--min-depth', type=float, default=0.1, help='metres')
+    group.add_argument('--max-depth', type=float, default=100.0, help='metres')
+
+
+def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
+                     ground_truth: Optional[str] = None, pose: Optional[str] = None
+                     ) -> tuple[BagFrames, dict[str, Any]]:
+    """BagFrames for the parsed `add_bag_arguments` options, and the CompletionPipeline keyword
+    arguments (all but the completer) that go with them."""
+    topics = BagTopics(args.image_topic, args.camera_info_topic, args.points_topic,
+                       args.tof_depth_topic, args.tof_camera_info_topic, ground_truth, pose)
+    frames = BagFrames(paths, topics, args.depth_source, args.tof_registered, args.slop,
+                       args.queue_size)
+    pipeline_options = {
+        'depth_source': args.depth_source,
+        'T_cam_from_sensor': transform_from_translation_quaternion(args.extrinsic_translation,
+                                                                   args.extrinsic_rotation),
+        'min_depth': args.min_depth, 'max_depth': args.max_depth,
+        'tof_registered': args.tof_registered}
+    return frames, pipeline_options

@@ -1,0 +1,147 @@
+"""Checkpoints: weights + plain model config + format/package version + metadata.
+
+`.safetensors`: tensors, with the config, versions and meta as JSON strings in the file metadata.
+`.pt` / `.pth`: torch.save of {'state_dict', 'config' (dict), 'version', 'package_version',
+'meta'}, loadable with torch.load(weights_only=True). Both load without the training code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from cspn_ros import __version__
+from cspn_ros.config import FORMAT_VERSION, ModelConfig
+
+_SAFETENSORS_SUFFIXES = ('.safetensors',)
+_TORCH_SUFFIXES = ('.pt', '.pth')
+_DDP_PREFIX = 'module.'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f'checkpoint {str(path)!r}: {reason}')
+        self.path = str(path)
+        self.reason = reason
+
+
+def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor],
+                    config: ModelConfig, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write weights + config (+ JSON-able meta) to a .safetensors or .pt/.pth file; returns path.
+
+    DDP 'module.' prefixes are stripped; tensors are saved from the CPU.
+    """
+    path = Path(path)
+    meta = dict(meta or {})
+    try:
+        meta_json = json.dumps(meta)
+    except TypeError as error:
+        raise ValueError(f'checkpoint meta must be JSON-serialisable: {error}') from None
+    tensors = {key: value.detach().cpu().contiguous()
+               for key, value in strip_ddp_prefix(state_dict).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in _SAFETENSORS_SUFFIXES:
+        from safetensors.torch import save_file
+        save_file(tensors, str(path), metadata={
+            'format_version': str(FORMAT_VERSION), 'package_version': __version__,
+            'config': json.dumps(config.to_dict()), 'meta': meta_json})
+    elif path.suffix in _TORCH_SUFFIXES:
+        torch.save({'state_dict': tensors, 'config': config.to_dict(), 'version': FORMAT_VERSION,
+                    'package_version': __version__, 'meta': meta}, path)
+    else:
+        raise ValueError(f'checkpoint {str(path)!r}: unknown suffix {path.suffix!r}; use one of '
+                         f'{_SAFETENSORS_SUFFIXES + _TORCH_SUFFIXES}')
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
+    """(state_dict on the CPU without DDP prefixes, ModelConfig, meta) from a checkpoint file.
+
+    Raises CheckpointError for a missing, corrupt or foreign file, an invalid config, or a
+    FORMAT_VERSION newer than this package reads.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, 'file not found')
+    if path.suffix in _SAFETENSORS_SUFFIXES:
+        state_dict, header = _read_safetensors(path)
+    elif path.suffix in _TORCH_SUFFIXES:
+        state_dict, header = _read_torch(path)
+    else:
+        raise CheckpointError(path, f'unknown suffix {path.suffix!r}; expected one of '
+                                    f'{_SAFETENSORS_SUFFIXES + _TORCH_SUFFIXES}')
+    version, config_dict, meta = header
+    if version > FORMAT_VERSION:
+        raise CheckpointError(path, f'format version {version} is newer than the version '
+                                    f'{FORMAT_VERSION} this cspn_ros {__version__} reads; '
+                                    'upgrade cspn_ros')
+    try:
+        config = ModelConfig.from_dict(config_dict)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(path, f'invalid model config: {error}') from None
+    return strip_ddp_prefix(state_dict), config, dict(meta)
+
+
+def strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the 'module.' prefix DistributedDataParallel adds to every key."""
+    return {key[len(_DDP_PREFIX):] if key.startswith(_DDP_PREFIX) else key: value
+            for key, value in state_dict.items()}
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                 path: str | Path) -> None:
+    """Strict load_state_dict, raising CheckpointError that lists missing/unexpected/mis-shaped keys."""
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [f'{key} {tuple(state_dict[key].shape)} != {tuple(value.shape)}'
+                  for key, value in expected.items()
+                  if key in state_dict and state_dict[key].shape != value.shape]
+    for label, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                        ('shape mismatch (checkpoint != model)', mismatched)):
+        if keys:
+            shown = ', '.join(keys[:5]) + (f' (+{len(keys) - 5} more)' if len(keys) > 5 else '')
+            problems.append(f'{label}: {shown}')
+    if problems:
+        raise CheckpointError(path, 'weights do not match the architecture of its config: '
+                                    + '; '.join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], tuple[int, dict, dict]]:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework='pt', device='cpu') as handle:
+            metadata = handle.metadata() or {}
+            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(path, f'corrupt or not a safetensors file ({error})') from None
+    if 'config' not in metadata or 'format_version' not in metadata:
+        raise CheckpointError(path, 'not a cspn_ros checkpoint (no config/format_version in '
+                                    'the safetensors metadata)')
+    try:
+        header = (int(metadata['format_version']), json.loads(metadata['config']),
+                  json.loads(metadata.get('meta', '{}')))
+    except ValueError as error:
+        raise CheckpointError(path, f'unreadable checkpoint metadata ({error})') from None
+    return state_dict, header
+
+
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], tuple[int, dict, dict]]:
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # torch raises many types (pickle, zip, EOF) for bad files
+        raise CheckpointError(path, f'corrupt or not a torch checkpoint ({error})') from None
+    if not isinstance(data, dict) or not {'state_dict', 'config', 'version'} <= set(data):
+        raise CheckpointError(path, "not a cspn_ros checkpoint (expected a dict with "
+                                    "'state_dict', 'config' and 'version')")
+    if not isinstance(data['config'], dict) or not isinstance(data['version'], int):
+        raise CheckpointError(path, 'not a cspn_ros checkpoint (config is not a dict or '
+                                    'version is not an int)')
+    return data['state_dict'], (data['version'], data['config'], data.get('meta') or {})

@@ -1,0 +1,194 @@
+"""DepthCompleter: the one inference entry point shared by the node, bag replay and tools.
+
+numpy in, numpy out (`__call__`, `complete`), or torch tensors that stay on the device
+(`complete_tensor`) for the GPU pipeline. Depths are float32 metres, 0 = missing / no estimate.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cspn_ros.config import ModelConfig
+from cspn_ros.model.checkpoint import CheckpointError, load_checkpoint, load_weights
+from cspn_ros.model.fill import classical_fill
+from cspn_ros.model.network import CompletionNet
+
+#: Weights shipped with the package (None in from_checkpoint).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / 'weights' / 'default.safetensors'
+#: Run-time precision -> autocast dtype (None = plain float32).
+PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One completed frame, (H,W) float32 each: depth and depth_init in metres (before / after
+    propagation), confidence in [0, 1] (the model's confidence in `depth`)."""
+
+    depth: np.ndarray
+    confidence: np.ndarray
+    depth_init: np.ndarray
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (cuda if available, else cpu) -> torch.device.
+
+    Raises RuntimeError when CUDA is asked for but not available (the caller decides about
+    falling back).
+    """
+    if str(device) == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = torch.device(device)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError(f'device {str(device)!r} requested but CUDA is not available '
+                               "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
+        if device.index is None:
+            device = torch.device('cuda', torch.cuda.current_device())
+    return device
+
+
+class DepthCompleter:
+    """Dense depth from RGB + sparse depth with a CompletionNet, or classical_fill for
+    config.propagation == 'classical' (no torch network).
+
+    Attributes: config (ModelConfig), device (torch.device), precision ('fp32'|'fp16'|'bf16'),
+    model (CompletionNet in eval mode, None for 'classical'), meta (checkpoint metadata),
+    steps (propagation steps, settable at run time without reloading).
+    """
+
+    def __init__(self, config: ModelConfig, model: CompletionNet | None,
+                 device: str | torch.device = 'cpu', precision: str = 'fp32',
+                 meta: dict | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {tuple(PRECISIONS)}, got {precision!r}')
+        if (model is None) == config.has_weights:
+            raise ValueError(f'propagation {config.propagation!r} '
+                             + ('needs a model' if config.has_weights else 'takes no model'))
+        self.config = config
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.model = None if model is None else model.to(self.device).eval()
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = 'cpu',
+                        precision: str = 'fp32') -> 'DepthCompleter':
+        """Load a .safetensors/.pt checkpoint (None = the packaged default weights).
+
+        Raises CheckpointError (a ValueError) naming the file and the problem.
+        """
+        if path is None:
+            path = DEFAULT_CHECKPOINT
+            if not path.is_file():
+                raise CheckpointError(path, 'the packaged default weights are not shipped in '
+                                            'this build yet; pass a checkpoint path or use '
+                                            "DepthCompleter.from_config(config) ('classical' "
+                                            'needs no weights)')
+        state_dict, config, meta = load_checkpoint(path)
+        model = None
+        if config.has_weights:
+            model = CompletionNet(config)
+            load_weights(model, state_dict, path)
+        return cls(config, model, device, precision, meta)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | dict | str | Path | None = None,
+                    device: str | torch.device = 'cpu',
+                    precision: str = 'fp32') -> 'DepthCompleter':
+        """An untrained network for `config` (anything ModelConfig.load accepts), or the
+        classical baseline for 'classical'."""
+        config = ModelConfig.load(config)
+        return cls(config, CompletionNet(config) if config.has_weights else None, device,
+                   precision)
+
+    @property
+    def steps(self) -> int | tuple[int, ...]:
+        """Propagation steps: an int (cspn, nlspn) or the branch step counts (cspnpp); 0 for
+        'classical'. Settable at run time; the weights do not depend on it."""
+        return self.model.propagation.steps if self.model is not None else 0
+
+    @steps.setter
+    def steps(self, steps: int | tuple[int, ...]) -> None:
+        if self.model is None:
+            raise ValueError("the 'classical' completer has no propagation steps")
+        current = self.model.propagation.steps
+        counts = tuple(int(s) for s in steps) if isinstance(current, tuple) else (int(steps),)
+        if isinstance(current, tuple) and len(counts) != len(current):
+            raise ValueError(f'steps must give {len(current)} step counts, got {steps}')
+        if not all(0 <= count <= 256 for count in counts):
+            raise ValueError(f'steps must be in [0, 256], got {steps}')
+        self.model.propagation.steps = counts if isinstance(current, tuple) else counts[0]
+
+    def __call__(self, rgb: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """rgb (H,W,3) uint8, sparse (H,W) float32 metres (0/NaN/inf = missing) -> (H,W) float32."""
+        return self.complete(rgb, sparse).depth
+
+    def complete(self, rgb: np.ndarray, sparse: np.ndarray) -> Completion:
+        """rgb (H,W,3) uint8, sparse (H,W) float32 metres (0/NaN/inf = missing) -> Completion."""
+        _check_inputs(rgb, sparse, np.ndarray, np.dtype(np.uint8), np.dtype(np.float32))
+        if self.model is None:
+            depth = classical_fill(_valid_depth(sparse), self.config.max_depth)
+            return Completion(depth, (depth > 0).astype(np.float32), depth)
+        outputs = self._run(torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device),
+                            torch.from_numpy(np.ascontiguousarray(sparse)).to(self.device))
+        return Completion(*(outputs[key][0, 0].cpu().numpy()
+                            for key in ('depth', 'confidence', 'depth_init')))
+
+    def complete_tensor(self, rgb_t: torch.Tensor,
+                        sparse_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb_t (H,W,3) uint8, sparse_t (H,W) float32 metres, both on self.device ->
+        (depth (H,W) float32 metres, confidence (H,W) float32), on self.device.
+
+        No host round trip for the network; the classical baseline runs on the CPU.
+        """
+        _check_inputs(rgb_t, sparse_t, torch.Tensor, torch.uint8, torch.float32)
+        for name, tensor in (('rgb_t', rgb_t), ('sparse_t', sparse_t)):
+            if tensor.device != self.device:
+                raise ValueError(f'{name} is on {tensor.device}, expected {self.device}')
+        if self.model is None:
+            depth = torch.from_numpy(classical_fill(_valid_depth(sparse_t.cpu().numpy()),
+                                                    self.config.max_depth)).to(self.device)
+            return depth, (depth > 0).float()
+        outputs = self._run(rgb_t, sparse_t)
+        return outputs['depth'][0, 0], outputs['confidence'][0, 0]
+
+    def _run(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network on one frame of device tensors; outputs (1,C,H,W) float32."""
+        dtype = PRECISIONS[self.precision]
+        autocast = (contextlib.nullcontext() if dtype is None
+                    else torch.autocast(self.device.type, dtype=dtype))
+        with torch.inference_mode(), autocast:
+            rgb = rgb_t.permute(2, 0, 1).unsqueeze(0).float() / 255.0
+            sparse = _valid_depth(sparse_t).unsqueeze(0).unsqueeze(0)
+            return self.model(rgb, sparse)
+
+
+def _valid_depth(sparse):
+    """Non-finite and non-positive depths -> 0 (missing); numpy or torch in, same type out."""
+    if isinstance(sparse, torch.Tensor):
+        return torch.where(torch.isfinite(sparse) & (sparse > 0), sparse, 0.0)
+    return np.where(np.isfinite(sparse) & (sparse > 0), sparse, np.float32(0)).astype(np.float32)
+
+
+def _check_inputs(rgb, sparse, array_type, rgb_dtype, sparse_dtype) -> None:
+    """ValueError with a clear message unless rgb is (H,W,3) rgb_dtype and sparse (H,W)
+    sparse_dtype of the same H, W."""
+    for name, value in (('rgb', rgb), ('sparse', sparse)):
+        if not isinstance(value, array_type):
+            raise ValueError(f'{name} must be a {array_type.__module__}.{array_type.__name__}, '
+                             f'got {type(value).__name__}')
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f'rgb must have shape (H, W, 3), got {tuple(rgb.shape)}')
+    if sparse.ndim != 2:
+        raise ValueError(f'sparse must have shape (H, W), got {tuple(sparse.shape)}')
+    if tuple(rgb.shape[:2]) != tuple(sparse.shape):
+        raise ValueError(f'rgb is {tuple(rgb.shape[:2])} (H, W) but sparse is '
+                         f'{tuple(sparse.shape)}; project the depth into the colour image first')
+    if rgb.dtype != rgb_dtype:
+        raise ValueError(f'rgb must be {rgb_dtype} (0-255), got {rgb.dtype}')
+    if sparse.dtype != sparse_dtype:
+        raise ValueError(f'sparse must be {sparse_dtype} metres, got {sparse.dtype}')

@@ -1,0 +1,253 @@
+"""Fused GPU propagation loops (Triton), with the plain-torch references as the fallback.
+
+Each public function computes exactly what its reference loop computes (`cspn.cspn_propagate`,
+the branch loop of `cspnpp.py`, the step loop of `nlspn.py`): on CUDA tensors with Triton
+installed it runs the fused kernels of `fused_kernels.py`, elsewhere (CPU, no Triton, ONNX
+export, float64) the reference. Where gradients are needed the forward is fused and the
+backward recomputes the reference loop under autograd (a documented fallback, not a kernel).
+
+Triton is imported lazily: importing this module never needs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import torch
+
+from cspn_ros.model.propagation.cspn import cspn_step
+from cspn_ros.model.propagation.nlspn import sample_neighbours
+
+#: Input dtypes the kernels read (they compute and return float32).
+FUSED_DTYPES = (torch.float16, torch.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalLaunch:
+    """Tiling of the local (K x K) kernel: steps fused per launch, region size, warps.
+
+    The region is REG_H x REG_W pixels (powers of two) of which the inner
+    (REG - 2 * steps_per_launch * (K // 2)) are written; weights_resident keeps the region's
+    weights in registers (right for 3x3 only).
+    """
+
+    steps_per_launch: int
+    region_height: int
+    region_width: int
+    num_warps: int
+    weights_resident: bool
+
+    def halo(self, kernel_size: int) -> int:
+        return self.steps_per_launch * (kernel_size // 2)
+
+
+#: Per kernel size, chosen with bench/bench_propagation.py (see docs/kernels.md).
+DEFAULT_LAUNCH = {
+    3: LocalLaunch(8, 64, 64, 16, True),
+    5: LocalLaunch(4, 32, 64, 8, False),
+    7: LocalLaunch(2, 32, 64, 8, False),
+}
+
+
+@functools.cache
+def available() -> bool:
+    """True when Triton imports and a CUDA device is present."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def can_fuse(*tensors: torch.Tensor | None) -> bool:
+    """True when the fused kernels can take these tensors (None entries are ignored)."""
+    if not available() or torch.onnx.is_in_onnx_export() or torch.jit.is_scripting():
+        return False
+    return all(t.is_cuda and t.dtype in FUSED_DTYPES for t in tensors if t is not None)
+
+
+def cspn_propagate(init: torch.Tensor, affinity: torch.Tensor, sparse_mask: torch.Tensor | None,
+                   sparse: torch.Tensor, steps: int,
+                   launch: LocalLaunch | None = None) -> torch.Tensor:
+    """Drop-in for `cspn.cspn_propagate` (same arguments, same result); fused where possible.
+
+    init, sparse (B,1,H,W) metres; affinity (B,k*k-1,H,W) normalised; sparse_mask (B,1,H,W)
+    bool or None. Returns (B,1,H,W) float32 (the reference's dtype on the fallback path).
+    """
+    return cspn_propagate_at(init, affinity, sparse_mask, sparse, [steps], launch)[0]
+
+
+def cspn_propagate_at(init: torch.Tensor, affinity: torch.Tensor,
+                      sparse_mask: torch.Tensor | None, sparse: torch.Tensor,
+                      counts: Sequence[int], launch: LocalLaunch | None = None) -> list[torch.Tensor]:
+    """CSPN depths after each of `counts` steps (one run of max(counts) steps): a CSPN++ branch.
+
+    Same math and arguments as `cspn.cspn_propagate`; counts in any order, results in that
+    order. Each result is (B,1,H,W).
+    """
+    counts = [int(c) for c in counts]
+    if min(counts, default=0) < 0:
+        raise ValueError(f'step counts must be >= 0, got {counts}')
+    if not can_fuse(init, affinity, sparse):
+        return _cspn_reference_at(init, affinity, sparse_mask, sparse, counts)
+    run = functools.partial(_cspn_fused_at, counts=counts, launch=launch)
+    reference = functools.partial(_cspn_reference_at, counts=counts)
+    return list(_run_with_reference_backward(run, reference, init, affinity, sparse_mask, sparse))
+
+
+def nlspn_propagate(init: torch.Tensor, affinity: torch.Tensor, grid: torch.Tensor,
+                    sparse_mask: torch.Tensor | None, sparse: torch.Tensor,
+                    steps: int) -> torch.Tensor:
+    """The NLSPN step loop of `nlspn.NLSPNPropagation.forward`; fused where possible.
+
+    init, sparse (B,1,H,W) metres; affinity (B,N,H,W) normalised neighbour weights; grid
+    (B,N*H,W,2) from `NLSPNPropagation.sampling_grid`; sparse_mask (B,1,H,W) bool (put back
+    after every step, not before the first) or None. Returns (B,1,H,W) float32.
+    """
+    if not can_fuse(init, affinity, grid, sparse):
+        return _nlspn_reference(init, affinity, grid, sparse_mask, sparse, steps)
+    run = functools.partial(_nlspn_fused, steps=steps)
+    reference = functools.partial(_nlspn_reference, steps=steps)
+    return _run_with_reference_backward(
+        lambda *args: (run(*args),), lambda *args: (reference(*args),),
+        init, affinity, grid, sparse_mask, sparse)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# References (the teammates' math, arranged to the fused functions' signatures)
+
+def _cspn_reference_at(init, affinity, sparse_mask, sparse, counts):
+    depth = _replaced(init, sparse_mask, sparse)
+    start, done, results = depth, 0, {}
+    for count in sorted(set(counts)):
+        for _ in range(count - done):
+            depth = cspn_step(depth, affinity, start)
+            if sparse_mask is not None:
+                depth = torch.where(sparse_mask, sparse, depth)
+        done, results[count] = count, depth
+    return [results[c] for c in counts]
+
+
+def _nlspn_reference(init, affinity, grid, sparse_mask, sparse, steps):
+    centre = 1 - affinity.sum(dim=1, keepdim=True)
+    depth = init
+    for _ in range(steps):
+        depth = centre * depth + (affinity * sample_neighbours(depth, grid)).sum(dim=1, keepdim=True)
+        if sparse_mask is not None:
+            depth = torch.where(sparse_mask, sparse, depth)
+    return depth
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: fused forward, reference backward
+
+class _ReferenceBackward(torch.autograd.Function):
+    """Forward with `fused`, backward by re-running `reference` under autograd."""
+
+    @staticmethod
+    def forward(ctx, fused: Callable, reference: Callable, *inputs):
+        ctx.reference = reference
+        ctx.save_for_backward(*inputs)
+        return tuple(fused(*inputs))
+
+    @staticmethod
+    def backward(ctx, *output_grads):
+        inputs = ctx.saved_tensors
+        wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i + 2]]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(i in wanted) if t is not None else None
+                      for i, t in enumerate(inputs)]
+            outputs = ctx.reference(*leaves)
+            pairs = [(o, g) for o, g in zip(outputs, output_grads) if g is not None]
+            grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],
+                                        [g for _, g in pairs], allow_unused=True)
+        result = [None] * len(inputs)
+        for index, grad in zip(wanted, grads):
+            result[index] = grad
+        return (None, None, *result)
+
+
+def _run_with_reference_backward(fused, reference, *inputs):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _ReferenceBackward.apply(fused, reference, *inputs)
+    return tuple(fused(*inputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+
+def _planes(tensor: torch.Tensor) -> torch.Tensor:
+    """(B,C,H,W) -> contiguous, as the kernels index it."""
+    return tensor.contiguous()
+
+
+def _mask_bytes(sparse_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if sparse_mask is None:
+        return like  # never read (REPLACE is off)
+    return sparse_mask.expand_as(like).contiguous().view(torch.uint8)
+
+
+def _replaced(depth, sparse_mask, sparse):
+    return depth if sparse_mask is None else torch.where(sparse_mask, sparse, depth)
+
+
+def _cspn_fused_at(init, affinity, sparse_mask, sparse, counts, launch):
+    from cspn_ros.model.propagation import fused_kernels
+
+    batch, neighbours, height, width = affinity.shape
+    kernel_size = round((neighbours + 1) ** 0.5)
+    launch = launch or DEFAULT_LAUNCH.get(kernel_size) or LocalLaunch(1, 32, 64, 8, False)
+    halo = launch.halo(kernel_size)
+    tile_h, tile_w = launch.region_height - 2 * halo, launch.region_width - 2 * halo
+    if tile_h <= 0 or tile_w <= 0:
+        raise ValueError(f'{launch} leaves no tile for a {kernel_size}x{kernel_size} kernel')
+    grid = (_cdiv(width, tile_w), _cdiv(height, tile_h), batch)
+    block = launch.region_height * launch.region_width
+    scratch = torch.empty(grid[0] * grid[1] * batch * 2 * block, device=init.device,
+                          dtype=torch.float32)
+    start = _planes(init)
+    affinity, sparse = _planes(affinity), _planes(sparse)
+    mask = _mask_bytes(sparse_mask, start)
+    results, depth, done = {}, start, 0
+    for count in sorted(set(counts)):
+        while done < count:
+            steps = min(launch.steps_per_launch, count - done)
+            out = torch.empty(start.shape, device=start.device, dtype=torch.float32)
+            fused_kernels.local_steps_kernel[grid](
+                depth, start, affinity, sparse, mask, out, scratch, height, width, steps,
+                K=kernel_size, HALO=halo, REG_H=launch.region_height,
+                REG_W=launch.region_width, NEIGHBOURS_PAD=_next_power_of_two(neighbours),
+                WEIGHTS_RESIDENT=launch.weights_resident, REPLACE=sparse_mask is not None,
+                num_warps=launch.num_warps)
+            depth, done = out, done + steps
+        results[count] = depth if done else _replaced(start, sparse_mask, sparse).float()
+    return [results[c] for c in counts]
+
+
+def _nlspn_fused(init, affinity, grid, sparse_mask, sparse, steps, block=256, num_warps=4):
+    from cspn_ros.model.propagation import fused_kernels
+
+    batch, count, height, width = affinity.shape
+    depth = _planes(init)
+    affinity, grid, sparse = _planes(affinity), _planes(grid), _planes(sparse)
+    mask = _mask_bytes(sparse_mask, depth)
+    launch_grid = (_cdiv(height * width, block), batch)
+    buffers = [torch.empty(depth.shape, device=depth.device, dtype=torch.float32)
+               for _ in range(min(steps, 2))]
+    for step in range(steps):
+        out = buffers[step % 2]
+        fused_kernels.nonlocal_step_kernel[launch_grid](
+            depth, affinity, grid, sparse, mask, out, height, width, N=count,
+            N_PAD=_next_power_of_two(count), BLOCK=block, REPLACE=sparse_mask is not None,
+            num_warps=num_warps)
+        depth = out
+    return depth.float()
+
+
+def _cdiv(total: int, part: int) -> int:
+    return -(-total // part)
+
+
+def _next_power_of_two(value: int) -> int:
+    return 1 << max(0, (value - 1).bit_length())

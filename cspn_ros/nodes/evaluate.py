@@ -1,0 +1,206 @@
+"""evaluate: score depth completion on a rosbag2 file through the node's own pipeline.
+
+    evaluate --bag PATH [--checkpoint CKPT] [--gt-topic TOPIC | --holdout 0.2] [--out DIR]
+
+Frames are paired by the node's matcher and completed by `CompletionPipeline` (prepare +
+complete, i.e. `process`) with the model and, alongside, the classical baseline. Scoring is
+against a ground-truth depth topic or against a held-out share of the sensor points (the rest is
+the input; the split is fixed by --seed). Metrics are computed per frame and averaged over
+frames (KITTI convention). Writes DIR/summary.json, DIR/frames.csv, DIR/frame_*.png (RGB |
+sparse | prediction | error) and DIR/error_vs_distance.png. Same bag + checkpoint + seed ->
+same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from cspn_ros.core.colorize import colorize_depth
+from cspn_ros.core.pipeline import CompletionPipeline, InputError
+from cspn_ros.data.bags import BagError, add_bag_arguments, frames_from_args, holdout_split
+from cspn_ros.model.completer import DepthCompleter
+from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, mean_metrics
+
+LOGGER = logging.getLogger('evaluate')
+#: Width (metres) of the distance bins of the error-vs-distance plot.
+DISTANCE_BIN_M = 0.5
+METHODS = ('model', 'baseline')
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='evaluate', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--bag', required=True, help='rosbag2 folder (sqlite3 or mcap)')
+    parser.add_argument('--checkpoint', default=None,
+                        help="weights (.safetensors/.pt); default: packaged weights; "
+                             "'classical' for the baseline alone")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument('--gt-topic', default=None, help='ground-truth depth Image topic')
+    target.add_argument('--holdout', type=float, default=None,
+                        help='score on this share of held-out sensor points (default 0.2 when '
+                             'no --gt-topic)')
+    parser.add_argument('--out', default='evaluation', help='output folder')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the holdout split')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or auto')
+    parser.add_argument('--pictures', type=int, default=4, help='frames drawn as PNG')
+    parser.add_argument('--max-frames', type=int, default=0, help='0 = all')
+    add_bag_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.gt_topic is None and args.holdout is None:
+        args.holdout = 0.2
+    return args
+
+
+def _completer(checkpoint: Optional[str], device: str) -> DepthCompleter:
+    if checkpoint == 'classical':
+        return DepthCompleter.from_config('classical', device)
+    return DepthCompleter.from_checkpoint(checkpoint, device)
+
+
+def error_picture(rgb: np.ndarray, sparse: np.ndarray, prediction: np.ndarray,
+                  gt: np.ndarray) -> np.ndarray:
+    """RGB | sparse | prediction | |error| at gt pixels, side by side, (H, 4W, 3) uint8 BGR."""
+    valid = gt > 0
+    top = float(np.percentile(gt[valid], 99)) if valid.any() else float(prediction.max() or 1)
+    error = np.where(valid, np.abs(prediction - gt), 0)
+    error_top = float(np.percentile(error[valid], 95)) if valid.any() else 1.0
+    return np.concatenate([
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), colorize_depth(sparse, 0.0, top),
+        colorize_depth(prediction, 0.0, top), colorize_depth(error, 0.0, max(error_top, 1e-3)),
+    ], axis=1)
+
+
+class DistanceErrors:
+    """Mean |error| per ground-truth distance bin, accumulated over frames."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {m: np.zeros(0) for m in METHODS}
+        self.counts = np.zeros(0)
+
+    def add(self, method: str, prediction: np.ndarray, gt: np.ndarray) -> None:
+        valid = gt > 0
+        bins = (gt[valid] / DISTANCE_BIN_M).astype(np.int64)
+        errors = np.abs(prediction[valid].astype(np.float64) - gt[valid])
+        size = max(self.counts.size, int(bins.max(initial=-1)) + 1)
+        sums = np.bincount(bins, errors, minlength=size)
+        sums[:self.sums[method].size] += self.sums[method]
+        self.sums[method] = sums
+        if method == METHODS[0]:
+            counts = np.bincount(bins, minlength=size).astype(np.float64)
+            counts[:self.counts.size] += self.counts
+            self.counts = counts
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+        matplotlib.use('Agg')
+        from matplotlib import pyplot
+        figure, axes = pyplot.subplots(figsize=(7, 4))
+        used = np.flatnonzero(self.counts)
+        centres = (used + 0.5) * DISTANCE_BIN_M
+        for method in METHODS:
+            sums = np.pad(self.sums[method], (0, max(0, self.counts.size - self.sums[method].size)))
+            axes.plot(centres, sums[used] / self.counts[used], marker='.', label=method)
+        axes.set_xlabel('ground-truth distance (m)')
+        axes.set_ylabel('mean absolute error (m)')
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        pyplot.close(figure)
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a fixed-width text table (RMSE/MAE in m, iRMSE/iMAE in 1/km)."""
+    header = (f'{"":10s}{"RMSE m":>9s}{"MAE m":>9s}{"iRMSE":>9s}{"iMAE":>9s}{"REL":>8s}'
+              f'{"d<1.02":>8s}{"d<1.05":>8s}{"d<1.10":>8s}{"d<1.25":>8s}{"frames":>8s}')
+    rows = [header]
+    for method in METHODS:
+        m = summary[method]
+        rows.append(f'{method:10s}{m["rmse"]:9.4f}{m["mae"]:9.4f}{m["irmse"]:9.3f}'
+                    f'{m["imae"]:9.3f}{m["rel"]:8.4f}{m["d102"]:8.4f}{m["d105"]:8.4f}'
+                    f'{m["d110"]:8.4f}{m["d125"]:8.4f}{m["frames"]:8d}')
+    return '\n'.join(rows)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run the evaluation described by parsed arguments; returns the summary dict."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frames, pipeline_options = frames_from_args(args, [args.bag], ground_truth=args.gt_topic)
+    pipelines = {'model': CompletionPipeline(_completer(args.checkpoint, args.device),
+                                             **pipeline_options),
+                 'baseline': CompletionPipeline(DepthCompleter.from_config('classical'),
+                                                **pipeline_options)}
+    count = len(frames) if args.max_frames <= 0 else min(args.max_frames, len(frames))
+    drawn = set(np.linspace(0, count - 1, min(args.pictures, count)).round().astype(int).tolist())
+    per_frame = {m: [] for m in METHODS}
+    rows, skipped = [], []
+    distances = DistanceErrors()
+    for index in range(count):
+        stamp = frames.frames[index].stamp_ns
+        try:
+            messages = frames.read(index)
+            inputs = frames.prepare(pipelines['model'], messages)
+            if args.gt_topic:
+                gt = frames.ground_truth(messages, inputs.sparse.shape)
+            else:
+                rng = np.random.default_rng([args.seed, index])
+                inputs.sparse, gt = holdout_split(inputs.sparse, args.holdout, rng)
+            results = {m: pipelines[m].complete(inputs) for m in METHODS}
+        except (BagError, InputError) as error:
+            LOGGER.warning('skipping frame %d (stamp %d ns): %s', index, stamp, error)
+            skipped.append({'frame': index, 'stamp_ns': stamp, 'reason': str(error)})
+            continue
+        row = {'frame': index, 'stamp_ns': stamp,
+               'input_points': int(np.count_nonzero(inputs.sparse))}
+        for method, result in results.items():
+            metrics = compute_metrics(result.dense_unblanked, gt)
+            per_frame[method].append(metrics)
+            distances.add(method, result.dense_unblanked, gt)
+            row.update({f'{method}_{k}': metrics[k] for k in (*METRIC_KEYS, 'count')})
+        rows.append(row)
+        if index in drawn:
+            cv2.imwrite(str(out / f'frame_{index:05d}.png'), error_picture(
+                inputs.rgb, inputs.sparse, results['model'].dense_unblanked, gt))
+    if not rows:
+        raise BagError(f'{args.bag}: none of the {count} paired frames could be scored '
+                       f'(first problem: {skipped[0]["reason"] if skipped else "none"})')
+    summary = {m: mean_metrics(per_frame[m]) for m in METHODS}
+    summary.update(aggregation='mean over frames of per-frame metrics',
+                   target=args.gt_topic or f'holdout {args.holdout} (seed {args.seed})',
+                   checkpoint=args.checkpoint or 'packaged default', skipped=skipped,
+                   matcher=frames.matcher_stats[0])
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2))
+    with open(out / 'frames.csv', 'w', newline='') as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    distances.plot(out / 'error_vs_distance.png')
+    frames.close()
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    args = parse_args(argv)
+    try:
+        summary = evaluate(args)
+    except (BagError, ValueError, FileNotFoundError) as error:
+        print(f'evaluate: error: {error}', file=sys.stderr)
+        return 1
+    print(format_table(summary))
+    print(f'{summary["aggregation"]}; target: {summary["target"]}; '
+          f'skipped frames: {len(summary["skipped"])}; results in {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

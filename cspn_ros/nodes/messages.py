@@ -1,0 +1,63 @@
+"""rclpy messages from the core's plain field dicts (the only place that builds sensor_msgs).
+
+Byte buffers go in through `array.array('B').frombytes` (one copy, no per-byte Python loop).
+"""
+from __future__ import annotations
+
+import array
+from typing import Any, Mapping
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from cspn_ros.core.camera import PinholeCamera
+
+NS_PER_S = 10 ** 9
+
+
+def _byte_array(data: Any) -> array.array:
+    """A 1-D uint8 numpy array (or bytes) -> array.array('B') for a uint8[] message field."""
+    buffer = array.array('B')
+    buffer.frombytes(np.ascontiguousarray(data, dtype=np.uint8).data
+                     if isinstance(data, np.ndarray) else data)
+    return buffer
+
+
+def stamp_msg(stamp_ns: int) -> Time:
+    """int nanoseconds -> builtin_interfaces/Time."""
+    return Time(sec=int(stamp_ns // NS_PER_S), nanosec=int(stamp_ns % NS_PER_S))
+
+
+def header_msg(stamp_ns: int, frame_id: str) -> Header:
+    """std_msgs/Header from int nanoseconds and a frame id."""
+    return Header(stamp=stamp_msg(stamp_ns), frame_id=frame_id)
+
+
+def image_msg(fields: Mapping[str, Any], header: Header) -> Image:
+    """sensor_msgs/Image from `conversions.image_fields` / `depth_fields` output."""
+    return Image(header=header, height=int(fields['height']), width=int(fields['width']),
+                 encoding=fields['encoding'], is_bigendian=int(fields['is_bigendian']),
+                 step=int(fields['step']), data=_byte_array(fields['data']))
+
+
+def pointcloud2_msg(fields: Mapping[str, Any], header: Header) -> PointCloud2:
+    """sensor_msgs/PointCloud2 from `conversions.pointcloud2_fields` output."""
+    point_fields = [PointField(name=f['name'], offset=int(f['offset']),
+                               datatype=int(f['datatype']), count=int(f['count']))
+                    for f in fields['fields']]
+    return PointCloud2(header=header, height=int(fields['height']), width=int(fields['width']),
+                       fields=point_fields, is_bigendian=bool(fields['is_bigendian']),
+                       point_step=int(fields['point_step']), row_step=int(fields['row_step']),
+                       data=_byte_array(fields['data']), is_dense=bool(fields['is_dense']))
+
+
+def camera_info_msg(camera: PinholeCamera, header: Header) -> CameraInfo:
+    """sensor_msgs/CameraInfo describing `camera` (K, D, R, P and the distortion model)."""
+    return CameraInfo(header=header, width=camera.width, height=camera.height,
+                      distortion_model=camera.distortion_model,
+                      d=[float(v) for v in camera.D],
+                      k=[float(v) for v in camera.K.reshape(-1)],
+                      r=[float(v) for v in camera.R.reshape(-1)],
+                      p=[float(v) for v in camera.P.reshape(-1)])

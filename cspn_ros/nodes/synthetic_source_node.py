@@ -1,0 +1,173 @@
+"""synthetic_source_node: the embedded default sensor rig (camera + LiDAR + ToF + ground truth).
+
+Frames come from `data.synthetic.SyntheticScene`; a producer thread renders them ahead (rendering
+can take longer than a timer period) and the timer publishes the next one, stamped with the node
+clock (sim time aware). Topics (relative): `image` (rgb8), `camera_info` ('camera_optical'),
+`points` ('lidar'), `tof/depth` (32FC1 metres, NaN invalid) + `tof/camera_info` ('tof_optical'),
+`ground_truth/depth` (32FC1, colour camera). The sensors' poses are the scene defaults
+(`DEFAULT_LIDAR_*`, `DEFAULT_TOF_*` in data/synthetic.py; config/completion.yaml matches them).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Optional
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
+from cspn_ros.data.synthetic import SCENES, SyntheticScene
+from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
+
+CAMERA_FRAME = 'camera_optical'
+LIDAR_FRAME = 'lidar'
+TOF_FRAME = 'tof_optical'
+#: Frames rendered ahead of the timer.
+PREFETCH = 2
+
+
+def _descriptor(description: str, low: Optional[float] = None, high: Optional[float] = None,
+                integer: bool = False) -> ParameterDescriptor:
+    if low is None:
+        return ParameterDescriptor(description=description, read_only=True)
+    if integer:
+        return ParameterDescriptor(description=description, read_only=True, integer_range=[
+            IntegerRange(from_value=int(low), to_value=int(high), step=1)])
+    return ParameterDescriptor(description=description, read_only=True, floating_point_range=[
+        FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)])
+
+
+class SyntheticSourceNode(Node):
+    """Publishes SyntheticScene frames at `rate` Hz (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('synthetic_source_node', **kwargs)
+        declare = self.declare_parameter
+        rate = declare('rate', 10.0, _descriptor('frames per second', 0.1, 100.0)).value
+        width = declare('width', 320, _descriptor('colour image width (px)', 16, 4096, True)).value
+        height = declare('height', 240, _descriptor('colour image height (px)', 16, 4096,
+                                                    True)).value
+        beams = declare('lidar_beams', 64, _descriptor('LiDAR beams: 16, 32 or 64', 16, 64,
+                                                       True)).value
+        scene = declare('scene', 'outdoor', _descriptor('outdoor (1-60 m) or indoor (0.5-8 m)')
+                        ).value
+        seed = declare('seed', 0, _descriptor('scene layout and noise seed', 0, 2**31 - 1,
+                                              True)).value
+        self.num_frames = declare('num_frames', 0, _descriptor(
+            'frames to publish, then idle (0 = forever)', 0, 2**31 - 1, True)).value
+        self.publish_lidar = declare('publish_lidar', True, _descriptor('publish points')).value
+        self.publish_tof = declare('publish_tof', True, _descriptor(
+            'publish tof/depth and tof/camera_info')).value
+        if beams not in (16, 32, 64):
+            raise ValueError(f'lidar_beams must be 16, 32 or 64, got {beams}')
+        if scene not in SCENES:
+            raise ValueError(f'scene must be one of {SCENES}, got {scene!r}')
+        self.scene = SyntheticScene(seed=seed, width=width, height=height, lidar_beams=beams,
+                                    scene=scene, rate_hz=rate, tof_width=max(16, width // 2),
+                                    tof_height=max(16, height // 2))
+
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        topics = {'image': Image, 'camera_info': CameraInfo, 'ground_truth/depth': Image}
+        if self.publish_lidar:
+            topics['points'] = PointCloud2
+        if self.publish_tof:
+            topics.update({'tof/depth': Image, 'tof/camera_info': CameraInfo})
+        self.publishers_by_topic = {topic: self.create_publisher(msg_type, topic, qos)
+                                    for topic, msg_type in topics.items()}
+
+        self.frames_published = 0
+        self.ticks_missed = 0
+        self._ready: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        self._stop = threading.Event()
+        self._producer = threading.Thread(target=self._render, name='synthetic_render',
+                                          daemon=True)
+        self._producer.start()
+        self._timer = self.create_timer(1.0 / rate, self._publish_next)
+        self.get_logger().info(f'publishing a {scene} scene at {rate:g} Hz, {width}x{height}, '
+                               f'{beams}-beam LiDAR: {", ".join(topics)}')
+
+    def _render(self) -> None:
+        """Producer thread: build the messages of frame 0, 1, ... into the prefetch queue."""
+        index = 0
+        while not self._stop.is_set() and (self.num_frames == 0 or index < self.num_frames):
+            messages = self._messages(self.scene.frame(index))
+            while not self._stop.is_set():
+                try:
+                    self._ready.put(messages, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            index += 1
+
+    def _messages(self, frame: Any) -> dict[str, tuple[Any, str]]:
+        """topic -> (message without stamp, frame id) for one SyntheticFrame."""
+        blank = header_msg(0, '')
+        messages = {
+            'image': (image_msg(image_fields(frame.rgb, 'rgb8'), blank), CAMERA_FRAME),
+            'camera_info': (camera_info_msg(frame.camera, blank), CAMERA_FRAME),
+            'ground_truth/depth': (image_msg(depth_fields(frame.depth), blank), CAMERA_FRAME),
+        }
+        if self.publish_lidar:
+            messages['points'] = (pointcloud2_msg(pointcloud2_fields(frame.lidar_points), blank),
+                                  LIDAR_FRAME)
+        if self.publish_tof:
+            messages['tof/depth'] = (image_msg(depth_fields(frame.tof_depth), blank), TOF_FRAME)
+            messages['tof/camera_info'] = (camera_info_msg(frame.tof_camera, blank), TOF_FRAME)
+        return messages
+
+    def _publish_next(self) -> None:
+        """Timer: publish the next rendered frame, all topics with one stamp (clock now)."""
+        if self.num_frames and self.frames_published >= self.num_frames:
+            self._timer.cancel()
+            self.get_logger().info(f'published {self.frames_published} frames; idle')
+            return
+        try:
+            messages = self._ready.get_nowait()
+        except queue.Empty:
+            if self.frames_published:  # the first frame is still rendering: not a miss
+                self.ticks_missed += 1
+                self.get_logger().warning('rendering is slower than the rate: tick skipped',
+                                          throttle_duration_sec=5.0)
+            return
+        stamp_ns = self.get_clock().now().nanoseconds
+        for topic, (msg, frame_id) in messages.items():
+            msg.header = header_msg(stamp_ns, frame_id)
+            self.publishers_by_topic[topic].publish(msg)
+        self.frames_published += 1
+
+    def destroy_node(self) -> None:
+        """Stop the producer thread, then the node."""
+        self._stop.set()
+        self._producer.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Entry point of `synthetic_source_node`."""
+    rclpy.init(args=args)
+    try:
+        node = SyntheticSourceNode()
+    except Exception as error:  # a start-up problem: one clear line, no traceback
+        rclpy.logging.get_logger('synthetic_source_node').fatal(
+            f'cannot start: {type(error).__name__}: {error}')
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""training_node: train a completion model from rosbag2 files, as a CLI or as a ROS node.
+
+    training_node --bag PATH [--bag PATH ...] --out DIR [--epochs N]
+                  [--supervision dense|tof|lidar-holdout|photometric] [--config MODEL_CONFIG]
+                  [--depth-source lidar|tof] [--batch-size B] [--crop HxW] [--resume] ...
+
+Frames are paired and converted exactly as the completion node does it (same topics, matcher
+and `CompletionPipeline.prepare`). Supervision: dense (a ground-truth depth topic), tof (the
+ToF depth is the target, a random subset of it the input), lidar-holdout (a random share of the
+projected LiDAR points is the target, the rest the input), photometric (neighbouring frames +
+odometry on --pose-topic). The last frames (--val-fraction) are held out for validation.
+Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
+and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
+
+Run with `--ros-args` (or without --bag) it is a ROS node: every option is a parameter of the
+same name with '_' for '-' (bag is a string array; extrinsic.translation, extrinsic.rotation and
+tof.registered as in the completion node) and progress is published as
+diagnostic_msgs/DiagnosticArray on /diagnostics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from cspn_ros.config import ModelConfig
+from cspn_ros.core.pipeline import CompletionPipeline
+from cspn_ros.data.augment import Augmenter
+from cspn_ros.data.bags import (SUPERVISIONS, BagError, BagTrainingSamples, SupervisionOptions,
+                                add_bag_arguments, frames_from_args)
+from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions
+
+LOGGER = logging.getLogger('training_node')
+#: argparse dest -> ROS parameter name, where the completion node spells it differently.
+ROS_NAMES = {'extrinsic_translation': 'extrinsic.translation',
+             'extrinsic_rotation': 'extrinsic.rotation', 'tof_registered': 'tof.registered'}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='training_node', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--bag', action='append', default=[], help='rosbag2 folder; repeatable')
+    parser.add_argument('--out', default='', help='output folder for checkpoints and logs')
+    parser.add_argument('--epochs', type=int, default=10)
+    parser.add_argument('--supervision', choices=SUPERVISIONS, default='dense')
+    parser.add_argument('--config', default='',
+                        help="model config: YAML/JSON file, propagation name or a JSON object "
+                             "such as '{\"width\": 8, \"steps\": 2}' ('' = defaults)")
+    parser.add_argument('--batch-size', type=int, default=4)
+    parser.add_argument('--crop', default='', help="random training crop 'HxW' ('' = none)")
+    parser.add_argument('--max-scale', type=float, default=1.0,
+                        help='random rescale in [1, max-scale] before cropping')
+    parser.add_argument('--resume', action='store_true', help='continue from DIR/last.*')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
+    parser.add_argument('--lr', type=float, default=1e-3)
+    parser.add_argument('--weight-decay', type=float, default=1e-2)
+    parser.add_argument('--clip-grad-norm', type=float, default=1.0)
+    parser.add_argument('--checkpoint-every', type=int, default=500, help='steps')
+    parser.add_argument('--val-fraction', type=float, default=0.1)
+    parser.add_argument('--gt-topic', default='/ground_truth/depth',
+                        help='ground-truth depth topic (dense supervision)')
+    parser.add_argument('--pose-topic', default='',
+                        help='nav_msgs/Odometry or geometry_msgs/PoseStamped of the camera '
+                             '(photometric supervision)')
+    parser.add_argument('--holdout', type=float, default=0.2,
+                        help='share of LiDAR points held out as targets (lidar-holdout)')
+    parser.add_argument('--tof-input-points', type=int, default=500,
+                        help='ToF pixels fed as input (tof supervision)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
+    parser.add_argument('--no-amp', action='store_true', help='train in float32 on CUDA')
+    parser.add_argument('--no-progress', action='store_true', help='no tqdm bar')
+    add_bag_arguments(parser)
+    return parser
+
+
+def _crop(text: str) -> Optional[tuple[int, int]]:
+    if not text:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ValueError(f"--crop must look like 'HxW' (e.g. 352x1216), got {text!r}") from None
+    return height, width
+
+
+def _model_config(text: str) -> ModelConfig:
+    if text.strip().startswith('{'):
+        return ModelConfig.from_dict(json.loads(text))
+    return ModelConfig.load(text or None)
+
+
+def train(args: argparse.Namespace,
+          on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Build datasets from the bags and train; returns the Trainer summary."""
+    if not args.bag:
+        raise ValueError('no --bag given')
+    if not args.out:
+        raise ValueError('no --out folder given')
+    supervision = args.supervision
+    frames, pipeline_options = frames_from_args(
+        args, args.bag, ground_truth=args.gt_topic if supervision == 'dense' else None,
+        pose=args.pose_topic or None)
+    pipeline = CompletionPipeline(None, **pipeline_options)  # prepare only: no completer
+    count = len(frames)
+    val_count = math.ceil(count * args.val_fraction) if count >= 2 and args.val_fraction > 0 else 0
+    train_indices = list(range(count - val_count))
+    crop = _crop(args.crop)
+    options = SupervisionOptions(supervision, args.holdout, args.tof_input_points,
+                                 args.slop, np.eye(4))
+    train_set = BagTrainingSamples(
+        frames, pipeline, options, train_indices,
+        Augmenter(crop, (1.0, max(1.0, args.max_scale)), flip=True, jitter=0.2), args.seed)
+    val_set = None
+    if val_count:
+        val_mode = (supervision if supervision != 'photometric'
+                    else 'lidar-holdout' if args.depth_source == 'lidar' else 'tof')
+        val_set = BagTrainingSamples(
+            frames, pipeline, SupervisionOptions(val_mode, args.holdout, args.tof_input_points),
+            range(count - val_count, count), Augmenter(crop, flip=False, jitter=0.0), args.seed)
+    LOGGER.info('%d paired frames in %d bag(s): %d for training, %d for validation',
+                count, len(args.bag), len(train_set), val_count)
+    trainer = Trainer(
+        _model_config(args.config),
+        TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                     weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm,
+                     checkpoint_every=args.checkpoint_every, supervision=supervision,
+                     amp=not args.no_amp, num_workers=args.workers, seed=args.seed,
+                     device=args.device, progress=not args.no_progress),
+        train_set, val_set, args.out, resume=args.resume, on_progress=on_progress)
+    return trainer.fit()
+
+
+def _report(summary: dict) -> None:
+    seconds = summary['epoch_seconds']
+    print(f'trained to step {summary["step"]} (epoch {summary["epoch"]}); best score '
+          f'{summary["best_rmse"]:.4f}; skipped samples: {summary["skipped"]}; '
+          f'seconds per epoch: {np.mean(seconds) if seconds else float("nan"):.2f}')
+    if summary['val']:
+        print('validation: ' + ', '.join(f'{k}={v:.4g}' for k, v in summary['val'].items()))
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _report(train(args))
+    except (BagError, TrainingError, ValueError, FileNotFoundError) as error:
+        print(f'training_node: error: {error}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_ros(argv: Sequence[str]) -> int:
+    """ROS node: options as parameters, progress on /diagnostics."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.parameter import Parameter
+
+    rclpy.init(args=list(argv))
+    node = rclpy.create_node('training_node')
+    parser = build_parser()
+    values = {}
+    for action in parser._actions:
+        if action.dest == 'help':
+            continue
+        name = ROS_NAMES.get(action.dest, action.dest)
+        if action.dest == 'bag':
+            node.declare_parameter(name, Parameter.Type.STRING_ARRAY)
+            values[action.dest] = list(node.get_parameter(name).value or [])
+        else:
+            node.declare_parameter(name, action.default)
+            values[action.dest] = node.get_parameter(name).value
+    args = argparse.Namespace(**values)
+    publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+    def publish(progress: dict, level: bytes = DiagnosticStatus.OK, message: str = '') -> None:
+        status = DiagnosticStatus(level=level, name='training_node: training',
+                                  hardware_id='training_node',
+                                  message=message or f'epoch {progress.get("epoch")} step '
+                                                     f'{progress.get("step")}')
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in progress.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = node.get_clock().now().to_msg()
+        publisher.publish(array)
+
+    code = 0
+    try:
+        summary = train(args, publish)
+        publish({k: v for k, v in summary.items() if k != 'val'}, message='finished')
+        _report(summary)
+    except (BagError, TrainingError, ValueError, FileNotFoundError) as error:
+        node.get_logger().error(str(error))
+        publish({}, DiagnosticStatus.ERROR, str(error))
+        code = 1
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_help = '-h' in argv or '--help' in argv
+    if '--ros-args' in argv or ('--bag' not in argv and not wants_help):
+        return run_ros(argv)
+    return run_cli(argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Training loop: AdamW + warm-up/cosine schedule, AMP on CUDA, gradient clipping, checkpoints
+(last every N steps and at each epoch end, best on validation RMSE), exact resume, TensorBoard
+logs and tqdm progress; DistributedDataParallel when launched by torchrun (RANK / WORLD_SIZE /
+LOCAL_RANK; only rank 0 writes).
+
+Datasets yield sample dicts of numpy arrays (data/augment.py describes the keys) or None for a
+frame that could not be used; None samples are counted and reported, never silently trained on.
+Out dir: last.safetensors + last_state.pt (optimizer, scheduler, step: what resume needs),
+best.safetensors, tb/ (TensorBoard).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from cspn_ros.config import ModelConfig
+from cspn_ros.core.colorize import colorize_depth
+from cspn_ros.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from cspn_ros.model.network import CompletionNet
+from cspn_ros.train.losses import depth_loss, edge_aware_smoothness, masked_l1, photometric_loss
+from cspn_ros.train.metrics import compute_metrics, mean_metrics
+
+LOGGER = logging.getLogger(__name__)
+STATE_FILE = 'last_state.pt'
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (no usable samples, resume state missing, ...)."""
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """epochs, batch_size (per process), AdamW learning_rate / weight_decay, warmup_fraction of
+    the steps, clip_grad_norm (0 = off), checkpoint_every (steps), loss weights (l1/l2 on the
+    final depth, init_weight on depth_init; photometric mode: smoothness_weight, sparse_weight on
+    the input points), amp (CUDA only), device ('auto' | 'cpu' | 'cuda[:i]')."""
+
+    epochs: int = 10
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05
+    clip_grad_norm: float = 1.0
+    checkpoint_every: int = 500
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    init_weight: float = 0.2
+    smoothness_weight: float = 1e-3
+    sparse_weight: float = 1.0
+    supervision: str = 'dense'
+    amp: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    device: str = 'auto'
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def collate_samples(samples: Sequence[Optional[dict]]) -> tuple[Optional[dict], int]:
+    """Numpy sample dicts -> (batch of tensors, number of None samples dropped).
+
+    rgb (B,3,H,W) float [0,1], sparse/target (B,1,H,W) metres, K (B,3,3); photometric:
+    source_rgbs (B,S,3,H,W), T_sources_from_target (B,S,4,4). Batch is None if all dropped.
+    """
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return None, len(samples)
+    batch = {
+        'rgb': torch.from_numpy(np.stack([s['rgb'] for s in kept])).permute(0, 3, 1, 2)
+        .float().div(255),
+        'sparse': torch.from_numpy(np.stack([s['sparse'] for s in kept])).float().unsqueeze(1),
+        'target': torch.from_numpy(np.stack([s['target'] for s in kept])).float().unsqueeze(1),
+        'K': torch.from_numpy(np.stack([s['K'] for s in kept])).float(),
+    }
+    if 'source_rgbs' in kept[0]:
+        batch['source_rgbs'] = (torch.from_numpy(np.stack([s['source_rgbs'] for s in kept]))
+                                .permute(0, 1, 4, 2, 3).float().div(255))
+        batch['T_sources_from_target'] = torch.from_numpy(
+            np.stack([s['T_sources_from_target'] for s in kept])).float()
+    return batch, len(samples) - len(kept)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """LR factor per step: linear warm-up, then cosine decay to 0 at total_steps."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
+
+
+def _device(name: str, local_rank: int, world: int) -> torch.device:
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and world > 1:
+        name = f'cuda:{local_rank}'
+    return torch.device(name)
+
+
+class Trainer:
+    """Trains `CompletionNet(config)` on `train_set`, scores `val_set` (RMSE picks the best)
+    after every epoch and writes checkpoints to out_dir. `on_progress(dict)` is called after
+    every step and epoch (the ROS node publishes it as diagnostics)."""
+
+    def __init__(self, config: ModelConfig, options: TrainOptions, train_set: Dataset,
+                 val_set: Optional[Dataset], out_dir: str | Path, resume: bool = False,
+                 on_progress: Optional[Callable[[dict], None]] = None) -> None:
+        if len(train_set) == 0:
+            raise TrainingError('the training set is empty: 0 samples')
+        self.options, self.train_set, self.val_set = options, train_set, val_set
+        self.out_dir = Path(out_dir)
+        self.on_progress = on_progress or (lambda _: None)
+        self.rank, self.world, local_rank = _distributed()
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+        self.device = _device(options.device, local_rank, self.world)
+        if self.device.type == 'cuda':
+            torch.cuda.set_device(self.device)
+        seed_everything(options.seed)
+        self.step, self.epoch, self.best_rmse = 0, 0, math.inf
+        state_dict = None
+        if resume:
+            state_dict, config = self._resume_weights(config)
+        self.config = config
+        self.model = CompletionNet(config).to(self.device)
+        if state_dict is not None:
+            load_weights(self.model, state_dict, self.out_dir / 'last.safetensors')
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.learning_rate,
+                                           weight_decay=options.weight_decay)
+        self.sampler = (DistributedSampler(train_set, seed=options.seed) if self.world > 1
+                        else None)
+        self.generator = torch.Generator()
+        self.loader = DataLoader(
+            train_set, batch_size=options.batch_size, collate_fn=collate_samples,
+            sampler=self.sampler or RandomSampler(train_set, generator=self.generator),
+            num_workers=options.num_workers, drop_last=False)
+        total_steps = options.epochs * len(self.loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total_steps, options.warmup_fraction))
+        self.amp_dtype = None
+        if options.amp and self.device.type == 'cuda':
+            self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported()
+                              else torch.float16)
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16)
+        if resume:
+            self._resume_state()
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+        self.writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.out_dir / 'tb'))
+
+    def _resume_weights(self, config: ModelConfig) -> tuple[dict, ModelConfig]:
+        path = self.out_dir / 'last.safetensors'
+        if not path.is_file() or not (self.out_dir / STATE_FILE).is_file():
+            raise TrainingError(f'cannot resume: {path} or {self.out_dir / STATE_FILE} missing')
+        state_dict, saved_config, _ = load_checkpoint(path)
+        if saved_config != config:
+            LOGGER.warning('resuming with the checkpoint config %s (not %s)', saved_config, config)
+        return state_dict, saved_config
+
+    def _resume_state(self) -> None:
+        state = torch.load(self.out_dir / STATE_FILE, map_location='cpu', weights_only=True)
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.scaler.load_state_dict(state['scaler'])
+        self.step, self.epoch = int(state['step']), int(state['epoch'])
+        self.best_rmse = float(state['best_rmse'])
+        LOGGER.info('resumed at step %d, epoch %d', self.step, self.epoch)
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs; returns dict(step, epoch, best_rmse, skipped,
+        epoch_seconds, val) with the last validation metrics."""
+        summary: dict[str, Any] = {'skipped': 0, 'epoch_seconds': [], 'val': None}
+        while self.epoch < self.options.epochs:
+            start = time.perf_counter()
+            used, skipped, mean_loss = self._train_epoch()
+            summary['skipped'] += skipped
+            if used == 0:
+                raise TrainingError(f'epoch {self.epoch}: all {skipped} samples were skipped '
+                                    '(see the warnings above for the reasons); nothing to train on')
+            if skipped:
+                LOGGER.warning('epoch %d: skipped %d of %d samples', self.epoch, skipped,
+                               used + skipped)
+            self.epoch += 1
+            val = self.validate() if self.val_set is not None else None
+            score = val['rmse'] if val is not None and val['frames'] else mean_loss
+            summary['epoch_seconds'].append(time.perf_counter() - start)
+            summary['val'] = val
+            if self.rank == 0:
+                if val is not None:
+                    for key, value in val.items():
+                        self.writer.add_scalar(f'val/{key}', value, self.step)
+                if score < self.best_rmse:
+                    self.best_rmse = score
+                    self._save('best')
+                self._save('last')
+                self._save_state()
+            self.on_progress({'epoch': self.epoch, 'step': self.step, 'loss': mean_loss,
+                              'skipped': skipped, 'val': val})
+        if self.writer is not None:
+            self.writer.flush()
+        summary.update(step=self.step, epoch=self.epoch, best_rmse=self.best_rmse)
+        return summary
+
+    def _train_epoch(self) -> tuple[int, int, float]:
+        """One pass over the loader -> (samples used, samples skipped, mean loss)."""
+        from tqdm import tqdm
+        if hasattr(self.train_set, 'set_epoch'):
+            self.train_set.set_epoch(self.epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        self.generator.manual_seed(self.options.seed + self.epoch)
+        self.net.train()
+        used = skipped = 0
+        losses = []
+        bar = tqdm(self.loader, desc=f'epoch {self.epoch + 1}/{self.options.epochs}',
+                   disable=not self.options.progress or self.rank != 0, leave=False)
+        for batch, dropped in bar:
+            skipped += dropped
+            if batch is None:
+                continue
+            used += batch['rgb'].shape[0]
+            loss = self._train_step({k: v.to(self.device) for k, v in batch.items()})
+            losses.append(loss)
+            bar.set_postfix(loss=f'{loss:.4f}')
+            self.on_progress({'epoch': self.epoch, 'step': self.step, 'loss': loss})
+        return used, skipped, float(np.mean(losses)) if losses else math.inf
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            outputs = self.net(batch['rgb'], batch['sparse'])
+        loss = self.loss(outputs, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.options.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        value = float(loss.detach())
+        if self.rank == 0:
+            self.writer.add_scalar('train/loss', value, self.step)
+            self.writer.add_scalar('train/lr', self.scheduler.get_last_lr()[0], self.step)
+            if self.step % self.options.checkpoint_every == 0:
+                self._save('last')
+                self._save_state()
+        return value
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Supervised: weighted L1+L2 on depth (and init_weight x on depth_init) against target.
+        Photometric: min-reprojection photometric loss over the source views + edge-aware
+        smoothness + L1 to the input points."""
+        o = self.options
+        depth, init = outputs['depth'].float(), outputs['depth_init'].float()
+        if o.supervision != 'photometric':
+            return (depth_loss(depth, batch['target'], o.l1_weight, o.l2_weight)
+                    + o.init_weight * depth_loss(init, batch['target'], o.l1_weight, o.l2_weight))
+        sources = batch['source_rgbs'].unbind(1)
+        poses = batch['T_sources_from_target'].unbind(1)
+        return (photometric_loss(batch['rgb'], list(sources), depth, batch['K'], list(poses))
+                + o.smoothness_weight * edge_aware_smoothness(depth, batch['rgb'])
+                + o.sparse_weight * masked_l1(depth, batch['sparse']))
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean over validation frames of compute_metrics(depth, target); logs pictures of the
+        first batch to TensorBoard."""
+        self.model.eval()
+        loader = DataLoader(self.val_set, batch_size=self.options.batch_size,
+                            collate_fn=collate_samples, num_workers=self.options.num_workers)
+        frames = []
+        for batch, _ in loader:
+            if batch is None:
+                continue
+            depth = self.model(batch['rgb'].to(self.device),
+                               batch['sparse'].to(self.device))['depth'].float().cpu()
+            for pred, target in zip(depth[:, 0].numpy(), batch['target'][:, 0].numpy()):
+                frames.append(compute_metrics(pred, target))
+            if len(frames) == depth.shape[0] and self.writer is not None:
+                self._log_pictures(batch, depth)
+        return mean_metrics(frames)
+
+    def _log_pictures(self, batch: dict[str, torch.Tensor], depth: torch.Tensor) -> None:
+        """rgb | sparse | prediction of the first validation frame."""
+        target = batch['target'][0, 0].numpy()
+        top = float(np.percentile(target[target > 0], 99)) if np.any(target > 0) else 10.0
+        rgb = (batch['rgb'][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        panels = [rgb] + [colorize_depth(d, 0.0, top)[..., ::-1]
+                          for d in (batch['sparse'][0, 0].numpy(), depth[0, 0].numpy())]
+        self.writer.add_image('val/rgb_sparse_prediction', np.concatenate(panels, axis=1),
+                              self.step, dataformats='HWC')
+
+    def _save(self, name: str) -> None:
+        save_checkpoint(self.out_dir / f'{name}.safetensors', self.model.state_dict(), self.config,
+                        {'step': self.step, 'epoch': self.epoch,
+                         'supervision': self.options.supervision})
+
+    def _save_state(self) -> None:
+        torch.save({'optimizer': self.optimizer.state_dict(),
+                    'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
+                    'step': self.step, 'epoch': self.epoch, 'best_rmse': self.best_rmse},
+                   self.out_dir / STATE_FILE)

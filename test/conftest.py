@@ -1,0 +1,215 @@
+"""Shared test helpers for ROS integration tests.
+
+- `ros_domain`: a ROS_DOMAIN_ID of its own for each test (also exported to subprocesses), with
+  discovery limited to this machine.
+- `start_node`: starts `cspn_ros.nodes.<name>` as a real subprocess with a parameter file and
+  always stops it (SIGINT, then kill) after the test; its stderr is kept for assertions.
+- `ros_node`: an in-process rclpy node spinning in its own thread; `Inbox.wait_for` blocks on a
+  condition with a timeout (no sleeps as synchronisation).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pytest
+import yaml
+
+#: ROS_DOMAIN_IDs 1..101 are safe for the default port mapping; the pid spreads parallel runs.
+_DOMAIN_IDS = 101
+_domain_counter = itertools.count()
+
+
+@pytest.fixture
+def ros_domain(monkeypatch) -> int:
+    """A ROS_DOMAIN_ID unique to this test (pid + counter), set in os.environ."""
+    domain_id = 1 + (os.getpid() * 7 + next(_domain_counter)) % _DOMAIN_IDS
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(domain_id))
+    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    monkeypatch.setenv('RCUTILS_LOGGING_BUFFERED_STREAM', '0')
+    return domain_id
+
+
+class NodeProcess:
+    """A node running as `python -m cspn_ros.nodes.<name>` with stderr captured to a file."""
+
+    def __init__(self, name: str, parameters: dict[str, Any], workdir: Path) -> None:
+        self.name = name
+        params_file = workdir / f'{name}_params.yaml'
+        params_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': parameters}}))
+        self.log_path = workdir / f'{name}.log'
+        self._log = self.log_path.open('w')
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', f'cspn_ros.nodes.{name}', '--ros-args', '--params-file',
+             str(params_file)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    def log(self) -> str:
+        """Everything the process wrote to stdout/stderr so far."""
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """Ctrl-C the process, kill it if it does not exit; its return code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_node(ros_domain, tmp_path):
+    """start_node(name, **parameters) -> NodeProcess; every process is stopped at teardown."""
+    processes: list[NodeProcess] = []
+
+    def start(name: str, **parameters: Any) -> NodeProcess:
+        processes.append(NodeProcess(name, parameters, tmp_path))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        process.stop()
+
+
+class Inbox:
+    """Messages received on one topic, with a blocking wait."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self._condition = threading.Condition()
+
+    def add(self, msg: Any) -> None:
+        with self._condition:
+            self.messages.append(msg)
+            self._condition.notify_all()
+
+    def wait_for(self, predicate: Callable[[Any], bool] = lambda msg: True,
+                 timeout: float = 10.0) -> Any:
+        """The first message (old or new) satisfying predicate; None after timeout seconds."""
+        found: list[Any] = []
+
+        def ready() -> bool:
+            found[:] = [m for m in self.messages if predicate(m)][:1]
+            return bool(found)
+
+        with self._condition:
+            self._condition.wait_for(ready, timeout)
+        return found[0] if found else None
+
+
+class RosTestNode:
+    """An rclpy node in its own context, spun by a background thread."""
+
+    def __init__(self, domain_id: int) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(f'test_node_{os.getpid()}', context=self.context)
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def inbox(self, msg_type: Any, topic: str, qos: Any = 10) -> Inbox:
+        """Subscribe topic; received messages collect in the returned Inbox."""
+        inbox = Inbox()
+        self.node.create_subscription(msg_type, topic, inbox.add, qos)
+        return inbox
+
+    def publisher(self, msg_type: Any, topic: str, qos: Any = 10) -> Any:
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def rosout(self) -> Inbox:
+        """Inbox of every log record published on /rosout."""
+        from rcl_interfaces.msg import Log
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        return self.inbox(Log, '/rosout', qos)
+
+    def close(self) -> None:
+        import rclpy
+        self._executor.shutdown()
+        self._thread.join()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def ros_node(ros_domain):
+    """A RosTestNode in this test's ROS domain."""
+    node = RosTestNode(ros_domain)
+    yield node
+    node.close()
+
+
+def publish_until(publish: Callable[[int], None], inbox: Inbox,
+                  predicate: Callable[[Any], bool] = lambda msg: True, timeout: float = 20.0,
+                  period: float = 0.1) -> Any:
+    """Call publish(i) for i = 0, 1, ... every `period` s until inbox holds a message satisfying
+    predicate (returned) or timeout (None). Publishing repeatedly covers the discovery delay of
+    freshly started processes."""
+    deadline = time.monotonic() + timeout
+    for i in itertools.count():
+        publish(i)
+        found = inbox.wait_for(predicate, period)
+        if found is not None or time.monotonic() > deadline:
+            return found
+
+
+def plane_depth(width: int, height: int) -> np.ndarray:
+    """(H,W) float32 metres of a slanted plane: 4 m at the left edge to ~6 m at the right."""
+    return np.tile(4.0 + 2.0 * np.arange(width, dtype=np.float32) / width, (height, 1))
+
+
+def plane_camera(width: int, height: int) -> 'PinholeCamera':
+    """An undistorted pinhole camera, fx = fy = width * 0.8, centred principal point."""
+    from cspn_ros.core.camera import PinholeCamera
+    f = 0.8 * width
+    return PinholeCamera(width, height, K=[[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2],
+                                           [0, 0, 1]], D=np.zeros(5))
+
+
+def plane_points(width: int, height: int, row_step: int = 4, col_step: int = 2,
+                 translation=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """(N,3) float32 LiDAR points on `plane_depth` through pixel centres of every row_step-th
+    row and col_step-th column, in a sensor frame with p_cam = p_sensor + translation."""
+    camera = plane_camera(width, height)
+    depth = np.zeros((height, width), np.float32)
+    depth[::row_step, ::col_step] = plane_depth(width, height)[::row_step, ::col_step]
+    points, _ = camera.backproject(depth)
+    return (points - np.asarray(translation, np.float32)).astype(np.float32)
+
+
+def plane_frame(stamp_ns: int, width: int = 64, height: int = 48, tof_scale: int = 1,
+                translation=(0.0, 0.0, 0.0), seed: int = 0) -> dict[str, Any]:
+    """rclpy messages of one frame of the plane scene, keyed by completion_node topic:
+    image (rgb8, 'camera_optical'), camera_info, points ('lidar'), tof/depth (32FC1 of the
+    plane, width/tof_scale wide, 'tof_optical') and tof/camera_info."""
+    from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
+    from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
+    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    camera_header = header_msg(stamp_ns, 'camera_optical')
+    tof_header = header_msg(stamp_ns, 'tof_optical')
+    tof_w, tof_h = width // tof_scale, height // tof_scale
+    return {
+        'image': image_msg(image_fields(rgb, 'rgb8'), camera_header),
+        'camera_info': camera_info_msg(plane_camera(width, height), camera_header),
+        'points': pointcloud2_msg(pointcloud2_fields(
+            plane_points(width, height, translation=translation)), header_msg(stamp_ns, 'lidar')),
+        'tof/depth': image_msg(depth_fields(plane_depth(tof_w, tof_h)), tof_header),
+        'tof/camera_info': camera_info_msg(plane_camera(tof_w, tof_h), tof_header),
+    }

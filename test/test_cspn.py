@@ -1,0 +1,128 @@
+"""CSPN propagation: vectorised torch code vs a per-pixel float64 loop, '8sum' bound, stability,
+exact preservation of sparse inputs, and the propagation registry."""
+import numpy as np
+import pytest
+import torch
+
+from cspn_ros.config import ModelConfig
+from cspn_ros.model.propagation import build_propagation
+from cspn_ros.model.propagation.cspn import (CSPNPropagation, cspn_propagate, cspn_step,
+                                             normalize_affinity)
+
+
+def reference_cspn(init, guidance, sparse, steps, kernel_size, preserve):
+    """Per-pixel loop in float64: '8sum' affinities, centre weight 1 - sum(a) on the initial
+    depth, replicate borders, sparse replacement before and after every step."""
+    init, guidance, sparse = (np.asarray(t, dtype=np.float64) for t in (init, guidance, sparse))
+    batch, _, height, width = init.shape
+    radius = kernel_size // 2
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+               if (dy, dx) != (0, 0)]
+    depth = init.copy()
+    if preserve:
+        depth = np.where(sparse > 0, sparse, depth)
+    start = depth.copy()
+    for _ in range(steps):
+        new = np.empty_like(depth)
+        for b in range(batch):
+            for y in range(height):
+                for x in range(width):
+                    raw = guidance[b, :, y, x]
+                    weights = raw / max(np.abs(raw).sum(), 1e-6)
+                    total = 0.0
+                    for c, (dy, dx) in enumerate(offsets):
+                        ny = min(max(y + dy, 0), height - 1)
+                        nx = min(max(x + dx, 0), width - 1)
+                        total += weights[c] * depth[b, 0, ny, nx]
+                    new[b, 0, y, x] = total + (1.0 - weights.sum()) * start[b, 0, y, x]
+        depth = new
+        if preserve:
+            depth = np.where(sparse > 0, sparse, depth)
+    return depth
+
+
+def random_inputs(generator, batch, channels, height, width, density=0.2):
+    init = torch.rand(batch, 1, height, width, generator=generator) * 9 + 1
+    guidance = torch.randn(batch, channels, height, width, generator=generator)
+    keep = torch.rand(batch, 1, height, width, generator=generator) < density
+    sparse = torch.where(keep, torch.rand(batch, 1, height, width, generator=generator) * 9 + 1,
+                         torch.zeros(()))
+    return init, guidance, sparse
+
+
+@pytest.mark.parametrize('kernel_size, preserve', [(3, True), (3, False), (5, True)])
+def test_propagation_matches_per_pixel_loop(kernel_size, preserve):
+    generator = torch.Generator().manual_seed(1000 + kernel_size)
+    config = ModelConfig(kernel_size=kernel_size, steps=3, preserve_sparse=preserve)
+    init, guidance, sparse = random_inputs(generator, 2, kernel_size ** 2 - 1, 7, 9)
+    depth, aux = CSPNPropagation(config)(init, guidance, sparse, None)
+    expected = reference_cspn(init, guidance, sparse, 3, kernel_size, preserve)
+    assert depth.shape == (2, 1, 7, 9) and depth.dtype == torch.float32
+    assert aux['affinity'].shape == guidance.shape
+    np.testing.assert_allclose(depth.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_8sum_bound_and_centre_weight():
+    generator = torch.Generator().manual_seed(7)
+    guidance = torch.randn(3, 8, 10, 11, generator=generator) * 5
+    guidance[0, :, 0, 0] = 0.0  # all-zero guidance must not give NaN
+    affinity = normalize_affinity(guidance)
+    assert torch.isfinite(affinity).all()
+    assert (affinity.abs().sum(1) <= 1 + 1e-6).all()
+    # Where the guidance is not tiny the normalisation is exact: sum |a| == 1.
+    torch.testing.assert_close(affinity.abs().sum(1)[1:], torch.ones(2, 10, 11))
+    # A constant depth (init == depth) is a fixed point: neighbours + centre weights sum to 1.
+    constant = torch.full((3, 1, 10, 11), 4.25)
+    torch.testing.assert_close(cspn_step(constant, affinity, constant), constant)
+
+
+def test_step_is_non_expansive():
+    """|step(x) - step(y)|_inf <= |x - y|_inf for the same affinity and initial depth."""
+    generator = torch.Generator().manual_seed(11)
+    affinity = normalize_affinity(torch.randn(2, 8, 12, 13, generator=generator))
+    init, x, y = (torch.randn(2, 1, 12, 13, generator=generator, dtype=torch.float64)
+                  for _ in range(3))
+    affinity = affinity.double()
+    change = (cspn_step(x, affinity, init) - cspn_step(y, affinity, init)).abs().max()
+    assert change <= (x - y).abs().max() + 1e-12
+
+
+def test_many_steps_do_not_blow_up():
+    generator = torch.Generator().manual_seed(3)
+    init, guidance, sparse = random_inputs(generator, 2, 8, 24, 40, density=0.05)
+    config = ModelConfig(steps=256)
+    depth, _ = CSPNPropagation(config)(init, guidance * 10, sparse, None)
+    assert torch.isfinite(depth).all()
+    assert depth.abs().max() < 5 * init.abs().max()
+
+
+def test_sparse_inputs_are_kept_bitwise():
+    generator = torch.Generator().manual_seed(5)
+    init, guidance, sparse = random_inputs(generator, 2, 8, 24, 40, density=0.05)
+    mask = sparse > 0
+    for steps in (0, 1, 24):
+        depth, _ = CSPNPropagation(ModelConfig(steps=steps))(init, guidance, sparse, None)
+        assert torch.equal(depth[mask], sparse[mask])
+    # Off: the values at sparse pixels are propagated like every other pixel.
+    depth, _ = CSPNPropagation(ModelConfig(steps=4, preserve_sparse=False))(
+        init, guidance, sparse, None)
+    assert not torch.equal(depth[mask], sparse[mask])
+
+
+def test_cspn_propagate_without_mask_is_repeated_steps():
+    generator = torch.Generator().manual_seed(9)
+    init, guidance, _ = random_inputs(generator, 1, 8, 6, 8)
+    affinity = normalize_affinity(guidance)
+    expected = init
+    for _ in range(5):
+        expected = cspn_step(expected, affinity, init)
+    torch.testing.assert_close(cspn_propagate(init, affinity, None, init, 5), expected)
+
+
+def test_build_propagation_registry():
+    config = ModelConfig(kernel_size=5, steps=7)
+    module = build_propagation(config)
+    assert isinstance(module, CSPNPropagation)
+    assert module.steps == 7 and module.guidance_channels(config) == 24
+    with pytest.raises(ValueError, match='classical'):
+        build_propagation(ModelConfig(propagation='classical'))
