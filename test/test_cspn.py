@@ -60,6 +60,10 @@ def test_propagation_matches_per_pixel_loop(kernel_size, preserve):
     assert depth.shape == (2, 1, 7, 9) and depth.dtype == torch.float32
     assert aux['affinity'].shape == guidance.shape
     np.testing.assert_allclose(depth.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # The plain reference function the fused kernels are checked against.
+    reference = cspn_propagate(init, normalize_affinity(guidance),
+                               sparse > 0 if preserve else None, sparse, 3)
+    np.testing.assert_allclose(reference.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_8sum_bound_and_centre_weight():

@@ -24,7 +24,7 @@ def softmax(logits):
 
 
 def reference_cspnpp(init, guidance, sparse, kernel_sizes, step_counts, preserve):
-    """Float64 loop: independent CSPN branches (8sum, centre on H0, border clamp), mixed per pixel."""
+    """Float64 loop: independent CSPN branches (8sum, centre on H0, border clamp), then mixed."""
     init, guidance, sparse = (t.double().numpy() for t in (init, guidance, sparse))
     batch, _, height, width = init.shape
     out = np.zeros_like(init)
@@ -37,8 +37,8 @@ def reference_cspnpp(init, guidance, sparse, kernel_sizes, step_counts, preserve
         first = 0
         for branch, k in enumerate(kernel_sizes):
             radius = k // 2
-            offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-                       if (dy, dx) != (0, 0)]
+            window = range(-radius, radius + 1)
+            offsets = [(dy, dx) for dy in window for dx in window if (dy, dx) != (0, 0)]
             raw = guidance[b, first:first + len(offsets)]
             first += len(offsets)
             depth = start.copy()
@@ -49,7 +49,9 @@ def reference_cspnpp(init, guidance, sparse, kernel_sizes, step_counts, preserve
                         affinity = raw[:, y, x] / max(np.abs(raw[:, y, x]).sum(), 1e-6)
                         value = (1 - affinity.sum()) * start[y, x]
                         for a, (dy, dx) in zip(affinity, offsets):
-                            value += a * depth[min(max(y + dy, 0), height - 1), min(max(x + dx, 0), width - 1)]
+                            row = min(max(y + dy, 0), height - 1)
+                            col = min(max(x + dx, 0), width - 1)
+                            value += a * depth[row, col]
                         new[y, x] = value
                 depth = np.where(mask, sparse[b, 0], new) if preserve else new
                 for index, count in enumerate(step_counts):
@@ -89,9 +91,10 @@ def test_matches_loop_reference(preserve):
     expected = reference_cspnpp(init, guidance, sparse, (3, 5), (3, 1), preserve)
     assert depth.dtype == torch.float64
     np.testing.assert_allclose(depth.numpy(), expected, rtol=1e-10, atol=1e-10)
-    assert aux['kernel_weights'].shape == (2, 2, 6, 7) and aux['step_weights'].shape == (2, 2, 6, 7)
-    torch.testing.assert_close(aux['kernel_weights'].sum(dim=1), torch.ones(2, 6, 7, dtype=torch.float64))
-    torch.testing.assert_close(aux['step_weights'].sum(dim=1), torch.ones(2, 6, 7, dtype=torch.float64))
+    ones = torch.ones(2, 6, 7, dtype=torch.float64)
+    for key in ('kernel_weights', 'step_weights'):
+        assert aux[key].shape == (2, 2, 6, 7)
+        torch.testing.assert_close(aux[key].sum(dim=1), ones)
 
 
 @pytest.mark.parametrize('kernel_size, steps', [(3, 4), (5, 2)])
@@ -131,3 +134,18 @@ def test_gradients_flow():
         assert torch.isfinite(grad).all()
     per_channel = guidance.grad.abs().sum(dim=(0, 2, 3))
     assert torch.all(per_channel > 0)  # affinities, kernel logits and step logits all learn
+
+
+def test_steps_set_at_run_time_rescale_the_step_counts():
+    config = ModelConfig(propagation='cspnpp', cspnpp_kernel_sizes=(3,), cspnpp_steps=(6, 12, 24))
+    module = CSPNPlusPlusPropagation(config)
+    assert module.steps == 24
+    module.steps = 12
+    assert module.step_counts == (3, 6, 12) and module.steps == 12
+    init, guidance, sparse = random_inputs(config, 1, 8, 9, dtype=torch.float32)
+    halved, _ = module(init, guidance, sparse)
+    expected, _ = CSPNPlusPlusPropagation(ModelConfig(cspnpp_kernel_sizes=(3,),
+                                                      cspnpp_steps=(3, 6, 12)))(init, guidance, sparse)
+    assert torch.equal(halved, expected)
+    module.steps = 24
+    assert module.step_counts == (6, 12, 24)

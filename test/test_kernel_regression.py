@@ -33,9 +33,11 @@ def reference_regression(sparse, params):
     for b in range(batch):
         for y in range(height):
             for x in range(width):
-                sig_u, sig_v = (SIGMA_MIN + (SIGMA_MAX - SIGMA_MIN) / (1 + np.exp(-params[b, :2, y, x])))
+                logits = params[b, :2, y, x]
+                sig_u, sig_v = SIGMA_MIN + (SIGMA_MAX - SIGMA_MIN) / (1 + np.exp(-logits))
                 angle = params[b, 2, y, x]
-                rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+                cos, sin = np.cos(angle), np.sin(angle)
+                rotation = np.array([[cos, -sin], [sin, cos]])
                 covariance = rotation @ np.diag([sig_u ** 2, sig_v ** 2]) @ rotation.T
                 precision = np.linalg.inv(covariance)
                 weight_sum = weighted = 0.0

@@ -47,7 +47,8 @@ def reference_nlspn(init, guidance, sparse, confidence, steps, gamma, base, pres
                     py = y + by + guidance[b, n, y, x]
                     px = x + bx + guidance[b, count + n, y, x]
                     positions[y, x, n] = py, px
-                    weight = math.tanh(guidance[b, 2 * count + n, y, x]) / (gamma + 1e-8)  # paper code's eps
+                    raw = guidance[b, 2 * count + n, y, x]
+                    weight = math.tanh(raw) / (gamma + 1e-8)  # the paper code's epsilon
                     if confidence is not None:
                         weight *= bilinear(confidence[b, 0].double().numpy(), py, px)
                     weights[y, x, n] = weight

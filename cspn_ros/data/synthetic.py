@@ -80,25 +80,28 @@ class _Material:
     phase: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def albedo(self, local: np.ndarray) -> np.ndarray:
-        """(N,3) float64 object-frame points -> (N,3) float32 albedo in [0, 1]."""
-        q = (local + self.phase) / self.scale
+        """(3,N) float32 object-frame points (metres) -> (3,N) float32 albedo in [0, 1]."""
+        q = (local + np.float32(self.phase)[:, None]) * np.float32(1.0 / self.scale)
         if self.pattern == 'checker':
-            value = np.floor(q).sum(1) % 2
+            value = np.floor(q).sum(0) % 2
         elif self.pattern == 'stripes':
-            value = (q[:, self.axis] % 1.0) < 0.55
+            value = (q[self.axis] % 1.0) < 0.55
         elif self.pattern == 'noise':
             value = 0.6 * _cell_hash(q) + 0.4 * _cell_hash(q * 4.0)
         else:
-            value = np.ones(len(q))
-        shade = (1.0 - self.contrast) + self.contrast * value
-        return (shade[:, None] * self.color).astype(np.float32)
+            value = np.ones(q.shape[1], np.float32)
+        shade = np.float32(1.0 - self.contrast) + np.float32(self.contrast) * value
+        return np.float32(self.color)[:, None] * shade
+
+
+_HASH_PRIMES = np.array([73856093, 19349663, 83492791], np.uint32)[:, None]
 
 
 def _cell_hash(q: np.ndarray) -> np.ndarray:
-    """(N,3) float64 -> (N,) float64 in [0, 1): an integer hash of the unit cell holding q."""
-    cells = np.floor(q).astype(np.int64)
-    h = (cells[:, 0] * 73856093) ^ (cells[:, 1] * 19349663) ^ (cells[:, 2] * 83492791)
-    return ((h * 2654435761) & 0xFFFFFFFF) / 2.0**32
+    """(3,N) float32 -> (N,) float32 in [0, 1): an integer hash of the unit cell holding q."""
+    cells = np.floor(q).astype(np.int32).view(np.uint32) * _HASH_PRIMES
+    h = (cells[0] ^ cells[1] ^ cells[2]) * np.uint32(2654435761)
+    return (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
 
 
 def _random_material(rng: np.random.Generator, patterns: Sequence[str],
@@ -113,8 +116,8 @@ def _random_material(rng: np.random.Generator, patterns: Sequence[str],
 # --- primitives -----------------------------------------------------------------------------
 # intersect(origin (3,) float64 world, d (3,h,w) float32 world directions, inv (3,h,w) = 1 / d,
 # t (h,w) nearest hit so far, ids (h,w), k): writes t and k where this object is hit nearer.
-# surface(points (N,3) world, origin) -> (unit normals facing the origin (N,3), object-frame points
-# for the texture (N,3)). radius / center: bounding sphere (inf for planes); corners: (8,3) world
+# surface(rel (3,N) float32 hit points minus the ray origin, origin (3,) float64 world) -> (unit
+# normals facing the origin (3,N) or (3,1), object-frame points for the texture (3,N)). radius / center: bounding sphere (inf for planes); corners: (8,3) world
 # box corners (None for other shapes), bit 0/1/2 of the corner index = +x/+y/+z side.
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +134,10 @@ class _Plane:
         hit = float(self.value - origin[self.axis]) * inv[self.axis]
         _keep_nearer(hit, t, ids, k)
 
-    def surface(self, points, origin):
-        normal = np.zeros_like(points)
-        normal[:, self.axis] = 1.0 if origin[self.axis] > self.value else -1.0
-        return normal, points
+    def surface(self, rel, origin):
+        normal = np.zeros((3, 1), np.float32)
+        normal[self.axis] = 1.0 if origin[self.axis] > self.value else -1.0
+        return normal, rel + origin.astype(np.float32)[:, None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +155,9 @@ class _Sphere:
         hit = (-b - np.sqrt(disc)) / dd  # NaN where disc < 0: never nearer
         _keep_nearer(hit, t, ids, k)
 
-    def surface(self, points, origin):
-        local = points - self.center
-        return local / self.radius, local
+    def surface(self, rel, origin):
+        local = rel + (origin - self.center).astype(np.float32)[:, None]
+        return local * np.float32(1.0 / self.radius), local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,14 +199,14 @@ class _Box:
         np.copyto(t, near, where=nearer)
         np.copyto(ids, k, where=nearer)
 
-    def surface(self, points, origin):
-        rot = self._world_from_box()
-        local = (points - self.center) @ rot
-        axis = np.argmax(np.abs(local) / self.half, axis=1)
+    def surface(self, rel, origin):
+        rot = self._world_from_box().astype(np.float32)
+        local = rot.T @ (rel + (origin - self.center).astype(np.float32)[:, None])
+        axis = np.argmax(np.abs(local) * np.float32(1.0 / self.half)[:, None], axis=0)
+        columns = np.arange(local.shape[1])
         normal_local = np.zeros_like(local)
-        rows = np.arange(len(local))
-        normal_local[rows, axis] = np.sign(local[rows, axis])
-        return normal_local @ rot.T, local
+        normal_local[axis, columns] = np.sign(local[axis, columns])
+        return rot @ normal_local, local
 
 
 def _keep_nearer(hit: np.ndarray, t: np.ndarray, ids: np.ndarray, k: int) -> None:
@@ -331,6 +334,20 @@ class _SpinningRays:
         if last > self.count:
             return [(rows, slice(first, None)), (rows, slice(0, last - self.count))]
         return [(rows, slice(first, last))]
+
+
+def _hits_by_object(t: np.ndarray, ids: np.ndarray, d: np.ndarray, objects: list):
+    """Yield (object, flat pixel indices (n,), hit points minus the ray origin (3,n) float32,
+    t (n,)) for every object hit by some ray of a cast."""
+    flat_ids = ids.ravel()
+    order = np.argsort(flat_ids, kind='stable')
+    bounds = np.cumsum(np.bincount(flat_ids + 1, minlength=len(objects) + 1))
+    flat_t, flat_d = t.ravel(), d.reshape(3, -1)
+    for k, obj in enumerate(objects):
+        pixels = order[bounds[k]:bounds[k + 1]]
+        if pixels.size:
+            hit_t = flat_t[pixels]
+            yield obj, pixels, hit_t * flat_d[:, pixels], hit_t
 
 
 def _pinhole(width: int, height: int, fx: float) -> PinholeCamera:
@@ -529,41 +546,23 @@ class SyntheticScene:
         t[ids < 0] = np.inf
         return t, ids, d
 
-    def _surfaces(self, t, ids, d, origin, objects, normals: bool):
-        """Albedo (h*w,3) float32 (and unit normals (h*w,3) if asked) at every hit, by object."""
-        flat_ids = ids.ravel()
-        order = np.argsort(flat_ids, kind='stable')
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(flat_ids + 1,
-                                                            minlength=len(objects) + 1))])
-        albedo = np.zeros((flat_ids.size, 3), np.float32)
-        normal = np.zeros((flat_ids.size, 3), np.float32) if normals else None
-        flat_t, flat_d = t.ravel(), d.reshape(3, -1)
-        for k, obj in enumerate(objects):
-            pixels = order[bounds[k + 1]:bounds[k + 2]]
-            if pixels.size == 0:
-                continue
-            points = origin + (flat_t[pixels] * flat_d[:, pixels]).T.astype(np.float64)
-            obj_normal, local = obj.surface(points, origin)
-            albedo[pixels] = obj.material.albedo(local)
-            if normals:
-                normal[pixels] = obj_normal
-        return albedo, normal
-
     def _render_camera(self, pose: np.ndarray, objects: list):
-        """Colour image (H,W,3) uint8 and depth (H,W) float32 (0 beyond range / sky)."""
+        """Colour image (H,W,3) uint8 (Lambert shading, fog towards the sky colour at max range)
+        and depth (H,W) float32 (0 beyond range / sky)."""
         t, ids, d = self._cast(self._camera_rays, pose, objects, self.max_range)
-        albedo, normal = self._surfaces(t, ids, d, pose[:3, 3], objects, normals=True)
-        sun = np.array([0.45, 0.3, 0.84], np.float32)
-        fill = np.array([-0.5, -0.6, 0.62], np.float32)
-        light = (0.3 + 0.55 * np.maximum(normal @ sun, 0) + 0.2 * np.maximum(normal @ fill, 0))
-        colour = albedo * light[:, None]
-        hit = np.isfinite(t).ravel()
-        depth = np.where(hit.reshape(t.shape), t, 0).astype(np.float32)
-        fog = np.minimum(depth.ravel() / self.max_range, 1.0) ** 2
-        sky = np.array([0.62, 0.74, 0.92], np.float32)
-        colour = colour * (1 - fog)[:, None] + fog[:, None] * sky
-        colour[~hit] = sky
-        rgb = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
+        rgb = np.empty((t.size, 3), np.uint8)
+        sky = np.array([0.62, 0.74, 0.92], np.float32)[:, None]
+        lights = np.array([[0.45, 0.3, 0.84], [-0.5, -0.6, 0.62]], np.float32)
+        for obj, pixels, rel, hit_t in _hits_by_object(t, ids, d, objects):
+            normal, local = obj.surface(rel, pose[:3, 3])
+            light = np.maximum(lights @ normal, 0)
+            shade = 0.3 + 0.55 * light[0] + 0.2 * light[1]
+            fog = np.minimum(hit_t * np.float32(1 / self.max_range), 1) ** 2
+            colour = obj.material.albedo(local) * (shade * (1 - fog)) + fog * sky
+            rgb[pixels] = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8).T
+        missing = ~np.isfinite(t)
+        rgb[missing.ravel()] = np.round(sky[:, 0] * 255).astype(np.uint8)
+        depth = np.where(missing, 0, t).astype(np.float32)
         return rgb.reshape(*t.shape, 3), depth
 
     def _render_lidar(self, pose: np.ndarray, objects: list, rng: np.random.Generator):
@@ -577,11 +576,14 @@ class SyntheticScene:
         """(h,w) float32 ToF depth: 1 % noise, holes beyond range, on dark surfaces (albedo
         luminance < 0.12) and at depth edges (flying pixels removed), 0 = missing."""
         t, ids, d = self._cast(self._tof_rays, pose, objects, self.tof_max_range)
-        albedo, _ = self._surfaces(t, ids, d, pose[:3, 3], objects, normals=False)
+        luminance = np.zeros(t.size, np.float32)
+        weights = np.array([0.299, 0.587, 0.114], np.float32)
+        for obj, pixels, rel, _ in _hits_by_object(t, ids, d, objects):
+            luminance[pixels] = weights @ obj.material.albedo(obj.surface(rel, pose[:3, 3])[1])
         depth = np.where(np.isfinite(t), t, 0).astype(np.float32)
         kernel = np.ones((3, 3), np.uint8)
         edge = cv2.dilate(depth, kernel) - cv2.erode(depth, kernel) > 0.05 * depth + 0.02
-        dark = (albedo @ np.array([0.299, 0.587, 0.114], np.float32)).reshape(depth.shape) < 0.12
+        dark = luminance.reshape(depth.shape) < 0.12
         depth *= 1 + rng.normal(0, 0.01, depth.shape).astype(np.float32)
         depth[dark | edge] = 0
         return depth

@@ -95,7 +95,7 @@ def strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                  path: str | Path) -> None:
-    """Strict load_state_dict, raising CheckpointError that lists missing/unexpected/mis-shaped keys."""
+    """Strict load_state_dict; CheckpointError lists missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
     problems = []
     missing = sorted(set(expected) - set(state_dict))

@@ -124,7 +124,7 @@ class DepthCompleter:
         self.model.propagation.steps = counts if isinstance(current, tuple) else counts[0]
 
     def __call__(self, rgb: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        """rgb (H,W,3) uint8, sparse (H,W) float32 metres (0/NaN/inf = missing) -> (H,W) float32."""
+        """rgb (H,W,3) uint8, sparse (H,W) float32 m (0/NaN/inf = missing) -> (H,W) float32 m."""
         return self.complete(rgb, sparse).depth
 
     def complete(self, rgb: np.ndarray, sparse: np.ndarray) -> Completion:

@@ -39,7 +39,8 @@ class _DepthAndConfidence(nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, rgb: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, rgb: torch.Tensor,
+                sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self.network(rgb, sparse)
         return outputs['depth'], outputs['confidence']
 
@@ -66,6 +67,7 @@ def to_onnx(completer: DepthCompleter, path: str | Path, height: int, width: int
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings('ignore', category=DeprecationWarning)  # legacy exporter notice
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        warnings.filterwarnings('ignore', message='Constant folding')  # strided slices, harmless
         torch.onnx.export(wrapper, example, str(path), input_names=list(INPUT_NAMES),
                           output_names=list(OUTPUT_NAMES), opset_version=opset,
                           dynamic_axes=dynamic_axes, dynamo=False)

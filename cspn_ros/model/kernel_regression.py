@@ -48,7 +48,8 @@ class KernelRegressionFill(nn.Module):
         """sparse (B, 1, H, W) metres, 0 = missing -> dense (B, 1, H, W) metres, 0 = unreached."""
         return self.fill(sparse, features)[0]
 
-    def fill(self, sparse: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fill(self, sparse: torch.Tensor,
+             features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like forward, also returning the validity mask (B, 1, H, W) bool (a point in reach)."""
         height, width = sparse.shape[-2:]
         dense = torch.zeros_like(sparse)
@@ -86,7 +87,8 @@ def steering_kernel_regression(sparse: torch.Tensor, params: torch.Tensor,
     steps = torch.arange(-radius, radius + 1, dtype=sparse.dtype, device=sparse.device)
     dy = steps.repeat_interleave(window).view(1, -1, 1, 1)
     dx = steps.repeat(window).view(1, -1, 1, 1)
-    q = p_xx.unsqueeze(1) * dx.square() + 2 * p_xy.unsqueeze(1) * dx * dy + p_yy.unsqueeze(1) * dy.square()
+    q = (p_xx.unsqueeze(1) * dx.square() + 2 * p_xy.unsqueeze(1) * dx * dy
+         + p_yy.unsqueeze(1) * dy.square())
     depths = F.unfold(sparse, window, padding=radius).view(batch, window * window, height, width)
     weights = torch.exp(-0.5 * q) * (depths > 0)
     valid = weights.amax(dim=1, keepdim=True) >= math.exp(-0.5 * REACH ** 2)

@@ -386,7 +386,7 @@ class CompletionNode(Node):
         self._worker.join(timeout=10.0)
         self.get_logger().info(f'processed {self.frames_processed} frames, skipped '
                                f'{self.frames_failed} bad ones, dropped {self.slot.dropped} '
-                               'stale ones')
+                               f'stale ones; pairing {self.matcher.stats}')
         super().destroy_node()
 
 

@@ -13,7 +13,7 @@ from cspn_ros.config import ModelConfig
 
 
 def build_propagation(config: ModelConfig) -> nn.Module:
-    """The propagation module for config.propagation: 'cspn', 'cspnpp' or 'nlspn' (lazy imports)."""
+    """The propagation module for config.propagation: 'cspn', 'cspnpp' or 'nlspn' (lazy)."""
     if config.propagation == 'cspn':
         from cspn_ros.model.propagation.cspn import CSPNPropagation
         return CSPNPropagation(config)

@@ -10,7 +10,8 @@ depth H[0], as in the authors' code and the CSPN++ formulation. After every step
 inputs are put back (the paper's embedding, d = (1 - m) * d + m * sparse). Neighbours outside the
 image take the border value (replicate padding).
 
-This file is the CPU path and the numerical reference for the fused GPU kernels: keep it plain.
+This file is the CPU path and the numerical reference for the fused GPU kernels (`fused.py`,
+which CSPNPropagation calls and which falls back to `cspn_propagate` here): keep it plain.
 Guidance channel c holds the weight of neighbour `neighbor_offsets(k)[c]`, row-major over the
 window with the centre left out; for k = 3: (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1)
 as (dy, dx), i.e. channel c weights H(y + dy, x + dx).
@@ -46,7 +47,8 @@ def gather_neighbors(depth: torch.Tensor, kernel_size: int) -> torch.Tensor:
     radius = kernel_size // 2
     height, width = depth.shape[-2:]
     padded = F.pad(depth, (radius, radius, radius, radius), mode='replicate')
-    return torch.cat([padded[..., radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+    return torch.cat([padded[..., radius + dy:radius + dy + height,
+                             radius + dx:radius + dx + width]
                       for dy, dx in neighbor_offsets(kernel_size)], dim=1)
 
 
@@ -96,8 +98,11 @@ class CSPNPropagation(nn.Module):
 
         Returns the propagated depth (B,1,H,W) float32 and {'affinity': normalised guidance}.
         """
+        # Triton kernels on CUDA, this file's cspn_propagate elsewhere (imported here: fused.py
+        # imports this module).
+        from cspn_ros.model.propagation.fused import cspn_propagate as fused_cspn_propagate
         affinity = normalize_affinity(guidance.float())
         sparse = sparse.float()
         sparse_mask = sparse > 0 if self.preserve_sparse else None
-        depth = cspn_propagate(init.float(), affinity, sparse_mask, sparse, self.steps)
+        depth = fused_cspn_propagate(init.float(), affinity, sparse_mask, sparse, self.steps)
         return depth, {'affinity': affinity}

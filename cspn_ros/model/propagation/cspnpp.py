@@ -54,9 +54,12 @@ class CSPNPlusPlusPropagation(nn.Module):
         affinities = sum(k * k - 1 for k in config.cspnpp_kernel_sizes)
         return affinities + len(config.cspnpp_kernel_sizes) + len(config.cspnpp_steps)
 
-    def split_guidance(self, guidance: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (normalised affinity per kernel size, sigma (B, K, H, W), lambda (B, T, H, W))."""
-        sizes = [k * k - 1 for k in self.kernel_sizes] + [len(self.kernel_sizes), len(self.step_counts)]
+    def split_guidance(self, guidance: torch.Tensor
+                       ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) raw -> (normalised affinity (B, k*k-1, H, W) per kernel size,
+        sigma (B, K, H, W), lambda (B, T, H, W)); sigma and lambda are softmaxes (sum 1)."""
+        sizes = [k * k - 1 for k in self.kernel_sizes]
+        sizes += [len(self.kernel_sizes), len(self.step_counts)]
         *raw_affinities, kernel_logits, step_logits = torch.split(guidance, sizes, dim=1)
         return ([normalize_affinity(raw) for raw in raw_affinities],
                 kernel_logits.softmax(dim=1), step_logits.softmax(dim=1))

@@ -61,8 +61,9 @@ class NLSPNPropagation(nn.Module):
         offsets: (B, N, 2, H, W) learned (dy, dx) in pixels.
         """
         batch, count, _, height, width = offsets.shape
-        rows = torch.arange(height, dtype=offsets.dtype, device=offsets.device).view(1, 1, height, 1)
-        cols = torch.arange(width, dtype=offsets.dtype, device=offsets.device).view(1, 1, 1, width)
+        like = {'dtype': offsets.dtype, 'device': offsets.device}
+        rows = torch.arange(height, **like).view(1, 1, height, 1)
+        cols = torch.arange(width, **like).view(1, 1, 1, width)
         base = self.base_offsets.to(offsets.dtype).view(1, count, 2, 1, 1)
         y = rows + base[:, :, 0] + offsets[:, :, 0]
         x = cols + base[:, :, 1] + offsets[:, :, 1]
@@ -114,5 +115,6 @@ class NLSPNPropagation(nn.Module):
 def sample_neighbours(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear samples (B, N, H, W) of image (B, 1, H, W) at grid (B, N*H, W, 2); 0 outside."""
     batch, _, height, width = image.shape
-    samples = F.grid_sample(image, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+    samples = F.grid_sample(image, grid, mode='bilinear', padding_mode='zeros',
+                            align_corners=False)
     return samples.view(batch, -1, height, width)
