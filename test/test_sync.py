@@ -1,4 +1,4 @@
-"""ApproximateTimeMatcher: pairing by header stamps, checked against a brute-force offline pairing."""
+"""ApproximateTimeMatcher: pairing by header stamps, checked against a brute-force pairing."""
 import numpy as np
 import pytest
 
@@ -84,8 +84,8 @@ def test_jitter_within_slop_pairs_the_same_index():
     topics = ('/image', '/camera_info', '/points')
     slop_ns = 20 * MS
     matcher = ApproximateTimeMatcher(topics, slop_s=slop_ns / 1e9, queue_size=100)
-    streams = {t: [k * 100 * MS + int(rng.integers(-slop_ns // 2, slop_ns // 2)) for k in range(30)]
-               for t in topics}
+    streams = {t: [k * 100 * MS + int(rng.integers(-slop_ns // 2, slop_ns // 2))
+                   for k in range(30)] for t in topics}
     sets = run(matcher, random_interleaving(rng, streams))
     # every image but those waiting for a later message on another topic is paired with index k
     assert len(sets) >= 28
@@ -141,7 +141,8 @@ def test_late_sensor_is_waited_for():
         sets += matcher.add('/image', k * 33 * MS, k)
         if k >= 5:
             sets += matcher.add('/points', (k - 5) * 33 * MS, k - 5)
-    assert [(s.messages['/image'], s.messages['/points']) for s in sets] == [(k, k) for k in range(7)]
+    pairs = [(s.messages['/image'], s.messages['/points']) for s in sets]
+    assert pairs == [(k, k) for k in range(7)]
 
 
 def test_out_of_order_and_duplicates_are_dropped_and_counted():

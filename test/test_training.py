@@ -68,3 +68,76 @@ def test_augmenter_is_deterministic_per_generator_state():
     assert first['rgb'].shape == (16, 16, 3) and first['sparse'].shape == (16, 16)
     for key in ('rgb', 'sparse', 'target', 'K'):
         np.testing.assert_array_equal(first[key], second[key])
+
+
+# --- training from bags through the training_node CLI ------------------------------------------
+
+import json  # noqa: E402
+
+import torch  # noqa: E402
+
+from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION,  # noqa: E402
+                                     DEFAULT_LIDAR_TRANSLATION, DEFAULT_TOF_ROTATION,
+                                     DEFAULT_TOF_TRANSLATION)
+from cspn_ros.data.synthetic_bag import write_synthetic_bag  # noqa: E402
+from cspn_ros.model.checkpoint import load_checkpoint  # noqa: E402
+from cspn_ros.model.completer import DepthCompleter  # noqa: E402
+from cspn_ros.nodes.training_node import main as training_main  # noqa: E402
+
+TINY = json.dumps({'width': 8, 'steps': 2})
+SCENE = dict(width=80, height=60, lidar_beams=16, tof_width=40, tof_height=30)
+
+
+def _args(bag, out, supervision, *extra):
+    source = 'tof' if supervision == 'tof' else 'lidar'
+    translation, rotation = ((DEFAULT_TOF_TRANSLATION, DEFAULT_TOF_ROTATION) if source == 'tof'
+                             else (DEFAULT_LIDAR_TRANSLATION, DEFAULT_LIDAR_ROTATION))
+    return ['--bag', str(bag), '--out', str(out), '--supervision', supervision,
+            '--config', TINY, '--crop', '48x64', '--batch-size', '2', '--epochs', '1',
+            '--device', 'cpu', '--depth-source', source, '--no-progress', '--val-fraction', '0.25',
+            '--extrinsic-translation', *(f'{v:.6f}' for v in translation),
+            '--extrinsic-rotation', *(f'{v:.6f}' for v in rotation), *extra]
+
+
+@pytest.fixture(scope='module')
+def lidar_bag(tmp_path_factory):
+    return write_synthetic_bag(tmp_path_factory.mktemp('lidar') / 'bag', 'mcap', num_frames=4,
+                               depth_source='lidar', seed=int(np.random.default_rng().integers(99)),
+                               **SCENE)
+
+
+@pytest.mark.parametrize('supervision', ['dense', 'lidar-holdout', 'tof'])
+def test_training_writes_loadable_checkpoints_and_resumes(supervision, lidar_bag, tmp_path):
+    bag = lidar_bag
+    if supervision == 'tof':
+        bag = write_synthetic_bag(tmp_path / 'tof', 'sqlite3', num_frames=4, depth_source='tof',
+                                  scene='indoor', **SCENE)
+    out = tmp_path / 'run'
+    assert training_main(_args(bag, out, supervision)) == 0
+    state, config, meta = load_checkpoint(out / 'last.safetensors')
+    assert config.width == 8 and config.steps == 2
+    assert meta['step'] == 2 and meta['epoch'] == 1  # 3 training frames, batch 2
+    completer = DepthCompleter.from_checkpoint(out / 'best.safetensors')
+    rng = np.random.default_rng()
+    sparse = np.where(rng.random((48, 64)) < 0.1, rng.uniform(1, 20, (48, 64)), 0)
+    depth = completer(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), sparse.astype(np.float32))
+    assert depth.shape == (48, 64) and np.all(np.isfinite(depth))
+    assert (out / 'last_state.pt').is_file() and any((out / 'tb').iterdir())
+    # Resume: weights, optimizer, scheduler and the step count go on from the last checkpoint.
+    assert training_main(_args(bag, out, supervision, '--epochs', '2', '--resume')) == 0
+    resumed_state, _, resumed_meta = load_checkpoint(out / 'last.safetensors')
+    assert resumed_meta['step'] == 4 and resumed_meta['epoch'] == 2
+    assert any(not torch.equal(state[k], resumed_state[k]) for k in state)
+    saved = torch.load(out / 'last_state.pt', weights_only=True)
+    assert saved['step'] == 4 and saved['scheduler']['last_epoch'] == 4
+
+
+def test_training_fails_clearly_without_usable_samples(lidar_bag, tmp_path, capsys):
+    # No LiDAR point within [90, 100] m: every frame is skipped -> error, not an empty training.
+    assert training_main(_args(lidar_bag, tmp_path / 'a', 'dense', '--min-depth', '90')) == 1
+    assert 'all 3 samples were skipped' in capsys.readouterr().err
+    assert training_main(_args(lidar_bag, tmp_path / 'b', 'photometric')) == 1
+    assert 'Odometry' in capsys.readouterr().err
+    assert training_main(_args(lidar_bag, tmp_path / 'c', 'dense', '--gt-topic', '/gt')) == 1
+    assert "topic(s) ['/gt'] not in the bag" in capsys.readouterr().err
+    assert not (tmp_path / 'a' / 'last.safetensors').exists()

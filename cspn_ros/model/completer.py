@@ -2,6 +2,7 @@
 
 numpy in, numpy out (`__call__`, `complete`), or torch tensors that stay on the device
 (`complete_tensor`) for the GPU pipeline. Depths are float32 metres, 0 = missing / no estimate.
+Inference modes (precision, channels_last, compile, cuda_graphs) are explained in inference.py.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import torch
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.checkpoint import CheckpointError, load_checkpoint, load_weights
 from cspn_ros.model.fill import classical_fill
+from cspn_ros.model.inference import (PRECISIONS, CudaGraphRunner, resolve_modes,
+                                      resolve_precision)
 from cspn_ros.model.network import CompletionNet
 
 #: Weights shipped with the package (None in from_checkpoint).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / 'weights' / 'default.safetensors'
-#: Run-time precision -> autocast dtype (None = plain float32).
-PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+#: Network outputs a completer returns (guidance stays inside).
+OUTPUTS = ('depth', 'confidence', 'depth_init')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,31 +58,41 @@ class DepthCompleter:
     """Dense depth from RGB + sparse depth with a CompletionNet, or classical_fill for
     config.propagation == 'classical' (no torch network).
 
-    Attributes: config (ModelConfig), device (torch.device), precision ('fp32'|'fp16'|'bf16'),
-    model (CompletionNet in eval mode, None for 'classical'), meta (checkpoint metadata),
-    steps (propagation steps, settable at run time without reloading).
+    Attributes: config (ModelConfig), device (torch.device), precision ('fp32'|'fp16'|'bf16',
+    settable), channels_last, compile, cuda_graphs (bool modes, see inference.py), model
+    (CompletionNet in eval mode, None for 'classical'), meta (checkpoint metadata), steps
+    (propagation steps, settable at run time without reloading).
     """
 
     def __init__(self, config: ModelConfig, model: CompletionNet | None,
                  device: str | torch.device = 'cpu', precision: str = 'fp32',
-                 meta: dict | None = None) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {tuple(PRECISIONS)}, got {precision!r}')
+                 meta: dict | None = None, *, channels_last: bool = False,
+                 compile: bool = False, cuda_graphs: bool = False) -> None:
         if (model is None) == config.has_weights:
             raise ValueError(f'propagation {config.propagation!r} '
                              + ('needs a model' if config.has_weights else 'takes no model'))
         self.config = config
         self.device = resolve_device(device)
         self.precision = precision
+        self.cuda_graphs = resolve_modes(self.device, model is not None, channels_last, compile,
+                                         cuda_graphs)
+        self.channels_last = channels_last
+        self.compile = compile
         self.model = None if model is None else model.to(self.device).eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._network = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._graphs = CudaGraphRunner() if self.cuda_graphs else None
         self.meta = dict(meta or {})
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = 'cpu',
-                        precision: str = 'fp32') -> 'DepthCompleter':
+                        precision: str = 'fp32', *, channels_last: bool = False,
+                        compile: bool = False, cuda_graphs: bool = False) -> 'DepthCompleter':
         """Load a .safetensors/.pt checkpoint (None = the packaged default weights).
 
-        Raises CheckpointError (a ValueError) naming the file and the problem.
+        Raises CheckpointError (a ValueError) naming the file and the problem. The modes are
+        explained in inference.py.
         """
         if path is None:
             path = DEFAULT_CHECKPOINT
@@ -93,17 +106,42 @@ class DepthCompleter:
         if config.has_weights:
             model = CompletionNet(config)
             load_weights(model, state_dict, path)
-        return cls(config, model, device, precision, meta)
+        return cls(config, model, device, precision, meta, channels_last=channels_last,
+                   compile=compile, cuda_graphs=cuda_graphs)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict | str | Path | None = None,
-                    device: str | torch.device = 'cpu',
-                    precision: str = 'fp32') -> 'DepthCompleter':
+                    device: str | torch.device = 'cpu', precision: str = 'fp32', *,
+                    channels_last: bool = False, compile: bool = False,
+                    cuda_graphs: bool = False) -> 'DepthCompleter':
         """An untrained network for `config` (anything ModelConfig.load accepts), or the
-        classical baseline for 'classical'."""
+        classical baseline for 'classical'. The modes are explained in inference.py."""
         config = ModelConfig.load(config)
         return cls(config, CompletionNet(config) if config.has_weights else None, device,
-                   precision)
+                   precision, channels_last=channels_last, compile=compile,
+                   cuda_graphs=cuda_graphs)
+
+    @property
+    def precision(self) -> str:
+        """'fp32', 'fp16' or 'bf16' as it runs (CPU 'fp16' reads 'fp32'); settable."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, precision: str) -> None:
+        self._precision = resolve_precision(precision, self.device, self.config.has_weights)
+
+    def warmup(self, height: int, width: int, iterations: int = 2) -> None:
+        """Run `iterations` random frames of height x width so that the first real frame is not
+        slow (cuDNN, Triton and torch.compile compilation; CUDA graph capture)."""
+        generator = torch.Generator(self.device).manual_seed(0)
+        for _ in range(iterations):
+            rgb_t = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
+                                  device=self.device, generator=generator)
+            hits = torch.rand(height, width, device=self.device, generator=generator) < 0.05
+            depth = 1 + 40 * torch.rand(height, width, device=self.device, generator=generator)
+            self.complete_tensor(rgb_t, torch.where(hits, depth, 0.0))
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
 
     @property
     def steps(self) -> int | tuple[int, ...]:
@@ -135,8 +173,7 @@ class DepthCompleter:
             return Completion(depth, (depth > 0).astype(np.float32), depth)
         outputs = self._run(torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device),
                             torch.from_numpy(np.ascontiguousarray(sparse)).to(self.device))
-        return Completion(*(outputs[key][0, 0].cpu().numpy()
-                            for key in ('depth', 'confidence', 'depth_init')))
+        return Completion(*(outputs[key][0, 0].cpu().numpy() for key in OUTPUTS))
 
     def complete_tensor(self, rgb_t: torch.Tensor,
                         sparse_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,14 +194,23 @@ class DepthCompleter:
         return outputs['depth'][0, 0], outputs['confidence'][0, 0]
 
     def _run(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network on one frame of device tensors; outputs (1,C,H,W) float32."""
+        """The network on one frame of device tensors (through the CUDA graph when enabled);
+        OUTPUTS as (1,1,H,W) float32."""
+        with torch.inference_mode():
+            if self._graphs is None:
+                return self._forward(rgb_t, sparse_t)
+            return self._graphs(self._forward, rgb_t, sparse_t, key=(self.precision, self.steps))
+
+    def _forward(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """rgb_t (H,W,3) uint8, sparse_t (H,W) metres -> OUTPUTS (1,1,H,W), under autocast."""
         dtype = PRECISIONS[self.precision]
         autocast = (contextlib.nullcontext() if dtype is None
                     else torch.autocast(self.device.type, dtype=dtype))
-        with torch.inference_mode(), autocast:
+        with autocast:
             rgb = rgb_t.permute(2, 0, 1).unsqueeze(0).float() / 255.0
             sparse = _valid_depth(sparse_t).unsqueeze(0).unsqueeze(0)
-            return self.model(rgb, sparse)
+            outputs = self._network(rgb, sparse)
+        return {key: outputs[key] for key in OUTPUTS}
 
 
 def _valid_depth(sparse):

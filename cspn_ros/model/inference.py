@@ -1,0 +1,115 @@
+"""Inference modes of DepthCompleter: precision, channels_last, torch.compile, CUDA graphs.
+
+- precision 'fp32' | 'fp16' | 'bf16': autocast of the network (propagation stays float32).
+  On the CPU 'fp16' is mapped to 'fp32' with a warning (the CPU has no fast fp16 kernels and the
+  node should still start when device 'auto' falls back to the CPU); 'bf16' runs on the CPU.
+  On a CUDA device without bf16 support, 'bf16' is a ValueError.
+- channels_last: weights and activations in NHWC (faster tensor-core convolutions).
+- compile: torch.compile of the network (compiles at the first frame of each size: call
+  DepthCompleter.warmup at start).
+- cuda_graphs: the whole forward captured once for a fixed input size and replayed; captured
+  again when the size, precision or step count changes. CUDA only: ignored with a warning on
+  the CPU.
+The classical baseline has no network: any mode other than the defaults is a ValueError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Callable, Hashable
+
+import torch
+
+#: Run-time precision -> autocast dtype (None = plain float32).
+PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device, has_network: bool = True) -> str:
+    """The precision that will run on `device`: `precision`, or 'fp32' for 'fp16' on the CPU
+    (with a warning). ValueError for unknown names, bf16 on a GPU without it, or any reduced
+    precision for a completer without a network."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {tuple(PRECISIONS)}, got {precision!r}')
+    if precision == 'fp32':
+        return precision
+    if not has_network:
+        raise ValueError(f"precision {precision!r} needs a network; the 'classical' baseline "
+                         "runs in fp32 on the CPU (use precision='fp32')")
+    if device.type == 'cpu' and precision == 'fp16':
+        warnings.warn("precision 'fp16' is not supported on the CPU: running fp32 instead "
+                      "(use 'bf16' for reduced precision on the CPU)", stacklevel=3)
+        return 'fp32'
+    if (device.type == 'cuda' and precision == 'bf16'
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        raise ValueError(f"precision 'bf16' is not supported by {torch.cuda.get_device_name(device)}"
+                         "; use 'fp16' or 'fp32'")
+    return precision
+
+
+def resolve_modes(device: torch.device, has_network: bool, channels_last: bool, compile: bool,
+                  cuda_graphs: bool) -> bool:
+    """Check the boolean modes for `device`; returns cuda_graphs as it will run (False on the
+    CPU, with a warning). ValueError for non-bool values or modes on a completer without a
+    network."""
+    modes = {'channels_last': channels_last, 'compile': compile, 'cuda_graphs': cuda_graphs}
+    for name, value in modes.items():
+        if not isinstance(value, bool):
+            raise ValueError(f'{name} must be True or False, got {value!r}')
+    if not has_network and any(modes.values()):
+        raise ValueError("the 'classical' baseline has no network: channels_last, compile and "
+                         'cuda_graphs do not apply to it')
+    if cuda_graphs and device.type != 'cuda':
+        warnings.warn(f'cuda_graphs needs a CUDA device; ignored on {device}', stacklevel=3)
+        return False
+    return cuda_graphs
+
+
+@dataclasses.dataclass
+class _Capture:
+    signature: Hashable
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    outputs: dict[str, torch.Tensor]
+
+
+class CudaGraphRunner:
+    """Replays `forward(*inputs) -> dict of tensors` from a CUDA graph.
+
+    The graph is captured at the first call and again whenever the inputs' shapes/dtypes or
+    `key` change (the previous graph is freed first). Each call copies the inputs into the
+    graph's static buffers and returns clones of its outputs, so results stay valid after the
+    next call. `forward` must not synchronise with the host (no .item(), no data-dependent
+    Python control flow).
+    """
+
+    def __init__(self, warmup_runs: int = 2) -> None:
+        self.warmup_runs = warmup_runs
+        self.captures = 0
+        self._capture: _Capture | None = None
+
+    def __call__(self, forward: Callable[..., dict[str, torch.Tensor]],
+                 *inputs: torch.Tensor, key: Hashable = None) -> dict[str, torch.Tensor]:
+        signature = (key, tuple((t.shape, t.dtype, t.device) for t in inputs))
+        if self._capture is None or self._capture.signature != signature:
+            self._capture = None  # release the old graph's memory pool before capturing anew
+            self._capture = self._record(forward, inputs, signature)
+        for static, value in zip(self._capture.inputs, inputs):
+            static.copy_(value)
+        self._capture.graph.replay()
+        return {name: value.clone() for name, value in self._capture.outputs.items()}
+
+    def _record(self, forward, inputs, signature) -> _Capture:
+        static_inputs = tuple(t.clone() for t in inputs)
+        # Warm-up runs on a side stream, as torch.cuda.graphs requires: lazy initialisation,
+        # cuDNN algorithm choice, Triton and torch.compile compilation happen outside capture.
+        side = torch.cuda.Stream(device=static_inputs[0].device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_runs):
+                forward(*static_inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = forward(*static_inputs)
+        self.captures += 1
+        return _Capture(signature, graph, static_inputs, outputs)
