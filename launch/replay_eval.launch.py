@@ -1,6 +1,7 @@
 """Live replay: play a bag on the simulated clock through completion_node and record the output.
 
-    ros2 launch cspn_ros replay_eval.launch.py bag:=/data/run1 checkpoint:=/data/model/best.safetensors
+    ros2 launch cspn_ros replay_eval.launch.py bag:=/data/run1 \
+        checkpoint:=/data/model/best.safetensors
 
 Starts `ros2 bag play --clock` (the bag's time drives /clock), completion_node with
 use_sim_time (same topics and parameters as on the robot) and `ros2 bag record` of the dense

@@ -30,7 +30,7 @@ def generate_launch_description() -> LaunchDescription:
                               description='optional YAML with further training_node parameters'),
     ]
     parameters = {
-        'bag': [LaunchConfiguration('bag')],
+        'bag': [[LaunchConfiguration('bag')]],  # a one-element string array, not a string
         'out': LaunchConfiguration('out'),
         'supervision': LaunchConfiguration('supervision'),
         'depth_source': LaunchConfiguration('depth_source'),

@@ -101,9 +101,9 @@ def _args(bag, out, supervision, *extra):
 
 @pytest.fixture(scope='module')
 def lidar_bag(tmp_path_factory):
+    seed = int(np.random.default_rng().integers(99))
     return write_synthetic_bag(tmp_path_factory.mktemp('lidar') / 'bag', 'mcap', num_frames=4,
-                               depth_source='lidar', seed=int(np.random.default_rng().integers(99)),
-                               **SCENE)
+                               depth_source='lidar', seed=seed, **SCENE)
 
 
 @pytest.mark.parametrize('supervision', ['dense', 'lidar-holdout', 'tof'])

@@ -330,7 +330,7 @@ class BagTrainingSamples:
         frame = self.frames.frames[index]
         try:
             sample = self._sample(index, np.random.default_rng([self.seed, self.epoch, index]))
-        except (BagError, InputError) as error:
+        except ValueError as error:  # BagError, InputError, ConversionError: a bad frame
             LOGGER.warning('skipping frame %d of %s (stamp %d ns): %s', index,
                            self.frames.paths[frame.bag_index], frame.stamp_ns, error)
             return None

@@ -59,7 +59,7 @@ class DepthCompleter:
     config.propagation == 'classical' (no torch network).
 
     Attributes: config (ModelConfig), device (torch.device), precision ('fp32'|'fp16'|'bf16',
-    settable), channels_last, compile, cuda_graphs (bool modes, see inference.py), model
+    settable), channels_last, compile, cuda_graphs (the modes, see inference.py), model
     (CompletionNet in eval mode, None for 'classical'), meta (checkpoint metadata), steps
     (propagation steps, settable at run time without reloading).
     """
@@ -67,7 +67,7 @@ class DepthCompleter:
     def __init__(self, config: ModelConfig, model: CompletionNet | None,
                  device: str | torch.device = 'cpu', precision: str = 'fp32',
                  meta: dict | None = None, *, channels_last: bool = False,
-                 compile: bool = False, cuda_graphs: bool = False) -> None:
+                 compile: bool | str = False, cuda_graphs: bool = False) -> None:
         if (model is None) == config.has_weights:
             raise ValueError(f'propagation {config.propagation!r} '
                              + ('needs a model' if config.has_weights else 'takes no model'))
@@ -81,14 +81,17 @@ class DepthCompleter:
         self.model = None if model is None else model.to(self.device).eval()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self._network = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._network = self.model
+        if compile:
+            self._network = torch.compile(self.model, dynamic=False,
+                                          backend='inductor' if compile is True else compile)
         self._graphs = CudaGraphRunner() if self.cuda_graphs else None
         self.meta = dict(meta or {})
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = 'cpu',
                         precision: str = 'fp32', *, channels_last: bool = False,
-                        compile: bool = False, cuda_graphs: bool = False) -> 'DepthCompleter':
+                        compile: bool | str = False, cuda_graphs: bool = False) -> 'DepthCompleter':
         """Load a .safetensors/.pt checkpoint (None = the packaged default weights).
 
         Raises CheckpointError (a ValueError) naming the file and the problem. The modes are
@@ -112,7 +115,7 @@ class DepthCompleter:
     @classmethod
     def from_config(cls, config: ModelConfig | dict | str | Path | None = None,
                     device: str | torch.device = 'cpu', precision: str = 'fp32', *,
-                    channels_last: bool = False, compile: bool = False,
+                    channels_last: bool = False, compile: bool | str = False,
                     cuda_graphs: bool = False) -> 'DepthCompleter':
         """An untrained network for `config` (anything ModelConfig.load accepts), or the
         classical baseline for 'classical'. The modes are explained in inference.py."""

@@ -6,7 +6,9 @@
   On a CUDA device without bf16 support, 'bf16' is a ValueError.
 - channels_last: weights and activations in NHWC (faster tensor-core convolutions).
 - compile: torch.compile of the network (compiles at the first frame of each size: call
-  DepthCompleter.warmup at start).
+  DepthCompleter.warmup at start). True = the default inductor backend; a string names another
+  torch.compile backend (e.g. 'aot_eager', which the CPU tests use: inductor on the CPU takes
+  about a minute per size to compile).
 - cuda_graphs: the whole forward captured once for a fixed input size and replayed; captured
   again when the size, precision or step count changes. CUDA only: ignored with a warning on
   the CPU.
@@ -46,15 +48,18 @@ def resolve_precision(precision: str, device: torch.device, has_network: bool = 
     return precision
 
 
-def resolve_modes(device: torch.device, has_network: bool, channels_last: bool, compile: bool,
-                  cuda_graphs: bool) -> bool:
+def resolve_modes(device: torch.device, has_network: bool, channels_last: bool,
+                  compile: bool | str, cuda_graphs: bool) -> bool:
     """Check the boolean modes for `device`; returns cuda_graphs as it will run (False on the
     CPU, with a warning). ValueError for non-bool values or modes on a completer without a
     network."""
     modes = {'channels_last': channels_last, 'compile': compile, 'cuda_graphs': cuda_graphs}
     for name, value in modes.items():
-        if not isinstance(value, bool):
+        if not isinstance(value, bool) and not (name == 'compile' and isinstance(value, str)):
             raise ValueError(f'{name} must be True or False, got {value!r}')
+    if isinstance(compile, str) and compile not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(f'compile backend {compile!r} is not one of '
+                         f'{torch._dynamo.list_backends(exclude_tags=())}')
     if not has_network and any(modes.values()):
         raise ValueError("the 'classical' baseline has no network: channels_last, compile and "
                          'cuda_graphs do not apply to it')

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from cspn_ros.core.colorize import colorize_depth
-from cspn_ros.core.pipeline import CompletionPipeline, InputError
+from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.data.bags import BagError, add_bag_arguments, frames_from_args, holdout_split
 from cspn_ros.model.completer import DepthCompleter
 from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, mean_metrics
@@ -106,7 +106,8 @@ class DistanceErrors:
         used = np.flatnonzero(self.counts)
         centres = (used + 0.5) * DISTANCE_BIN_M
         for method in METHODS:
-            sums = np.pad(self.sums[method], (0, max(0, self.counts.size - self.sums[method].size)))
+            sums = self.sums[method]
+            sums = np.pad(sums, (0, max(0, self.counts.size - sums.size)))
             axes.plot(centres, sums[used] / self.counts[used], marker='.', label=method)
         axes.set_xlabel('ground-truth distance (m)')
         axes.set_ylabel('mean absolute error (m)')
@@ -155,7 +156,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 rng = np.random.default_rng([args.seed, index])
                 inputs.sparse, gt = holdout_split(inputs.sparse, args.holdout, rng)
             results = {m: pipelines[m].complete(inputs) for m in METHODS}
-        except (BagError, InputError) as error:
+        except ValueError as error:  # BagError, InputError, ConversionError: a bad frame
             LOGGER.warning('skipping frame %d (stamp %d ns): %s', index, stamp, error)
             skipped.append({'frame': index, 'stamp_ns': stamp, 'reason': str(error)})
             continue

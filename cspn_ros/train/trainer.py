@@ -207,8 +207,8 @@ class Trainer:
             used, skipped, mean_loss = self._train_epoch()
             summary['skipped'] += skipped
             if used == 0:
-                raise TrainingError(f'epoch {self.epoch}: all {skipped} samples were skipped '
-                                    '(see the warnings above for the reasons); nothing to train on')
+                raise TrainingError(f'epoch {self.epoch}: all {skipped} samples were skipped (see '
+                                    'the warnings above for the reasons); nothing to train on')
             if skipped:
                 LOGGER.warning('epoch %d: skipped %d of %d samples', self.epoch, skipped,
                                used + skipped)
@@ -280,7 +280,8 @@ class Trainer:
                 self._save_state()
         return value
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, outputs: dict[str, torch.Tensor],
+             batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Supervised: weighted L1+L2 on depth (and init_weight x on depth_init) against target.
         Photometric: min-reprojection photometric loss over the source views + edge-aware
         smoothness + L1 to the input points."""

@@ -54,36 +54,39 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
     y = origin_y + local_y
     x = origin_x + local_x
     inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    # Region pixels past the border read (and compute) their nearest image pixel: nothing
+    # inside the image ever reads them, because its neighbours are clamped to the image.
+    clamped_y = tl.minimum(tl.maximum(y, 0), height - 1)
+    clamped_x = tl.minimum(tl.maximum(x, 0), width - 1)
     plane = height * width
-    pixel = batch * plane + y * width + x
-    depth = tl.load(depth_in + pixel, mask=inside, other=0.0).to(tl.float32)
-    start_depth = tl.load(start + pixel, mask=inside, other=0.0).to(tl.float32)
+    pixel = batch * plane + clamped_y * width + clamped_x
+    depth = tl.load(depth_in + pixel).to(tl.float32)
+    start_depth = tl.load(start + pixel).to(tl.float32)
     if REPLACE:
-        known = tl.load(sparse + pixel, mask=inside, other=0.0).to(tl.float32)
-        is_known = tl.load(sparse_mask + pixel, mask=inside, other=0) != 0
+        known = tl.load(sparse + pixel).to(tl.float32)
+        is_known = tl.load(sparse_mask + pixel) != 0
         depth = tl.where(is_known, known, depth)
         start_depth = tl.where(is_known, known, start_depth)
 
-    # Neighbour n sits at window position n (n < CENTRE) or n + 1 (past the centre).
-    weight_base = affinity + batch * NEIGHBOURS * plane + y * width + x
+    # Neighbour (dy, dx) is looked up at its image-clamped position, then clamped to the region
+    # (a lookup clamped there only feeds the ring that the halo discards).
+    weight_base = affinity + batch * NEIGHBOURS * plane + clamped_y * width + clamped_x
     if WEIGHTS_RESIDENT:
         tap = tl.arange(0, NEIGHBOURS_PAD)
         tap_used = tap < NEIGHBOURS
         window = tap + (tap >= CENTRE).to(tl.int32)
-        neighbour_y = tl.minimum(tl.maximum(y[None, :] + (window // K - RADIUS)[:, None], 0),
-                                 height - 1) - origin_y
-        neighbour_x = tl.minimum(tl.maximum(x[None, :] + (window % K - RADIUS)[:, None], 0),
-                                 width - 1) - origin_x
-        neighbour_in_region = (tap_used[:, None] & (neighbour_y >= 0) & (neighbour_y < REG_H)
-                               & (neighbour_x >= 0) & (neighbour_x < REG_W))
+        neighbour_y = _clamp(_clamp(y[None, :] + (window // K - RADIUS)[:, None], 0, height - 1)
+                             - origin_y, 0, REG_H - 1)
+        neighbour_x = _clamp(_clamp(x[None, :] + (window % K - RADIUS)[:, None], 0, width - 1)
+                             - origin_x, 0, REG_W - 1)
         neighbour_offset = neighbour_y * REG_W + neighbour_x
         weight = tl.load(weight_base[None, :] + tap[:, None] * plane,
-                         mask=tap_used[:, None] & inside[None, :], other=0.0).to(tl.float32)
+                         mask=tap_used[:, None], other=0.0).to(tl.float32)
         weight_sum = tl.sum(weight, axis=0)
     else:
         weight_sum = tl.zeros((BLOCK,), dtype=tl.float32)
         for tap in tl.static_range(NEIGHBOURS):
-            weight_sum += tl.load(weight_base + tap * plane, mask=inside, other=0.0).to(tl.float32)
+            weight_sum += tl.load(weight_base + tap * plane).to(tl.float32)
     centre_term = (1.0 - weight_sum) * start_depth
 
     buffer = scratch + program * (2 * BLOCK)
@@ -93,20 +96,20 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
         source = buffer + (step % 2) * BLOCK
         target = buffer + ((step + 1) % 2) * BLOCK
         if WEIGHTS_RESIDENT:
-            neighbours = tl.load(source + neighbour_offset, mask=neighbour_in_region, other=0.0)
+            neighbours = tl.load(source + neighbour_offset)
             depth = tl.sum(weight * neighbours, axis=0) + centre_term
         else:
             total = tl.zeros((BLOCK,), dtype=tl.float32)
-            for tap in tl.static_range(NEIGHBOURS):
-                position = tap + (tap >= CENTRE)
-                near_y = tl.minimum(tl.maximum(y + (position // K - RADIUS), 0),
-                                    height - 1) - origin_y
-                near_x = tl.minimum(tl.maximum(x + (position % K - RADIUS), 0),
-                                    width - 1) - origin_x
-                in_region = (near_y >= 0) & (near_y < REG_H) & (near_x >= 0) & (near_x < REG_W)
-                near = tl.load(source + near_y * REG_W + near_x, mask=in_region, other=0.0)
-                tap_weight = tl.load(weight_base + tap * plane, mask=inside, other=0.0)
-                total += tap_weight.to(tl.float32) * near
+            for row in tl.static_range(K):
+                near_row = _clamp(_clamp(y + (row - RADIUS), 0, height - 1) - origin_y,
+                                  0, REG_H - 1) * REG_W
+                for col in tl.static_range(K):
+                    if row * K + col != CENTRE:
+                        near_col = _clamp(_clamp(x + (col - RADIUS), 0, width - 1) - origin_x,
+                                          0, REG_W - 1)
+                        tap = row * K + col - (row * K + col > CENTRE)
+                        tap_weight = tl.load(weight_base + tap * plane).to(tl.float32)
+                        total += tap_weight * tl.load(source + near_row + near_col)
             depth = total + centre_term
         if REPLACE:
             depth = tl.where(is_known, known, depth)
@@ -116,6 +119,11 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
     in_tile = (inside & (local_y >= HALO) & (local_y < HALO + TILE_H)
                & (local_x >= HALO) & (local_x < HALO + TILE_W))
     tl.store(depth_out + pixel, depth.to(depth_out.dtype.element_ty), mask=in_tile)
+
+
+@triton.jit
+def _clamp(value, low, high):
+    return tl.minimum(tl.maximum(value, low), high)
 
 
 @triton.jit
