@@ -6,8 +6,9 @@ shipped size, ModelConfig defaults) at 1216x352 and 640x480: median latency of
 `warmup`, inputs rotated over several random frames) in the modes fp32, fp16 (autocast),
 fp16+channels_last, fp16+cuda_graphs, fp16+channels_last+cuda_graphs, and with torch.compile
 (fp16+compile, fp16+channels_last+compile+cuda_graphs: cspn only unless --compile-all, each
-compile takes tens of seconds); peak GPU memory of each (torch.cuda.max_memory_allocated, weights
-included); and the propagation module alone, the torch reference against the fused kernels when
+compile takes tens of seconds); steady-state peak GPU memory of each (max_memory_allocated after
+warm-up: weights, activations and the CUDA graph pool; not cuDNN's autotuning workspaces);
+and the propagation module alone, the torch reference against the fused kernels when
 `fused.available()`. cuDNN autotuning (torch.backends.cudnn.benchmark) is on, as it should be
 for a camera of fixed size. On the CPU: cspn fp32 and the classical baseline at the two sizes.
 
@@ -19,8 +20,10 @@ and prints a markdown table last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import platform
 import re
 import statistics
@@ -94,6 +97,16 @@ def median_ms(run, inputs, repeats) -> float:
     return statistics.median(times)
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the architecture."""
+    cpuinfo = Path('/proc/cpuinfo')
+    if cpuinfo.is_file():
+        found = re.search(r'^model name\s*:\s*(.+)$', cpuinfo.read_text(), re.MULTILINE)
+        if found:
+            return found.group(1).strip()
+    return platform.machine()
+
+
 class Recorder:
     """Collects rows and rewrites the JSON after each one."""
 
@@ -101,7 +114,7 @@ class Recorder:
         self.path = path
         self.result = {
             'device': torch.cuda.get_device_name(device) if device.type == 'cuda'
-            else platform.processor() or platform.machine(),
+            else f'{cpu_name()}, {os.cpu_count()} cores',
             'torch': torch.__version__, 'fused_available': fused.available(),
             'cudnn_benchmark': torch.backends.cudnn.benchmark,
             'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'goal_ms': GOAL_MS,
@@ -114,19 +127,20 @@ class Recorder:
 
 
 def bench_forward(name, config, model, mode, modes, size, frames, repeats, recorder) -> None:
-    """One model in one mode at one size: latency and peak memory."""
+    """One model (a copy of `model`, None for 'classical') in one mode at one size: latency
+    and peak memory."""
     height, width = size
     device = frames[0][0].device
     row = dict(model=name, size=f'{width}x{height}', mode=mode)
     try:
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
         completer = DepthCompleter(config, copy.deepcopy(model) if model is not None else None,
                                    device, **modes)
         start = time.perf_counter()
         completer.warmup(height, width, iterations=3 if device.type == 'cuda' else 1)
         row['warmup_s'] = round(time.perf_counter() - start, 2)
+        if device.type == 'cuda':  # steady state: cuDNN autotuning workspaces left out
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         row['ms'] = median_ms(completer.complete_tensor, frames, repeats)
         if device.type == 'cuda':
             row['peak_mib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
@@ -135,32 +149,28 @@ def bench_forward(name, config, model, mode, modes, size, frames, repeats, recor
     recorder.add('forward', row)
 
 
-def bench_propagation(name, config, model, size, frames, repeats, recorder) -> None:
+def bench_propagation(name, model, size, frames, repeats, recorder) -> None:
     """The propagation module alone on the network's own init/guidance/confidence, fp32:
     the torch reference against the fused kernels."""
     model = model.to(frames[0][0].device).eval()
     rgb, sparse = frames[0]
     with torch.inference_mode():
-        rgb_n = rgb.permute(2, 0, 1).unsqueeze(0).float() / 255
-        sparse_n = sparse[None, None]
-        outputs = model(rgb_n, sparse_n)
-        inputs = [(outputs['depth_init'], outputs['guidance'], sparse_n, outputs['confidence'])]
-
-        def propagate(*args):
-            return model.propagation(*args)
-
-        implementations = {'reference': False}
-        if fused.available():
-            implementations['fused'] = True
-        for implementation, fuse in implementations.items():
-            with mock.patch.object(fused, 'can_fuse', wraps=fused.can_fuse) as can_fuse:
-                if not fuse:
-                    can_fuse.side_effect = lambda *tensors: False
-                for _ in range(3):
-                    propagate(*inputs[0])
-                ms = median_ms(propagate, inputs, repeats)
-            recorder.add('propagation', dict(model=name, size=f'{size[1]}x{size[0]}',
-                                             implementation=implementation, ms=ms))
+        with mock.patch.object(fused, 'can_fuse', return_value=False):
+            outputs = model(rgb.permute(2, 0, 1).unsqueeze(0).float() / 255, sparse[None, None])
+        inputs = [(outputs['depth_init'], outputs['guidance'], sparse[None, None],
+                   outputs['confidence'])]
+        implementations = ['reference'] + (['fused'] if fused.available() else [])
+        for implementation in implementations:
+            row = dict(model=name, size=f'{size[1]}x{size[0]}', implementation=implementation)
+            reference_only = mock.patch.object(fused, 'can_fuse', return_value=False)
+            try:
+                with reference_only if implementation == 'reference' else contextlib.nullcontext():
+                    for _ in range(3):
+                        model.propagation(*inputs[0])
+                    row['ms'] = median_ms(model.propagation, inputs, repeats)
+            except Exception as error:  # e.g. a fused kernel that does not compile
+                row['error'] = f'{type(error).__name__}: {error}'[:300]
+            recorder.add('propagation', row)
 
 
 def markdown(result) -> str:
@@ -184,7 +194,8 @@ def markdown(result) -> str:
     if result['propagation']:
         lines += ['', '| propagation alone (fp32) | size | implementation | ms |',
                   '| --- | --- | --- | --- |']
-        lines += [f"| {r['model']} | {r['size']} | {r['implementation']} | {r['ms']:.3f} |"
+        lines += [f"| {r['model']} | {r['size']} | {r['implementation']} | "
+                  + (f"{r['ms']:.3f} |" if 'ms' in r else 'error |')
                   for r in result['propagation']]
     return '\n'.join(lines)
 
@@ -220,24 +231,19 @@ def main() -> None:
             bench_forward('classical', ModelConfig(propagation='classical'), None, 'fp32', {},
                           size, frames[size], repeats, recorder)
     else:
-        models = {}
         for name, config in MODELS.items():
             torch.manual_seed(0)
-            models[name] = CompletionNet(config)
+            model = CompletionNet(config)
+            compiled = COMPILE_MODES if args.compile_all or name == 'cspn' else {}
             for size in SIZES:
-                for mode, modes in MODES.items():
-                    bench_forward(name, config, models[name], mode, modes, size, frames[size],
-                                  repeats, recorder)
-                bench_propagation(name, config, copy.deepcopy(models[name]), size,
-                                  frames[size], repeats, recorder)
-        for name in MODELS if args.compile_all else ['cspn']:
-            for size in SIZES:
-                for mode, modes in COMPILE_MODES.items():
-                    if time.perf_counter() - started > args.budget_s:
+                for mode, modes in {**MODES, **compiled}.items():
+                    if 'compile' in modes and time.perf_counter() - started > args.budget_s:
                         print(f'budget spent: skipping {name} {size} {mode}', flush=True)
                         continue
-                    bench_forward(name, MODELS[name], models[name], mode, modes, size,
-                                  frames[size], repeats, recorder)
+                    bench_forward(name, config, model, mode, modes, size, frames[size],
+                                  repeats, recorder)
+                bench_propagation(name, copy.deepcopy(model), size, frames[size], repeats,
+                                  recorder)
     print(f'\nwrote {recorder.path}\n')
     print(markdown(recorder.result))
     if cuda:

@@ -26,8 +26,10 @@ import numpy as np
 import yaml
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-#: Frames the node may take after the last one was published before the demo stops waiting.
+#: Seconds the node may take after the last image before the demo stops waiting.
 DRAIN_S = 10.0
+#: A topic silent this long (after its first message) is taken as finished.
+QUIET_S = 3.0
 
 
 class NodeProcess:
@@ -100,6 +102,7 @@ class Collector(BackgroundNode):
         self.frames: dict[str, dict[int, Any]] = {'image': {}, 'ground_truth/depth': {},
                                                   'depth': {}, 'depth/sparse': {}}
         self.latency_s: dict[int, float] = {}
+        self.last_receipt: dict[str, float] = {}
         self.changed = threading.Condition()
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for topic in self.frames:
@@ -109,6 +112,7 @@ class Collector(BackgroundNode):
                 stamp = stamp_to_ns(msg.header.stamp)
                 if topic == 'depth':
                     self.latency_s[stamp] = (time.time_ns() - stamp) * 1e-9
+                self.last_receipt[topic] = time.monotonic()
                 with self.changed:
                     self.frames[topic][stamp] = np.array(convert(msg))
                     self.changed.notify_all()
@@ -135,8 +139,9 @@ def completion_parameters(depth_source: str, checkpoint: str, device: str) -> di
         from ament_index_python.packages import get_package_share_directory
         config = Path(get_package_share_directory('cspn_ros')) / 'config' / 'completion.yaml'
     parameters = yaml.safe_load(config.read_text())['completion_node']['ros__parameters']
+    # reliable inputs: a 64-beam cloud (~2 MB) over best-effort loopback UDP loses fragments
     parameters.update(depth_source=depth_source, checkpoint=checkpoint, device=device,
-                      publish_sparse=True)
+                      publish_sparse=True, input_reliability='reliable')
     if depth_source == 'tof':
         parameters.update({'extrinsic.translation': list(DEFAULT_TOF_TRANSLATION),
                            'extrinsic.rotation': list(DEFAULT_TOF_ROTATION),
@@ -251,9 +256,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             processes.append(source)
             expected_s = args.startup_timeout + args.frames / args.rate
             frames_in = collector.frames['image']
-            collector.wait(lambda: len(frames_in) >= args.frames or not source.running(),
-                           expected_s)
-            collector.wait(lambda: len(collector.frames['depth']) >= len(frames_in), DRAIN_S)
+
+            def quiet(topic: str) -> bool:
+                return time.monotonic() - collector.last_receipt.get(topic, np.inf) > QUIET_S
+
+            collector.wait(lambda: len(frames_in) >= args.frames or not source.running()
+                           or quiet('image'), expected_s)
+            collector.wait(lambda: len(collector.frames['depth']) >= len(frames_in)
+                           or quiet('depth'), DRAIN_S)
             for process in processes:
                 if not process.running():
                     return fail(f'{process.name} exited early', process)

@@ -2,7 +2,7 @@
 
 - `ros_domain`: a ROS_DOMAIN_ID of its own for each test (also exported to subprocesses), with
   discovery limited to this machine.
-- `start_node`: starts `cspn_ros.nodes.<name>` as a real subprocess with a parameter file and
+- `start_node`: starts `cspn_ros.nodes.<name>` as a real subprocess (`demo.NodeProcess`) and
   always stops it (SIGINT, then kill) after the test; its stderr is kept for assertions.
 - `ros_node`: an in-process rclpy node spinning in its own thread; `Inbox.wait_for` blocks on a
   condition with a timeout (no sleeps as synchronisation).
@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import pytest
-import yaml
+
+from cspn_ros.demo import BackgroundNode, NodeProcess
 
 #: ROS_DOMAIN_IDs 1..101 are safe for the default port mapping; the pid spreads parallel runs.
 _DOMAIN_IDS = 101
@@ -38,44 +35,13 @@ def ros_domain(monkeypatch) -> int:
     return domain_id
 
 
-class NodeProcess:
-    """A node running as `python -m cspn_ros.nodes.<name>` with stderr captured to a file."""
-
-    def __init__(self, name: str, parameters: dict[str, Any], workdir: Path) -> None:
-        self.name = name
-        params_file = workdir / f'{name}_params.yaml'
-        params_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': parameters}}))
-        self.log_path = workdir / f'{name}.log'
-        self._log = self.log_path.open('w')
-        self.process = subprocess.Popen(
-            [sys.executable, '-m', f'cspn_ros.nodes.{name}', '--ros-args', '--params-file',
-             str(params_file)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    def log(self) -> str:
-        """Everything the process wrote to stdout/stderr so far."""
-        return self.log_path.read_text()
-
-    def stop(self, timeout: float = 10.0) -> Optional[int]:
-        """Ctrl-C the process, kill it if it does not exit; its return code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
 @pytest.fixture
 def start_node(ros_domain, tmp_path):
     """start_node(name, **parameters) -> NodeProcess; every process is stopped at teardown."""
     processes: list[NodeProcess] = []
 
     def start(name: str, **parameters: Any) -> NodeProcess:
-        processes.append(NodeProcess(name, parameters, tmp_path))
+        processes.append(NodeProcess(name, parameters, tmp_path))  # env: os.environ
         return processes[-1]
 
     yield start
@@ -109,19 +75,11 @@ class Inbox:
         return found[0] if found else None
 
 
-class RosTestNode:
-    """An rclpy node in its own context, spun by a background thread."""
+class RosTestNode(BackgroundNode):
+    """An rclpy node in its own context, spun by a background thread, with inboxes."""
 
     def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node(f'test_node_{os.getpid()}', context=self.context)
-        self._executor = SingleThreadedExecutor(context=self.context)
-        self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
-        self._thread.start()
+        super().__init__(f'test_node_{os.getpid()}', domain_id)
 
     def inbox(self, msg_type: Any, topic: str, qos: Any = 10) -> Inbox:
         """Subscribe topic; received messages collect in the returned Inbox."""
@@ -139,13 +97,6 @@ class RosTestNode:
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
         return self.inbox(Log, '/rosout', qos)
-
-    def close(self) -> None:
-        import rclpy
-        self._executor.shutdown()
-        self._thread.join()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 @pytest.fixture

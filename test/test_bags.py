@@ -1,4 +1,5 @@
 """Lazy paired-frame reading from synthetic rosbag2 files (sqlite3 and mcap)."""
+import argparse
 import pickle
 import shutil
 
@@ -6,12 +7,16 @@ import numpy as np
 import pytest
 
 from cspn_ros.core.pipeline import CompletionPipeline
-from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
-from cspn_ros.data.bags import (BagError, BagFrames, BagTopics, BagTrainingSamples, FrameRef,
-                                MessageRef, SupervisionOptions, header_stamp_ns, holdout_split)
+from cspn_ros.core.projection import (project_to_sparse_depth, register_depth,
+                                      transform_from_translation_quaternion)
+from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC, TF_TOPIC
+from cspn_ros.data.bags import (BagError, BagFrames, BagTopics, BagTrainingSamples,
+                                ConcatenatedSamples, FrameRef, MessageRef, SupervisionOptions,
+                                add_bag_arguments, chain_transform, frames_from_args,
+                                header_stamp_ns, holdout_split)
 from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION,
                                      SyntheticScene)
-from cspn_ros.data.synthetic_bag import DEFAULT_TOPICS, write_synthetic_bag
+from cspn_ros.data.synthetic_bag import quaternion_from_rotation, write_synthetic_bag
 
 SCENE = dict(width=64, height=48, lidar_beams=16, tof_width=32, tof_height=24)
 FRAMES = 4
@@ -30,13 +35,13 @@ def bag(request, tmp_path_factory):
 def test_topics_default_to_the_recorded_ones():
     topics = BagTopics()
     assert (topics.image, topics.camera_info, topics.points, topics.tof_depth,
-            topics.tof_camera_info) == tuple(DEFAULT_TOPICS[k] for k in (
+            topics.tof_camera_info) == tuple(BAG_TOPICS[k] for k in (
                 'image', 'camera_info', 'points', 'tof_depth', 'tof_camera_info'))
 
 
 def test_frames_are_paired_indexed_lazily_and_decoded_like_the_scene(bag):
     path, seed = bag
-    frames = BagFrames([path], BagTopics(ground_truth=DEFAULT_TOPICS['ground_truth']))
+    frames = BagFrames([path], BagTopics(ground_truth=BAG_TOPICS['ground_truth']))
     scene = SyntheticScene(seed=seed, **SCENE)
     assert len(frames) == FRAMES
     assert frames.matcher_stats[0]['matched'] == FRAMES
@@ -67,6 +72,8 @@ def test_prepare_equals_the_pipeline_on_directly_read_messages(bag):
     by_stamp = {}
     with AnyReader([path], default_typestore=get_typestore(Stores.LATEST)) as reader:
         for connection, _, raw in reader.messages():
+            if connection.topic == TF_STATIC_TOPIC:  # TFMessage: no header of its own
+                continue
             msg = reader.deserialize(raw, connection.msgtype)
             stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
             assert header_stamp_ns(raw) == stamp
@@ -144,3 +151,160 @@ def test_corrupt_bag_gives_an_error_naming_the_bag(bag, tmp_path):
         BagFrames([copy])
     with pytest.raises(BagError, match='no bag'):
         BagFrames([])
+
+
+# --- extrinsics from tf, flags, mixed sensors --------------------------------------------------
+
+def _random_transform(rng):
+    return transform_from_translation_quaternion(rng.uniform(-1, 1, 3), rng.normal(size=4))
+
+
+def _bag_args(*argv):
+    parser = argparse.ArgumentParser()
+    add_bag_arguments(parser, ('lidar', 'tof', 'both'))
+    return parser.parse_args(list(argv))
+
+
+def test_quaternion_from_rotation_inverts_the_rotation_matrix():
+    rng = np.random.default_rng()
+    for _ in range(200):
+        T = _random_transform(rng)
+        q = quaternion_from_rotation(T[:3, :3])
+        assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
+        np.testing.assert_allclose(transform_from_translation_quaternion(T[:3, 3], q), T,
+                                   atol=1e-12)
+
+
+def test_chain_transform_composes_edges_in_either_direction():
+    rng = np.random.default_rng()
+    T_base_from_cam, T_base_from_mount, T_mount_from_lidar = (_random_transform(rng)
+                                                              for _ in range(3))
+    edges = [('base', 'camera', T_base_from_cam), ('base', 'mount', T_base_from_mount),
+             ('mount', 'lidar', T_mount_from_lidar), ('base', 'wheel', _random_transform(rng))]
+    rng.shuffle(edges)
+    reference = np.linalg.inv(T_base_from_cam) @ T_base_from_mount @ T_mount_from_lidar
+    np.testing.assert_allclose(chain_transform(edges, 'camera', 'lidar'), reference, atol=1e-12)
+    np.testing.assert_allclose(chain_transform(edges, 'lidar', 'camera'),
+                               np.linalg.inv(reference), atol=1e-12)
+    np.testing.assert_array_equal(chain_transform(edges, 'camera', 'camera'), np.eye(4))
+    assert chain_transform(edges, 'camera', 'tof') is None
+
+
+@pytest.fixture(scope='module')
+def rig_bag(tmp_path_factory):
+    """A 'both' bag whose sensors sit at fresh random poses (written to /tf_static)."""
+    rng = np.random.default_rng()
+    lidar_t = np.asarray(DEFAULT_LIDAR_TRANSLATION) + rng.uniform(-0.02, 0.02, 3)
+    tof_t = rng.uniform(-0.05, 0.05, 3)
+    tof_q = np.r_[rng.uniform(-0.01, 0.01, 3), 1.0]
+    scene = dict(SCENE, seed=int(rng.integers(1000)), scene='indoor', lidar_translation=lidar_t,
+                 tof_translation=tof_t, tof_rotation=tof_q)
+    path = write_synthetic_bag(tmp_path_factory.mktemp('rig') / 'bag', 'sqlite3',
+                               num_frames=3, **scene)
+    return path, SyntheticScene(**scene)
+
+
+def test_extrinsics_come_from_tf_static_and_flags_win(rig_bag, caplog):
+    path, scene = rig_bag
+    frames, options = frames_from_args(_bag_args('--depth-source', 'both'), [path])
+    assert set(options) == {'lidar', 'tof'}
+    np.testing.assert_allclose(options['lidar']['T_cam_from_sensor'], scene.T_cam_from_lidar,
+                               atol=1e-12)
+    np.testing.assert_allclose(options['tof']['T_cam_from_sensor'], scene.T_cam_from_tof,
+                               atol=1e-12)
+    caplog.set_level('INFO')
+    _, options = frames_from_args(_bag_args('--depth-source', 'tof', '--extrinsic-translation',
+                                            '0.1', '0.2', '0.3'), [path])
+    expected = np.eye(4)
+    expected[:3, 3] = [0.1, 0.2, 0.3]
+    np.testing.assert_array_equal(options['tof']['T_cam_from_sensor'], expected)
+    assert '--extrinsic-translation' in caplog.text
+    _, options = frames_from_args(_bag_args('--depth-source', 'tof', '--tof-registered'), [path])
+    np.testing.assert_array_equal(options['tof']['T_cam_from_sensor'], np.eye(4))
+    with pytest.raises(ValueError, match='both'):
+        frames_from_args(_bag_args('--depth-source', 'both', '--extrinsic-rotation',
+                                   '0', '0', '0', '1'), [path])
+
+
+def _copy_bag(source, target, tf_messages=()):
+    """Copy `source` without /tf_static, adding (log time, TFMessage) on /tf."""
+    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.typesys import Stores, get_typestore
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    with Reader(source) as reader, Writer(target, version=8) as writer:
+        connections = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store)
+                       for c in reader.connections if c.topic != TF_STATIC_TOPIC}
+        for connection, log_time, raw in reader.messages():
+            if connection.id in connections:
+                writer.write(connections[connection.id], log_time, raw)
+        if tf_messages:
+            tf = writer.add_connection(TF_TOPIC, 'tf2_msgs/msg/TFMessage', typestore=store)
+            for log_time, message in tf_messages:
+                writer.write(tf, log_time, store.serialize_cdr(message,
+                                                               'tf2_msgs/msg/TFMessage'))
+    return target
+
+
+def _tf_message(edges):
+    from rosbags.typesys import Stores, get_typestore
+    types = get_typestore(Stores.ROS2_HUMBLE).types
+    transforms = []
+    for parent, child, T in edges:
+        q = quaternion_from_rotation(T[:3, :3])
+        transforms.append(types['geometry_msgs/msg/TransformStamped'](
+            header=types['std_msgs/msg/Header'](
+                stamp=types['builtin_interfaces/msg/Time'](sec=0, nanosec=0), frame_id=parent),
+            child_frame_id=child, transform=types['geometry_msgs/msg/Transform'](
+                translation=types['geometry_msgs/msg/Vector3'](*T[:3, 3]),
+                rotation=types['geometry_msgs/msg/Quaternion'](*q))))
+    return types['tf2_msgs/msg/TFMessage'](transforms=transforms)
+
+
+def test_extrinsic_chain_from_the_first_tf_sample_or_a_clear_error(rig_bag, tmp_path):
+    path, scene = rig_bag
+    rng = np.random.default_rng()
+    T_base_from_cam = _random_transform(rng)
+    T_base_from_lidar = T_base_from_cam @ scene.T_cam_from_lidar
+    camera, lidar = FRAME_IDS['camera'], FRAME_IDS['lidar']
+    tf = [(1, _tf_message([('base_link', camera, T_base_from_cam)])),
+          (2, _tf_message([('base_link', lidar, T_base_from_lidar)])),
+          (3, _tf_message([('base_link', lidar, _random_transform(rng))]))]  # later: ignored
+    chained = _copy_bag(path, tmp_path / 'chained', tf)
+    _, options = frames_from_args(_bag_args(), [chained])
+    np.testing.assert_allclose(options['lidar']['T_cam_from_sensor'], scene.T_cam_from_lidar,
+                               atol=1e-9)
+    bare = _copy_bag(path, tmp_path / 'bare')
+    with pytest.raises(BagError) as error:
+        frames_from_args(_bag_args(), [bare])
+    text = str(error.value)
+    assert all(word in text for word in (str(bare), "'camera_optical' <- 'lidar'", '/tf_static',
+                                         '--extrinsic-translation'))
+    _, options = frames_from_args(_bag_args('--extrinsic-rotation', '0', '0', '0', '1'), [bare])
+    np.testing.assert_array_equal(options['lidar']['T_cam_from_sensor'], np.eye(4))
+
+
+def test_both_sources_give_a_lidar_and_a_tof_sample_per_frame_with_dense_targets(rig_bag):
+    path, scene = rig_bag
+    frames, options = frames_from_args(_bag_args('--depth-source', 'both'), [path],
+                                       ground_truth=BAG_TOPICS['ground_truth'])
+    assert frames.paired_topics[2:] == ('/points', '/tof/depth', '/tof/camera_info',
+                                        '/ground_truth/depth')
+    parts = [BagTrainingSamples(frames, CompletionPipeline(None, **options[source]))
+             for source in ('lidar', 'tof')]
+    samples = ConcatenatedSamples(parts)
+    assert len(samples) == 2 * len(frames) == 6
+    for index in np.random.default_rng().permutation(len(frames)):
+        truth = scene.frame(int(index))
+        lidar, tof = samples[int(index)], samples[len(frames) + int(index)]
+        np.testing.assert_array_equal(lidar['sparse'], project_to_sparse_depth(
+            truth.lidar_points, scene.T_cam_from_lidar, truth.camera, min_depth=0.1,
+            max_depth=100.0))
+        np.testing.assert_array_equal(tof['sparse'], register_depth(
+            truth.tof_depth, truth.tof_camera, scene.T_cam_from_tof, truth.camera,
+            min_depth=0.1, max_depth=100.0))
+        for sample in (lidar, tof):
+            np.testing.assert_array_equal(sample['target'], truth.depth)
+    samples.set_epoch(3)
+    assert [part.epoch for part in parts] == [3, 3]
+    with pytest.raises(IndexError):
+        samples[6]

@@ -62,8 +62,9 @@ def test_evaluate_writes_summary_and_frames_and_is_deterministic(setup, target, 
 def test_holdout_scores_only_points_the_model_did_not_see(setup):
     root, bag, _ = setup
     out = root / 'classical'
+    # No --extrinsic-* flags: the LiDAR extrinsic comes from the bag's /tf_static.
     assert evaluate_main(['--bag', str(bag), '--checkpoint', 'classical', '--holdout', '0.5',
-                          '--out', str(out), *EXTRINSIC]) == 0
+                          '--out', str(out)]) == 0
     with open(out / 'frames.csv') as file:
         rows = list(csv.DictReader(file))
     for row in rows:  # half of the projected points are the input, half the target
@@ -79,3 +80,10 @@ def test_evaluate_reports_bad_input(setup, capsys):
     assert '/velodyne' in error and '/points' in error
     assert evaluate_main(['--bag', str(root / 'missing'), '--out', str(root / 'bad')]) == 1
     assert 'missing' in capsys.readouterr().err
+    # A holdout share too small to leave any target point: no frame can be scored.
+    assert evaluate_main(['--bag', str(bag), '--checkpoint', 'classical', '--holdout', '1e-5',
+                          '--out', str(root / 'bad')]) == 1
+    assert 'none of the 3 paired frames could be scored' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one depth source per evaluation
+        evaluate_main(['--bag', str(bag), '--depth-source', 'both', '--out', str(root / 'bad')])
+    assert "invalid choice: 'both'" in capsys.readouterr().err

@@ -13,7 +13,8 @@ from cspn_ros.data import synthetic
 from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION,
                                      DEFAULT_TOF_ROTATION, DEFAULT_TOF_TRANSLATION,
                                      LIDAR_VERTICAL_FOV_DEG, SyntheticScene)
-from cspn_ros.data.synthetic_bag import DEFAULT_TOPICS, FRAME_IDS, write_synthetic_bag
+from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC
+from cspn_ros.data.synthetic_bag import write_synthetic_bag
 
 SMALL = dict(width=160, height=120, lidar_beams=32, lidar_horizontal_resolution_deg=0.8,
              tof_width=80, tof_height=60)
@@ -171,20 +172,38 @@ def test_bag_round_trip(tmp_path, storage, depth_source, tof_encoding):
     path = write_synthetic_bag(tmp_path / 'bag', storage=storage, num_frames=frames,
                                depth_source=depth_source, tof_encoding=tof_encoding, **kwargs)
     messages = read_bag(path)
-    expected = {'image', 'camera_info', 'ground_truth'}
+    expected = {'image', 'camera_info', 'ground_truth', 'odometry'}
     expected |= {'points'} if depth_source != 'tof' else set()
     expected |= {'tof_depth', 'tof_camera_info'} if depth_source != 'lidar' else set()
-    assert set(messages) == {DEFAULT_TOPICS[key] for key in expected}
+    assert set(messages) == {BAG_TOPICS[key] for key in expected} | {TF_STATIC_TOPIC}
     scene = SyntheticScene(**kwargs)
     truth = [scene.frame(i) for i in range(frames)]
+    # The extrinsics of the recorded sensors, once: camera_optical <- sensor = T_cam_from_sensor.
+    [(log_time, tf_message)] = messages[TF_STATIC_TOPIC]
+    assert log_time == truth[0].stamp_ns
+    extrinsics = {'lidar': scene.T_cam_from_lidar, 'tof': scene.T_cam_from_tof}
+    recorded = [s for s in ('lidar', 'tof') if depth_source in (s, 'both')]
+    assert [t.child_frame_id for t in tf_message.transforms] == [FRAME_IDS[s] for s in recorded]
+    for stamped, sensor in zip(tf_message.transforms, recorded):
+        assert stamped.header.frame_id == FRAME_IDS['camera']
+        t, q = stamped.transform.translation, stamped.transform.rotation
+        np.testing.assert_allclose(transform_from_translation_quaternion(
+            [t.x, t.y, t.z], [q.x, q.y, q.z, q.w]), extrinsics[sensor], atol=1e-12)
     for key in expected:
-        topic = messages[DEFAULT_TOPICS[key]]
+        topic = messages[BAG_TOPICS[key]]
         assert len(topic) == frames
         for (log_time, msg), frame in zip(topic, truth):
             assert log_time == stamp_to_ns(msg.header.stamp) == frame.stamp_ns
-            sensor = {'points': 'lidar', 'tof_depth': 'tof', 'tof_camera_info': 'tof'}
+            sensor = {'points': 'lidar', 'tof_depth': 'tof', 'tof_camera_info': 'tof',
+                      'odometry': 'odom'}
             assert msg.header.frame_id == FRAME_IDS[sensor.get(key, 'camera')]
-            if key == 'image':
+            if key == 'odometry':
+                assert msg.child_frame_id == FRAME_IDS['camera']
+                p, q = msg.pose.pose.position, msg.pose.pose.orientation
+                np.testing.assert_allclose(transform_from_translation_quaternion(
+                    [p.x, p.y, p.z], [q.x, q.y, q.z, q.w]),
+                    scene.world_from_camera(frame.index), atol=1e-12)
+            elif key == 'image':
                 np.testing.assert_array_equal(image_to_rgb(msg), frame.rgb)
             elif key == 'ground_truth':
                 assert msg.encoding == '32FC1'

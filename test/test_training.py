@@ -76,9 +76,6 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION,  # noqa: E402
-                                     DEFAULT_LIDAR_TRANSLATION, DEFAULT_TOF_ROTATION,
-                                     DEFAULT_TOF_TRANSLATION)
 from cspn_ros.data.synthetic_bag import write_synthetic_bag  # noqa: E402
 from cspn_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from cspn_ros.model.completer import DepthCompleter  # noqa: E402
@@ -88,15 +85,13 @@ TINY = json.dumps({'width': 8, 'steps': 2})
 SCENE = dict(width=80, height=60, lidar_beams=16, tof_width=40, tof_height=30)
 
 
-def _args(bag, out, supervision, *extra):
-    source = 'tof' if supervision == 'tof' else 'lidar'
-    translation, rotation = ((DEFAULT_TOF_TRANSLATION, DEFAULT_TOF_ROTATION) if source == 'tof'
-                             else (DEFAULT_LIDAR_TRANSLATION, DEFAULT_LIDAR_ROTATION))
+def _args(bag, out, supervision, *extra, source=None):
+    """CLI arguments; the extrinsics come from the bag's /tf_static."""
+    source = source or ('tof' if supervision == 'tof' else 'lidar')
     return ['--bag', str(bag), '--out', str(out), '--supervision', supervision,
             '--config', TINY, '--crop', '48x64', '--batch-size', '2', '--epochs', '1',
             '--device', 'cpu', '--depth-source', source, '--no-progress', '--val-fraction', '0.25',
-            '--extrinsic-translation', *(f'{v:.6f}' for v in translation),
-            '--extrinsic-rotation', *(f'{v:.6f}' for v in rotation), *extra]
+            *extra]
 
 
 @pytest.fixture(scope='module')
@@ -141,3 +136,29 @@ def test_training_fails_clearly_without_usable_samples(lidar_bag, tmp_path, caps
     assert training_main(_args(lidar_bag, tmp_path / 'c', 'dense', '--gt-topic', '/gt')) == 1
     assert "topic(s) ['/gt'] not in the bag" in capsys.readouterr().err
     assert not (tmp_path / 'a' / 'last.safetensors').exists()
+
+
+def _assert_trained(out, steps):
+    state, _, meta = load_checkpoint(out / 'last.safetensors')
+    assert meta['step'] == steps
+    assert all(torch.isfinite(value).all() for value in state.values())
+
+
+def test_photometric_training_on_the_recorded_odometry(lidar_bag, tmp_path, capsys):
+    # 3 training frames; only frames 1 and 2 have a neighbour on both sides -> 2 steps of 1.
+    out = tmp_path / 'photometric'
+    assert training_main(_args(lidar_bag, out, 'photometric', '--pose-topic', '/odom',
+                               '--batch-size', '1')) == 0
+    _assert_trained(out, 2)
+    assert 'skipped samples: 0' in capsys.readouterr().out
+
+
+def test_both_depth_sources_train_on_lidar_and_tof_samples_of_each_frame(tmp_path, capsys):
+    bag = write_synthetic_bag(tmp_path / 'both', 'sqlite3', num_frames=4, scene='indoor',
+                              seed=int(np.random.default_rng().integers(99)), **SCENE)
+    out = tmp_path / 'run'
+    assert training_main(_args(bag, out, 'dense', '--batch-size', '3', source='both')) == 0
+    _assert_trained(out, 2)  # 3 frames x 2 sensors = 6 samples, batch 3
+    assert 'skipped samples: 0' in capsys.readouterr().out
+    assert training_main(_args(bag, tmp_path / 'x', 'lidar-holdout', source='both')) == 1
+    assert '--depth-source both trains with supervision' in capsys.readouterr().err

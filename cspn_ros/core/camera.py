@@ -257,3 +257,15 @@ class PinholeCamera:
             y = y - self.P[1, 3] / self.P[1, 1]
             x = x - (self.P[0, 3] + self.P[0, 1] * (y - rays[:, 1] * z)) / self.P[0, 0]
         return np.stack([x, y, z], 1).astype(np.float32), indices.astype(np.int64)
+
+
+def camera_info_fields(camera: PinholeCamera) -> dict[str, Any]:
+    """sensor_msgs/CameraInfo fields (without header and roi) describing `camera`: height,
+    width, distortion_model, d, k (9,), r (9,), p (12,) as float64 arrays, binning 0 (= 1)."""
+    return {'height': camera.height, 'width': camera.width,
+            'distortion_model': camera.distortion_model,
+            'd': np.asarray(camera.D, np.float64).reshape(-1).copy(),
+            'k': np.asarray(camera.K, np.float64).reshape(-1).copy(),
+            'r': np.asarray(camera.R, np.float64).reshape(-1).copy(),
+            'p': np.asarray(camera.P, np.float64).reshape(-1).copy(),
+            'binning_x': 0, 'binning_y': 0}

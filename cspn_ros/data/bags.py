@@ -7,6 +7,12 @@ Opening a bag runs one index pass that keeps, per message, only its header stamp
 connection id (the stamp is read from the first CDR bytes, nothing is deserialised); frames are
 read back one at a time by log time, so bags larger than RAM work. `BagTrainingSamples` turns
 frames into supervised samples (dense / tof / lidar-holdout / photometric).
+
+Extrinsics: `T_cam_from_sensor` maps sensor points into the colour optical frame, `p_cam = R
+p_sensor + t`: tf's transform from the sensor frame into the camera frame (`lookup_transform(
+camera_frame, sensor_frame)`). Without --extrinsic-* flags it is read from the bag's /tf_static
+(then the first sample of each /tf transform), composing chains, from the image header frame_id
+to the depth message's header frame_id.
 """
 from __future__ import annotations
 
@@ -25,9 +31,12 @@ from cspn_ros.core.conversions import image_to_depth, image_to_rgb
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
 from cspn_ros.core.projection import transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher
+from cspn_ros.core.topics import BAG_TOPICS, TF_STATIC_TOPIC, TF_TOPIC
 
 LOGGER = logging.getLogger(__name__)
 SUPERVISIONS = ('dense', 'tof', 'lidar-holdout', 'photometric')
+#: depth sources of a pipeline; a bag can also be read for 'both' (each frame feeds two samples).
+DEPTH_SOURCES = ('lidar', 'tof')
 
 
 class BagError(ValueError):
@@ -36,24 +45,25 @@ class BagError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class BagTopics:
-    """Topic names (the completion node's defaults). `ground_truth`: dense target depth Image
-    (32FC1 / 16UC1) in the colour camera; `pose`: nav_msgs/Odometry or
+    """Topic names (defaults: core/topics.py BAG_TOPICS). `ground_truth`: dense target depth
+    Image (32FC1 / 16UC1) in the colour camera; `pose`: nav_msgs/Odometry or
     geometry_msgs/PoseStamped of the camera, needed only for photometric supervision."""
 
-    image: str = '/image'
-    camera_info: str = '/camera_info'
-    points: str = '/points'
-    tof_depth: str = '/tof/depth'
-    tof_camera_info: str = '/tof/camera_info'
+    image: str = BAG_TOPICS['image']
+    camera_info: str = BAG_TOPICS['camera_info']
+    points: str = BAG_TOPICS['points']
+    tof_depth: str = BAG_TOPICS['tof_depth']
+    tof_camera_info: str = BAG_TOPICS['tof_camera_info']
     ground_truth: Optional[str] = None
     pose: Optional[str] = None
 
     def paired(self, depth_source: str, tof_registered: bool = False) -> tuple[str, ...]:
-        """Topics the matcher pairs, the image (reference) first."""
+        """Topics the matcher pairs, the image (reference) first; depth_source 'lidar', 'tof'
+        or 'both'."""
         topics = [self.image, self.camera_info]
-        if depth_source == 'lidar':
+        if depth_source in ('lidar', 'both'):
             topics.append(self.points)
-        else:
+        if depth_source in ('tof', 'both'):
             topics.append(self.tof_depth)
             if not tof_registered:
                 topics.append(self.tof_camera_info)
@@ -68,6 +78,38 @@ def header_stamp_ns(raw: bytes) -> int:
         raise ValueError(f'not a CDR message with a header ({len(raw)} bytes)')
     sec, nanosec = struct.unpack('<iI' if raw[1] == 1 else '>iI', raw[4:12])
     return sec * 1_000_000_000 + nanosec
+
+
+def transform_edges(tf_message: Any) -> list[tuple[str, str, np.ndarray]]:
+    """(parent frame, child frame, T_parent_from_child (4,4)) of every transform in a
+    tf2_msgs/TFMessage (leading '/' of frame ids dropped, as tf2 does)."""
+    edges = []
+    for stamped in tf_message.transforms:
+        t, q = stamped.transform.translation, stamped.transform.rotation
+        edges.append((stamped.header.frame_id.lstrip('/'), stamped.child_frame_id.lstrip('/'),
+                      transform_from_translation_quaternion([t.x, t.y, t.z],
+                                                            [q.x, q.y, q.z, q.w])))
+    return edges
+
+
+def chain_transform(edges: Sequence[tuple[str, str, np.ndarray]], target: str,
+                    source: str) -> Optional[np.ndarray]:
+    """T_target_from_source (4,4): the tf edges (parent, child, T_parent_from_child), walked in
+    either direction, composed along the shortest chain; None when no chain joins the frames."""
+    neighbours: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for parent, child, T_parent_from_child in edges:
+        neighbours.setdefault(parent, []).append((child, T_parent_from_child))
+        neighbours.setdefault(child, []).append((parent, np.linalg.inv(T_parent_from_child)))
+    T_target_from = {target: np.eye(4)}
+    queue = [target]
+    for frame in queue:  # breadth first; the list grows while it is walked
+        if frame == source:
+            return T_target_from[frame]
+        for other, T_frame_from_other in neighbours.get(frame, []):
+            if other not in T_target_from:
+                T_target_from[other] = T_target_from[frame] @ T_frame_from_other
+                queue.append(other)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +242,69 @@ class BagFrames:
         frame = self.frames[index]
         return {topic: self.read_message(frame.bag_index, topic, ref)
                 for topic, ref in frame.messages.items()}
+
+    def lookup_transform(self, bag_index: int, target: str, source: str
+                         ) -> tuple[Optional[np.ndarray], str]:
+        """(T_target_from_source (4,4) or None, where it came from) from one bag's /tf_static,
+        then the first sample of each /tf transform (read only until the chain is complete)."""
+        reader = self._reader(bag_index)
+        edges: dict[tuple[str, str], np.ndarray] = {}
+        for topic in (TF_STATIC_TOPIC, TF_TOPIC):
+            connections = [c for c in reader.connections if c.topic == topic]
+            if not connections:
+                continue
+            try:
+                for connection, _, raw in reader.messages(connections=connections):
+                    message = reader.deserialize(raw, connection.msgtype)
+                    for parent, child, T in transform_edges(message):
+                        edges.setdefault((parent, child), T)
+                    if topic == TF_TOPIC and self._chain(edges, target, source) is not None:
+                        break
+            except Exception as error:
+                raise BagError(f'{self.paths[bag_index]}: cannot read {topic}: '
+                               f'{type(error).__name__}: {error}') from error
+            T = self._chain(edges, target, source)
+            if T is not None:
+                return T, topic
+        frames = sorted({frame for pair in edges for frame in pair})
+        return None, f'tf frames in the bag: {frames}'
+
+    @staticmethod
+    def _chain(edges: dict[tuple[str, str], np.ndarray], target: str,
+               source: str) -> Optional[np.ndarray]:
+        return chain_transform([(p, c, T) for (p, c), T in edges.items()], target, source)
+
+    def sensor_extrinsic(self, depth_source: str) -> np.ndarray:
+        """T_cam_from_sensor (4,4) of 'lidar' or 'tof' from the bags' tf: from the depth
+        message's header frame_id into the image's. BagError naming the frames when a bag has
+        no such transform or the bags disagree."""
+        depth_topic = self.topics.points if depth_source == 'lidar' else self.topics.tof_depth
+        extrinsic = None
+        for bag_index, path in enumerate(self.paths):
+            frame = next((f for f in self.frames if f.bag_index == bag_index), None)
+            if frame is None:
+                continue
+            camera, sensor = (
+                self.read_message(bag_index, topic, frame.messages[topic]).header.frame_id
+                .lstrip('/') for topic in (self.topics.image, depth_topic))
+            if not camera or not sensor:
+                raise BagError(f'{path}: {self.topics.image} or {depth_topic} has an empty '
+                               'header frame_id, so the extrinsic cannot be looked up in tf; '
+                               'pass --extrinsic-translation and --extrinsic-rotation')
+            T, origin = self.lookup_transform(bag_index, camera, sensor)
+            if T is None:
+                raise BagError(
+                    f'{path}: no extrinsic {camera!r} <- {sensor!r} ({depth_topic} into '
+                    f'{self.topics.image}): no transform chain in {TF_STATIC_TOPIC} or '
+                    f'{TF_TOPIC} ({origin}). Record the static transforms or pass '
+                    '--extrinsic-translation X Y Z --extrinsic-rotation QX QY QZ QW (the sensor '
+                    'frame in the camera optical frame: p_cam = R p_sensor + t)')
+            LOGGER.info('%s: extrinsic %s <- %s from %s', path, camera, sensor, origin)
+            if extrinsic is not None and not np.allclose(T, extrinsic, atol=1e-6):
+                raise BagError(f'{path}: extrinsic {camera!r} <- {sensor!r} differs from the '
+                               f'one in {self.paths[0]}; give bags of one rig per run')
+            extrinsic = T
+        return extrinsic
 
     def pipeline_arguments(self, messages: dict[str, Any], depth_source: str) -> tuple:
         """(image, camera_info, depth, depth_info | None): what `CompletionPipeline.prepare` /
@@ -379,9 +484,34 @@ class BagTrainingSamples:
         return {'source_rgbs': np.stack(rgbs), 'T_sources_from_target': np.stack(poses)}
 
 
-def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
+class ConcatenatedSamples:
+    """Sample sets one after another (the LiDAR-input and ToF-input samples of the same frames
+    for depth source 'both'); `set_epoch` reaches every part."""
+
+    def __init__(self, parts: Sequence[BagTrainingSamples]) -> None:
+        self.parts = list(parts)
+        self.ends = np.cumsum([len(part) for part in self.parts]).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of this epoch in every part."""
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def __getitem__(self, position: int) -> Optional[dict]:
+        if not 0 <= position < len(self):
+            raise IndexError(f'sample {position} of {len(self)}')
+        part = bisect.bisect_right(self.ends, position)
+        return self.parts[part][position - (self.ends[part - 1] if part else 0)]
+
+
+def add_bag_arguments(parser: argparse.ArgumentParser,
+                      depth_sources: Sequence[str] = DEPTH_SOURCES) -> None:
     """Topic, pairing and projection options shared by `evaluate` and `training_node`; names
-    and defaults are the completion node's parameters."""
+    and defaults are the completion node's parameters. depth_sources: the --depth-source
+    choices (training also takes 'both')."""
     group = parser.add_argument_group('bag topics and projection (as the completion node)')
     defaults = BagTopics()
     group.add_argument('--image-topic', default=defaults.image)
@@ -389,32 +519,52 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--points-topic', default=defaults.points)
     group.add_argument('--tof-depth-topic', default=defaults.tof_depth)
     group.add_argument('--tof-camera-info-topic', default=defaults.tof_camera_info)
-    group.add_argument('--depth-source', choices=('lidar', 'tof'), default='lidar')
+    group.add_argument('--depth-source', choices=tuple(depth_sources), default='lidar')
     group.add_argument('--tof-registered', action='store_true',
                        help='the ToF depth is already in the colour camera')
-    group.add_argument('--extrinsic-translation', type=float, nargs=3, default=[0.0, 0.0, 0.0],
-                       metavar=('X', 'Y', 'Z'), help='sensor frame in the camera frame, metres')
-    group.add_argument('--extrinsic-rotation', type=float, nargs=4,
-                       default=[0.0, 0.0, 0.0, 1.0], metavar=('QX', 'QY', 'QZ', 'QW'))
+    extrinsic = ('the sensor frame in the camera optical frame (p_cam = R p_sensor + t); '
+                 "default: looked up in the bag's /tf_static or /tf")
+    group.add_argument('--extrinsic-translation', type=float, nargs=3, default=None,
+                       metavar=('X', 'Y', 'Z'), help=f'metres; {extrinsic}')
+    group.add_argument('--extrinsic-rotation', type=float, nargs=4, default=None,
+                       metavar=('QX', 'QY', 'QZ', 'QW'), help=f'quaternion; {extrinsic}')
     group.add_argument('--slop', type=float, default=0.05, help='pairing slop, seconds')
     group.add_argument('--queue-size', type=int, default=10)
     group.add_argument('--min-depth', type=float, default=0.1, help='metres')
     group.add_argument('--max-depth', type=float, default=100.0, help='metres')
 
 
+def _extrinsic(args: argparse.Namespace, frames: BagFrames, depth_source: str) -> np.ndarray:
+    """T_cam_from_sensor: the --extrinsic-* flags when given (a missing one is the identity),
+    else the bags' tf; identity for ToF depth already registered to the colour camera."""
+    if depth_source == 'tof' and args.tof_registered:
+        return np.eye(4)
+    if args.extrinsic_translation is not None or args.extrinsic_rotation is not None:
+        if args.depth_source == 'both':
+            raise ValueError("--depth-source both reads both extrinsics from the bag's tf; "
+                             '--extrinsic-translation/--extrinsic-rotation describe one sensor')
+        LOGGER.info('extrinsic of the %s from --extrinsic-translation/--extrinsic-rotation',
+                    depth_source)
+        return transform_from_translation_quaternion(
+            args.extrinsic_translation or [0.0, 0.0, 0.0],
+            args.extrinsic_rotation or [0.0, 0.0, 0.0, 1.0])
+    return frames.sensor_extrinsic(depth_source)
+
+
 def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
                      ground_truth: Optional[str] = None, pose: Optional[str] = None
-                     ) -> tuple[BagFrames, dict[str, Any]]:
-    """BagFrames for the parsed `add_bag_arguments` options, and the CompletionPipeline keyword
-    arguments (all but the completer) that go with them."""
+                     ) -> tuple[BagFrames, dict[str, dict[str, Any]]]:
+    """BagFrames for the parsed `add_bag_arguments` options and, per depth source ('lidar'
+    and/or 'tof'; both for --depth-source both), the CompletionPipeline keyword arguments (all
+    but the completer) that go with them, extrinsic included."""
     topics = BagTopics(args.image_topic, args.camera_info_topic, args.points_topic,
                        args.tof_depth_topic, args.tof_camera_info_topic, ground_truth, pose)
     frames = BagFrames(paths, topics, args.depth_source, args.tof_registered, args.slop,
                        args.queue_size)
-    pipeline_options = {
-        'depth_source': args.depth_source,
-        'T_cam_from_sensor': transform_from_translation_quaternion(args.extrinsic_translation,
-                                                                   args.extrinsic_rotation),
-        'min_depth': args.min_depth, 'max_depth': args.max_depth,
-        'tof_registered': args.tof_registered}
-    return frames, pipeline_options
+    sources = DEPTH_SOURCES if args.depth_source == 'both' else (args.depth_source,)
+    options = {source: {'depth_source': source,
+                        'T_cam_from_sensor': _extrinsic(args, frames, source),
+                        'min_depth': args.min_depth, 'max_depth': args.max_depth,
+                        'tof_registered': args.tof_registered}
+               for source in sources}
+    return frames, options

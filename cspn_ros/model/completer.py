@@ -91,7 +91,8 @@ class DepthCompleter:
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = 'cpu',
                         precision: str = 'fp32', *, channels_last: bool = False,
-                        compile: bool | str = False, cuda_graphs: bool = False) -> 'DepthCompleter':
+                        compile: bool | str = False,
+                        cuda_graphs: bool = False) -> 'DepthCompleter':
         """Load a .safetensors/.pt checkpoint (None = the packaged default weights).
 
         Raises CheckpointError (a ValueError) naming the file and the problem. The modes are

@@ -43,8 +43,8 @@ def resolve_precision(precision: str, device: torch.device, has_network: bool = 
         return 'fp32'
     if (device.type == 'cuda' and precision == 'bf16'
             and not torch.cuda.is_bf16_supported(including_emulation=False)):
-        raise ValueError(f"precision 'bf16' is not supported by {torch.cuda.get_device_name(device)}"
-                         "; use 'fp16' or 'fp32'")
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"precision 'bf16' is not supported by {name}; use 'fp16' or 'fp32'")
     return precision
 
 

@@ -100,6 +100,10 @@ PARAMETERS = {
     'publish_sparse': (False, 'publish depth/sparse (the projected sensor input, 32FC1)', {},
                        False),
     'publish_confidence': (False, 'publish depth/confidence (32FC1 in [0, 1])', {}, False),
+    'input_reliability': ('best_effort', 'QoS reliability of the inputs (otherwise the sensor '
+                          'data profile): best_effort, or reliable where large clouds lose '
+                          'fragments over best-effort UDP',
+                          {'additional_constraints': 'one of: reliable, best_effort'}, True),
     'output_reliability': ('reliable', 'QoS reliability of the outputs: reliable or best_effort',
                            {'additional_constraints': 'one of: reliable, best_effort'}, True),
 }
@@ -199,9 +203,11 @@ class CompletionNode(Node):
         self._last_arrival = {topic: None for topic in inputs}
         self._last_match = time.monotonic()
         self.slot = LatestSlot()
+        input_qos = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in (
+            'history', 'depth', 'durability')}, reliability=RELIABILITIES[self._choice(
+                'input_reliability', tuple(RELIABILITIES))])
         for topic, msg_type in inputs.items():
-            self.create_subscription(msg_type, topic, self._callback_for(topic),
-                                     qos_profile_sensor_data)
+            self.create_subscription(msg_type, topic, self._callback_for(topic), input_qos)
         self.create_timer(1.0, self._watch_inputs, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
         self.frames_processed = 0

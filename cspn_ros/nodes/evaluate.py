@@ -135,7 +135,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation described by parsed arguments; returns the summary dict."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    frames, pipeline_options = frames_from_args(args, [args.bag], ground_truth=args.gt_topic)
+    frames, options = frames_from_args(args, [args.bag], ground_truth=args.gt_topic)
+    pipeline_options = options[args.depth_source]
     pipelines = {'model': CompletionPipeline(_completer(args.checkpoint, args.device),
                                              **pipeline_options),
                  'baseline': CompletionPipeline(DepthCompleter.from_config('classical'),
@@ -155,6 +156,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             else:
                 rng = np.random.default_rng([args.seed, index])
                 inputs.sparse, gt = holdout_split(inputs.sparse, args.holdout, rng)
+            if not np.any(gt > 0):
+                raise ValueError('no target pixel to score (ground truth empty or too few '
+                                 'sensor points to hold out)')
             results = {m: pipelines[m].complete(inputs) for m in METHODS}
         except ValueError as error:  # BagError, InputError, ConversionError: a bad frame
             LOGGER.warning('skipping frame %d (stamp %d ns): %s', index, stamp, error)

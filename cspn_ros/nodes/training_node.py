@@ -2,13 +2,16 @@
 
     training_node --bag PATH [--bag PATH ...] --out DIR [--epochs N]
                   [--supervision dense|tof|lidar-holdout|photometric] [--config MODEL_CONFIG]
-                  [--depth-source lidar|tof] [--batch-size B] [--crop HxW] [--resume] ...
+                  [--depth-source lidar|tof|both] [--batch-size B] [--crop HxW] [--resume] ...
 
 Frames are paired and converted exactly as the completion node does it (same topics, matcher
 and `CompletionPipeline.prepare`). Supervision: dense (a ground-truth depth topic), tof (the
 ToF depth is the target, a random subset of it the input), lidar-holdout (a random share of the
 projected LiDAR points is the target, the rest the input), photometric (neighbouring frames +
-odometry on --pose-topic). The last frames (--val-fraction) are held out for validation.
+odometry on --pose-topic, e.g. /odom). --depth-source both (dense or photometric) reads bags
+with a cloud and a ToF topic: every frame gives a LiDAR-input and a ToF-input sample. The
+sensors' extrinsics come from the bag's /tf_static (or /tf) unless --extrinsic-* are given.
+The last frames (--val-fraction) are held out for validation.
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
 
@@ -31,14 +34,17 @@ import numpy as np
 from cspn_ros.config import ModelConfig
 from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.data.augment import Augmenter
-from cspn_ros.data.bags import (SUPERVISIONS, BagError, BagTrainingSamples, SupervisionOptions,
-                                add_bag_arguments, frames_from_args)
+from cspn_ros.data.bags import (DEPTH_SOURCES, SUPERVISIONS, BagError, BagTrainingSamples,
+                                ConcatenatedSamples, SupervisionOptions, add_bag_arguments,
+                                frames_from_args)
 from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions
 
 LOGGER = logging.getLogger('training_node')
 #: argparse dest -> ROS parameter name, where the completion node spells it differently.
 ROS_NAMES = {'extrinsic_translation': 'extrinsic.translation',
              'extrinsic_rotation': 'extrinsic.rotation', 'tof_registered': 'tof.registered'}
+#: Supervisions that work with --depth-source both (the others need one particular sensor).
+BOTH_SUPERVISIONS = ('dense', 'photometric')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
     parser.add_argument('--no-amp', action='store_true', help='train in float32 on CUDA')
     parser.add_argument('--no-progress', action='store_true', help='no tqdm bar')
-    add_bag_arguments(parser)
+    add_bag_arguments(parser, (*DEPTH_SOURCES, 'both'))
     return parser
 
 
@@ -103,28 +109,39 @@ def train(args: argparse.Namespace,
     if not args.out:
         raise ValueError('no --out folder given')
     supervision = args.supervision
+    if args.depth_source == 'both' and supervision not in BOTH_SUPERVISIONS:
+        raise ValueError(f'--depth-source both trains with supervision {BOTH_SUPERVISIONS}, '
+                         f'not {supervision!r}')
+    crop = _crop(args.crop)
     frames, pipeline_options = frames_from_args(
         args, args.bag, ground_truth=args.gt_topic if supervision == 'dense' else None,
         pose=args.pose_topic or None)
-    pipeline = CompletionPipeline(None, **pipeline_options)  # prepare only: no completer
+    # prepare only (no completer); one pipeline per depth source, two for 'both'
+    pipelines = [CompletionPipeline(None, **options) for options in pipeline_options.values()]
     count = len(frames)
     val_count = math.ceil(count * args.val_fraction) if count >= 2 and args.val_fraction > 0 else 0
     train_indices = list(range(count - val_count))
-    crop = _crop(args.crop)
     options = SupervisionOptions(supervision, args.holdout, args.tof_input_points,
                                  args.slop, np.eye(4))
-    train_set = BagTrainingSamples(
-        frames, pipeline, options, train_indices,
-        Augmenter(crop, (1.0, max(1.0, args.max_scale)), flip=True, jitter=0.2), args.seed)
+    augment = Augmenter(crop, (1.0, max(1.0, args.max_scale)), flip=True, jitter=0.2)
+    train_set = ConcatenatedSamples([  # seed + part: the two samples of a frame differ
+        BagTrainingSamples(frames, pipeline, options, train_indices, augment, args.seed + part)
+        for part, pipeline in enumerate(pipelines)])
     val_set = None
     if val_count:
-        val_mode = (supervision if supervision != 'photometric'
-                    else 'lidar-holdout' if args.depth_source == 'lidar' else 'tof')
-        val_set = BagTrainingSamples(
-            frames, pipeline, SupervisionOptions(val_mode, args.holdout, args.tof_input_points),
-            range(count - val_count, count), Augmenter(crop, flip=False, jitter=0.0), args.seed)
-    LOGGER.info('%d paired frames in %d bag(s): %d for training, %d for validation',
-                count, len(args.bag), len(train_set), val_count)
+        val_parts = []
+        for pipeline in pipelines:
+            val_mode = (supervision if supervision != 'photometric'
+                        else 'lidar-holdout' if pipeline.depth_source == 'lidar' else 'tof')
+            val_parts.append(BagTrainingSamples(
+                frames, pipeline,
+                SupervisionOptions(val_mode, args.holdout, args.tof_input_points),
+                range(count - val_count, count), Augmenter(crop, flip=False, jitter=0.0),
+                args.seed))
+        val_set = ConcatenatedSamples(val_parts)
+    LOGGER.info('%d paired frames in %d bag(s): %d training samples (%s), %d validation '
+                'frames', count, len(args.bag), len(train_set),
+                ' + '.join(p.depth_source for p in pipelines), val_count)
     trainer = Trainer(
         _model_config(args.config),
         TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
@@ -159,6 +176,7 @@ def run_ros(argv: Sequence[str]) -> int:
     """ROS node: options as parameters, progress on /diagnostics."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.exceptions import ParameterUninitializedException
     from rclpy.parameter import Parameter
 
     rclpy.init(args=list(argv))
@@ -169,9 +187,13 @@ def run_ros(argv: Sequence[str]) -> int:
         if action.dest == 'help':
             continue
         name = ROS_NAMES.get(action.dest, action.dest)
-        if action.dest == 'bag':
-            node.declare_parameter(name, Parameter.Type.STRING_ARRAY)
-            values[action.dest] = list(node.get_parameter(name).value or [])
+        if action.dest == 'bag' or action.default is None:  # arrays; unset = [] / None
+            node.declare_parameter(name, Parameter.Type.STRING_ARRAY if action.dest == 'bag'
+                                   else Parameter.Type.DOUBLE_ARRAY)
+            try:
+                values[action.dest] = list(node.get_parameter(name).value)
+            except ParameterUninitializedException:
+                values[action.dest] = action.default
         else:
             node.declare_parameter(name, action.default)
             values[action.dest] = node.get_parameter(name).value

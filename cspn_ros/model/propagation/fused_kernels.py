@@ -85,8 +85,8 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
         weight_sum = tl.sum(weight, axis=0)
     else:
         weight_sum = tl.zeros((BLOCK,), dtype=tl.float32)
-        for tap in tl.static_range(NEIGHBOURS):
-            weight_sum += tl.load(weight_base + tap * plane).to(tl.float32)
+        for channel in tl.static_range(NEIGHBOURS):
+            weight_sum += tl.load(weight_base + channel * plane).to(tl.float32)
     centre_term = (1.0 - weight_sum) * start_depth
 
     buffer = scratch + program * (2 * BLOCK)
@@ -107,8 +107,8 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
                     if row * K + col != CENTRE:
                         near_col = _clamp(_clamp(x + (col - RADIUS), 0, width - 1) - origin_x,
                                           0, REG_W - 1)
-                        tap = row * K + col - (row * K + col > CENTRE)
-                        tap_weight = tl.load(weight_base + tap * plane).to(tl.float32)
+                        neighbour = row * K + col - (row * K + col > CENTRE)
+                        tap_weight = tl.load(weight_base + neighbour * plane).to(tl.float32)
                         total += tap_weight * tl.load(source + near_row + near_col)
             depth = total + centre_term
         if REPLACE:

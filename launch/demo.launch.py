@@ -1,0 +1,56 @@
+"""The demo as a launch file: synthetic_source_node + completion_node + rviz2.
+
+ros2 launch cspn_ros demo.launch.py depth_source:=lidar checkpoint:=classical rviz:=true
+The completion node reads config/completion.yaml (the synthetic LiDAR's extrinsic); with
+depth_source:=tof the synthetic ToF camera's extrinsic replaces it.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def completion_node(context):
+    """completion_node with the extrinsic of the synthetic sensor chosen by depth_source."""
+    from cspn_ros.data.synthetic import DEFAULT_TOF_ROTATION, DEFAULT_TOF_TRANSLATION
+    share = get_package_share_directory('cspn_ros')
+    depth_source = LaunchConfiguration('depth_source').perform(context)
+    overrides = {'depth_source': depth_source,
+                 'device': LaunchConfiguration('device'),
+                 'checkpoint': LaunchConfiguration('checkpoint'),
+                 'use_sim_time': LaunchConfiguration('use_sim_time'),
+                 'input_reliability': 'reliable'}
+    if depth_source == 'tof':
+        overrides.update({'extrinsic.translation': list(DEFAULT_TOF_TRANSLATION),
+                          'extrinsic.rotation': list(DEFAULT_TOF_ROTATION),
+                          'tof.registered': False})
+    return [Node(package='cspn_ros', executable='completion_node', name='completion_node',
+                 output='screen',
+                 parameters=[os.path.join(share, 'config', 'completion.yaml'), overrides])]
+
+
+def generate_launch_description():
+    share = get_package_share_directory('cspn_ros')
+    use_sim_time = LaunchConfiguration('use_sim_time')
+    return LaunchDescription([
+        DeclareLaunchArgument('depth_source', default_value='lidar', description='lidar or tof'),
+        DeclareLaunchArgument('device', default_value='auto', description='cpu, cuda or auto'),
+        DeclareLaunchArgument('checkpoint', default_value='',
+                              description="'' packaged default, 'classical', or a path"),
+        DeclareLaunchArgument('use_sim_time', default_value='false', description='use /clock'),
+        DeclareLaunchArgument('rviz', default_value='true', description='start rviz2'),
+        DeclareLaunchArgument('rate', default_value='5.0', description='source frame rate (Hz)'),
+        Node(package='cspn_ros', executable='synthetic_source_node',
+             name='synthetic_source_node', output='screen',
+             parameters=[{'rate': LaunchConfiguration('rate'),
+                          'use_sim_time': use_sim_time}]),
+        OpaqueFunction(function=completion_node),
+        Node(package='rviz2', executable='rviz2', name='rviz2', output='screen',
+             arguments=['-d', os.path.join(share, 'config', 'cspn.rviz')],
+             parameters=[{'use_sim_time': use_sim_time}],
+             condition=IfCondition(LaunchConfiguration('rviz'))),
+    ])

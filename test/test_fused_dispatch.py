@@ -1,0 +1,150 @@
+"""CPU-side tests of the fused-propagation dispatch (CI has no GPU and no Triton).
+
+The kernels themselves are checked on a GPU by bench/gpu_check_propagation.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cspn_ros.config import ModelConfig
+from cspn_ros.model.propagation import cspn, fused, nlspn
+
+
+def random_case(kernel_size=3, batch=2, height=9, width=13, seed=None):
+    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2 ** 31)
+    init = 1 + 10 * torch.rand(batch, 1, height, width, generator=generator)
+    pick = torch.rand(batch, 1, height, width, generator=generator) < 0.2
+    sparse = torch.where(pick, 1 + 10 * torch.rand(batch, 1, height, width, generator=generator),
+                         torch.zeros(()))
+    raw = torch.randn(batch, kernel_size ** 2 - 1, height, width, generator=generator)
+    return init, cspn.normalize_affinity(raw), sparse
+
+
+def loop_cspn(init, affinity, sparse, steps, preserve):
+    """Float64 per-pixel loop: the CSPN step with replicate padding, centre on the start."""
+    init, affinity, sparse = (t.double() for t in (init, affinity, sparse))
+    batch, channels, height, width = affinity.shape
+    offsets = cspn.neighbor_offsets(round((channels + 1) ** 0.5))
+    mask = sparse > 0
+    start = torch.where(mask, sparse, init) if preserve else init.clone()
+    depth = start.clone()
+    for _ in range(steps):
+        new = torch.empty_like(depth)
+        for b in range(batch):
+            for y in range(height):
+                for x in range(width):
+                    total = 0.0
+                    for c, (dy, dx) in enumerate(offsets):
+                        ny, nx = min(max(y + dy, 0), height - 1), min(max(x + dx, 0), width - 1)
+                        total += affinity[b, c, y, x] * depth[b, 0, ny, nx]
+                    total += (1 - affinity[b, :, y, x].sum()) * start[b, 0, y, x]
+                    new[b, 0, y, x] = total
+        depth = torch.where(mask, sparse, new) if preserve else new
+    return depth
+
+
+def test_unavailable_without_cuda_or_triton():
+    """This CI machine has no CUDA: nothing may claim the fused path."""
+    assert not torch.cuda.is_available()
+    assert fused.available() is False
+    init, affinity, sparse = random_case()
+    assert not fused.can_fuse(init, affinity, sparse)
+
+
+def test_importing_never_needs_triton():
+    """Importing the dispatch (and the model package) must not import triton."""
+    code = ('import sys; import cspn_ros.model.propagation.fused as f; '
+            'import cspn_ros.model.propagation.cspn, cspn_ros.model.propagation.cspnpp, '
+            'cspn_ros.model.propagation.nlspn; '
+            'f.available(); print("triton" in sys.modules)')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == 'False'
+
+
+@pytest.mark.parametrize('kernel_size,preserve', [(3, True), (3, False), (5, True)])
+def test_cpu_path_is_the_reference_and_matches_a_loop(kernel_size, preserve):
+    init, affinity, sparse = random_case(kernel_size, batch=1, height=6, width=7)
+    mask = sparse > 0 if preserve else None
+    out = fused.cspn_propagate(init, affinity, mask, sparse, 3)
+    assert torch.equal(out, cspn.cspn_propagate(init, affinity, mask, sparse, 3))
+    expected = loop_cspn(init, affinity, sparse, 3, preserve)
+    assert torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_propagate_at_matches_separate_runs_in_the_order_asked():
+    init, affinity, sparse = random_case()
+    mask = sparse > 0
+    counts = [5, 0, 2, 5]
+    outs = fused.cspn_propagate_at(init, affinity, mask, sparse, counts)
+    assert len(outs) == len(counts)
+    for count, out in zip(counts, outs):
+        assert torch.equal(out, cspn.cspn_propagate(init, affinity, mask, sparse, count))
+    with pytest.raises(ValueError):
+        fused.cspn_propagate_at(init, affinity, mask, sparse, [-1])
+
+
+def test_nlspn_cpu_path_matches_the_module_loop():
+    config = ModelConfig(propagation='nlspn', steps=3)
+    module = nlspn.NLSPNPropagation(config)
+    batch, height, width, count = 1, 7, 9, config.nlspn_neighbors
+    init, _, sparse = random_case(batch=batch, height=height, width=width)
+    grid = module.sampling_grid(torch.randn(batch, count, 2, height, width))
+    affinity = module.affinities(torch.randn(batch, count, height, width), grid, None)
+    mask = sparse > 0
+    out = fused.nlspn_propagate(init, affinity, grid, mask, sparse, 3)
+    depth = init
+    for _ in range(3):
+        sampled = nlspn.sample_neighbours(depth, grid)
+        depth = (1 - affinity.sum(1, keepdim=True)) * depth + (affinity * sampled).sum(1, keepdim=True)
+        depth = torch.where(mask, sparse, depth)
+    assert torch.allclose(out, depth, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_backward_matches_autograd_through_the_reference():
+    """The autograd fallback (fused forward, reference backward) gives the reference's grads.
+
+    On CPU the forward is the reference too, so the Function is driven directly with a
+    stand-in 'fused' forward that is the reference: the backward path is what is tested.
+    """
+    init, affinity, sparse = random_case(batch=1, height=6, width=8)
+    mask = sparse > 0
+    reference = lambda i, a, m, s: fused._cspn_reference_at(i, a, m, s, [4])  # noqa: E731
+    grads = []
+    for through_function in (True, False):
+        leaf_init = init.clone().requires_grad_()
+        leaf_affinity = affinity.clone().requires_grad_()
+        if through_function:
+            (out,) = fused._ReferenceBackward.apply(reference, reference, leaf_init,
+                                                    leaf_affinity, mask, sparse)
+        else:
+            (out,) = reference(leaf_init, leaf_affinity, mask, sparse)
+        weights = torch.rand(out.shape, generator=torch.Generator().manual_seed(3))
+        (out * weights).sum().backward()
+        grads.append((leaf_init.grad, leaf_affinity.grad))
+    for got, want in zip(*grads):
+        assert got is not None and torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert got.abs().sum() > 0
+
+
+def test_float64_and_export_fall_back(monkeypatch):
+    """Inputs the kernels do not take (float64), or an ONNX export, use the reference."""
+    monkeypatch.setattr(fused, 'available', lambda: True)
+    init, affinity, sparse = random_case()
+    assert not fused.can_fuse(init.double())  # CPU tensors are never fused
+    monkeypatch.setattr(torch.Tensor, 'is_cuda', property(lambda self: True))
+    assert fused.can_fuse(init, affinity.half(), None)
+    assert not fused.can_fuse(init.double())
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    assert not fused.can_fuse(init)
+
+
+def test_default_launches_leave_a_tile():
+    for kernel_size, launch in fused.DEFAULT_LAUNCH.items():
+        for size in (launch.region_height, launch.region_width):
+            assert size - 2 * launch.halo(kernel_size) > 0
+            assert size & (size - 1) == 0  # Triton blocks are powers of two

@@ -1,0 +1,143 @@
+"""launch/*.launch.py, config/completion.yaml and config/cspn.rviz agree with the nodes.
+
+launch_ros is not installed here, so the launch files are read with `ast`: every cspn_ros
+executable exists in setup.py, every parameter they or the YAML set is declared by the node
+(instantiated in-process), and every rviz topic is published by one of the nodes. With a real ROS 2
+install (launch_ros importable) the launch descriptions are also built for real.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import rclpy
+import yaml
+from rclpy.parameter import Parameter
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
+
+
+def console_scripts() -> set[str]:
+    """Executable names of setup.py's console_scripts entry points."""
+    tree = ast.parse((ROOT / 'setup.py').read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == 'console_scripts':
+                    return {ast.literal_eval(item).split('=')[0].strip() for item in value.elts}
+    raise AssertionError('setup.py has no console_scripts')
+
+
+def _keyword(call: ast.Call, name: str):
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def launched_nodes(path: Path) -> list[tuple[str, str, set[str]]]:
+    """(package, executable, parameter keys set in the launch file) for each Node(...) call.
+
+    Parameter dicts are taken from literals in `parameters=[...]` and, for names in that list,
+    from the literals assigned to the name or passed to its `.update(...)`.
+    """
+    tree = ast.parse(path.read_text())
+    dicts_by_name: dict[str, list[ast.Dict]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    dicts_by_name.setdefault(target.id, []).append(node.value)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == 'update' and isinstance(node.func.value, ast.Name)):
+            dicts_by_name.setdefault(node.func.value.id, []).extend(
+                a for a in node.args if isinstance(a, ast.Dict))
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'Node'):
+            continue
+        package, executable = (ast.literal_eval(_keyword(node, k)) for k in ('package',
+                                                                            'executable'))
+        keys: set[str] = set()
+        parameters = _keyword(node, 'parameters')
+        for item in (parameters.elts if parameters is not None else []):
+            dicts = ([item] if isinstance(item, ast.Dict)
+                     else dicts_by_name.get(item.id, []) if isinstance(item, ast.Name) else [])
+            keys |= {ast.literal_eval(k) for d in dicts for k in d.keys}
+        found.append((package, executable, keys))
+    return found
+
+
+@pytest.fixture
+def live_nodes(ros_domain):
+    """completion_node and synthetic_source_node instantiated in-process (classical, tiny)."""
+    from cspn_ros.nodes.completion_node import CompletionNode
+    from cspn_ros.nodes.synthetic_source_node import SyntheticSourceNode
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    nodes = {
+        'completion_node': CompletionNode(context=context, parameter_overrides=[
+            Parameter('checkpoint', value='classical'),
+            Parameter('publish_points', value=True)]),
+        'synthetic_source_node': SyntheticSourceNode(context=context, parameter_overrides=[
+            Parameter('width', value=32), Parameter('height', value=24),
+            Parameter('lidar_beams', value=16), Parameter('num_frames', value=1)]),
+    }
+    yield nodes
+    for node in nodes.values():
+        node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+def declared(node) -> set[str]:
+    return set(node.list_parameters([], 0).names)
+
+
+def test_launch_files_start_existing_executables_with_declared_parameters(live_nodes):
+    """Parameters are checked for the nodes instantiated here (completion_node,
+    synthetic_source_node), in every launch file that starts them."""
+    scripts = console_scripts()
+    started = set()
+    for path in LAUNCH_FILES:
+        for package, executable, keys in launched_nodes(path):
+            if package != 'cspn_ros':
+                assert (package, executable) == ('rviz2', 'rviz2')
+                continue
+            assert executable in scripts, f'{path.name}: {executable} not in setup.py'
+            if executable in live_nodes:
+                undeclared = keys - declared(live_nodes[executable])
+                assert not undeclared, f'{path.name} sets undeclared {executable} {undeclared}'
+            started.add((path.name, executable))
+    assert {('completion.launch.py', 'completion_node'), ('demo.launch.py', 'completion_node'),
+            ('demo.launch.py', 'synthetic_source_node')} <= started
+
+
+def test_completion_yaml_sets_only_declared_parameters_and_the_synthetic_extrinsic(live_nodes):
+    from cspn_ros.data.synthetic import DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION
+    parameters = yaml.safe_load((ROOT / 'config' / 'completion.yaml').read_text())[
+        'completion_node']['ros__parameters']
+    assert set(parameters) <= declared(live_nodes['completion_node'])
+    assert parameters['extrinsic.translation'] == pytest.approx(DEFAULT_LIDAR_TRANSLATION)
+    assert parameters['extrinsic.rotation'] == pytest.approx(DEFAULT_LIDAR_ROTATION)
+    # every value has the declared type (rclpy rejects a file that does not)
+    node = live_nodes['completion_node']
+    for name, value in parameters.items():
+        assert type(node.get_parameter(name).value) is type(value), name
+
+
+def test_rviz_config_shows_topics_the_nodes_publish(live_nodes):
+    config = yaml.safe_load((ROOT / 'config' / 'cspn.rviz').read_text())['Visualization Manager']
+    published = {pub.topic_name for node in live_nodes.values() for pub in node.publishers}
+    displays = {d['Topic']['Value']: d for d in config['Displays']}
+    assert set(displays) == {'/image', '/depth', '/depth/colorized', '/depth/points'}
+    assert set(displays) <= published
+    assert displays['/depth/points']['Class'] == 'rviz_default_plugins/PointCloud2'
+    assert displays['/depth/points']['Color Transformer'] == 'RGB8'
+    assert config['Global Options']['Fixed Frame'] == 'camera_optical'
+
+
+def test_launch_descriptions_build_with_launch_ros():
+    pytest.importorskip('launch_ros', reason='launch_ros needs a ROS 2 install (not in .venv)')
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    for path in LAUNCH_FILES:
+        description = PythonLaunchDescriptionSource(str(path)).get_launch_description(None)
+        assert description.entities
