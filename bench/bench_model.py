@@ -7,7 +7,8 @@ shipped size, ModelConfig defaults) at 1216x352 and 640x480: median latency of
 fp16+channels_last, fp16+cuda_graphs, fp16+channels_last+cuda_graphs, and with torch.compile
 (fp16+compile, fp16+channels_last+compile+cuda_graphs: cspn only unless --compile-all, each
 compile takes tens of seconds); steady-state peak GPU memory of each (max_memory_allocated after
-warm-up: weights, activations and the CUDA graph pool; not cuDNN's autotuning workspaces);
+warm-up: weights and activations, not cuDNN's autotuning workspaces; with CUDA graphs the graph's
+private pool, reserved at capture, is not counted: about the eager row's figure);
 and the propagation module alone, the torch reference against the fused kernels when
 `fused.available()`. cuDNN autotuning (torch.backends.cudnn.benchmark) is on, as it should be
 for a camera of fixed size. On the CPU: cspn fp32 and the classical baseline at the two sizes.

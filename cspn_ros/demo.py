@@ -28,8 +28,8 @@ import yaml
 PACKAGE_ROOT = Path(__file__).resolve().parent
 #: Seconds the node may take after the last image before the demo stops waiting.
 DRAIN_S = 10.0
-#: A topic silent this long (after its first message) is taken as finished.
-QUIET_S = 3.0
+#: No depth for this long (s) after the scored frames: the node is done.
+QUIET_S = 5.0
 
 
 class NodeProcess:
@@ -149,13 +149,15 @@ def completion_parameters(depth_source: str, checkpoint: str, device: str) -> di
     return parameters
 
 
-def score(collector: Collector) -> tuple[dict[str, dict[str, float]], list[int]]:
-    """Mean metrics per method over the frames with output and ground truth; those stamps."""
+def score(collector: Collector,
+          window: list[int]) -> tuple[dict[str, dict[str, float]], list[int]]:
+    """Mean metrics per method over the frames of window (image stamps) with output and ground
+    truth; those stamps."""
     from cspn_ros.model.fill import classical_fill
     from cspn_ros.train.metrics import compute_metrics, mean_metrics
     frames = collector.frames
-    stamps = sorted(s for s in frames['depth'] if s in frames['ground_truth/depth']
-                    and s in frames['depth/sparse'])
+    stamps = [s for s in window if s in frames['depth'] and s in frames['ground_truth/depth']
+              and s in frames['depth/sparse']]
     per_method: dict[str, list] = {'model': [], 'sparse input': [], 'classical baseline': []}
     for stamp in stamps:
         gt, sparse = frames['ground_truth/depth'][stamp], frames['depth/sparse'][stamp]
@@ -206,7 +208,8 @@ def table(rows: list[tuple[str, ...]]) -> str:
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--frames', type=int, default=30, help='frames the source publishes')
+    parser.add_argument('--frames', type=int, default=30,
+                        help='frames scored, counted from the first completed one')
     parser.add_argument('--depth-source', choices=('lidar', 'tof'), default='lidar')
     parser.add_argument('--checkpoint', default='',
                         help="'' = packaged default, 'classical', or a checkpoint path")
@@ -214,6 +217,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument('--rate', type=float, default=5.0, help='source frame rate (Hz)')
     parser.add_argument('--width', type=int, default=320)
     parser.add_argument('--height', type=int, default=240)
+    parser.add_argument('--lidar-beams', type=int, choices=(16, 32, 64), default=32,
+                        help='fewer beams, smaller clouds (a 64-beam sweep is ~2 MB per frame)')
     parser.add_argument('--scene', choices=('outdoor', 'indoor'), default=None,
                         help='default: outdoor for lidar, indoor for tof')
     parser.add_argument('--startup-timeout', type=float, default=60.0, help='seconds')
@@ -250,29 +255,36 @@ def main(argv: Optional[list[str]] = None) -> int:
                 return fail('completion_node did not start', completion)
             source = NodeProcess('synthetic_source_node', {
                 'rate': args.rate, 'width': args.width, 'height': args.height,
-                'scene': scene, 'num_frames': args.frames,
+                'scene': scene, 'lidar_beams': args.lidar_beams,
                 'publish_lidar': args.depth_source == 'lidar',
                 'publish_tof': args.depth_source == 'tof'}, Path(workdir), env)
             processes.append(source)
-            expected_s = args.startup_timeout + args.frames / args.rate
-            frames_in = collector.frames['image']
+            # frames count from the first completed one: earlier ones may predate discovery
+            outputs, images = collector.frames['depth'], collector.frames['image']
+            collector.wait(lambda: outputs or not source.running(), args.startup_timeout)
+            if not outputs:
+                return fail('no dense depth within the start-up timeout', completion)
+            first = min(outputs)
 
-            def quiet(topic: str) -> bool:
-                return time.monotonic() - collector.last_receipt.get(topic, np.inf) > QUIET_S
+            def frames_in() -> list[int]:
+                return [s for s in list(images) if s >= first]
 
-            collector.wait(lambda: len(frames_in) >= args.frames or not source.running()
-                           or quiet('image'), expected_s)
-            collector.wait(lambda: len(collector.frames['depth']) >= len(frames_in)
-                           or quiet('depth'), DRAIN_S)
-            for process in processes:
-                if not process.running():
-                    return fail(f'{process.name} exited early', process)
-            metrics, stamps = score(collector)
+            collector.wait(lambda: len(frames_in()) >= args.frames or not source.running(),
+                           3.0 * args.frames / args.rate + DRAIN_S)
+            window = frames_in()[:args.frames]
+            collector.wait(lambda: all(s in outputs for s in window)
+                           or time.monotonic() - collector.last_receipt['depth'] > QUIET_S,
+                           DRAIN_S)
+            source.stop()
+            if not completion.running():
+                return fail('completion_node exited early', completion)
+            metrics, stamps = score(collector, window)
             if not stamps:
                 return fail('no dense depth with ground truth was received', completion)
             save_picture(collector, stamps[-1], args.out, parameters['max_depth'])
             latency = np.array([collector.latency_s[s] for s in stamps]) * 1000.0
-            report(args, len(frames_in), len(collector.frames['depth']), latency, metrics, note)
+            frames_out = sum(s in outputs for s in window)
+            report(args, len(window), frames_out, latency, metrics, note)
             return 0
         except KeyboardInterrupt:
             print('interrupted', file=sys.stderr)

@@ -120,14 +120,15 @@ class DistanceErrors:
 
 def format_table(summary: dict) -> str:
     """The summary as a fixed-width text table (RMSE/MAE in m, iRMSE/iMAE in 1/km)."""
-    header = (f'{"":10s}{"RMSE m":>9s}{"MAE m":>9s}{"iRMSE":>9s}{"iMAE":>9s}{"REL":>8s}'
-              f'{"d<1.02":>8s}{"d<1.05":>8s}{"d<1.10":>8s}{"d<1.25":>8s}{"frames":>8s}')
-    rows = [header]
+    columns = (('RMSE m', 'rmse', '.4f'), ('MAE m', 'mae', '.4f'), ('iRMSE', 'irmse', '.3f'),
+               ('iMAE', 'imae', '.3f'), ('REL', 'rel', '.4f'), ('d<1.02', 'd102', '.4f'),
+               ('d<1.05', 'd105', '.4f'), ('d<1.10', 'd110', '.4f'), ('d<1.25', 'd125', '.4f'),
+               ('frames', 'frames', 'd'))
+    rows = [f'{"":10s}' + ''.join(f' {title:>10s}' for title, _, _ in columns)]
     for method in METHODS:
-        m = summary[method]
-        rows.append(f'{method:10s}{m["rmse"]:9.4f}{m["mae"]:9.4f}{m["irmse"]:9.3f}'
-                    f'{m["imae"]:9.3f}{m["rel"]:8.4f}{m["d102"]:8.4f}{m["d105"]:8.4f}'
-                    f'{m["d110"]:8.4f}{m["d125"]:8.4f}{m["frames"]:8d}')
+        values = summary[method]
+        rows.append(f'{method:10s}' + ''.join(f' {values[key]:>10{spec}}'
+                                              for _, key, spec in columns))
     return '\n'.join(rows)
 
 

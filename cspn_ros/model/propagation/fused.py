@@ -202,6 +202,8 @@ def _cspn_fused_at(init, affinity, sparse_mask, sparse, counts, launch):
     tile_h, tile_w = launch.region_height - 2 * halo, launch.region_width - 2 * halo
     if tile_h <= 0 or tile_w <= 0:
         raise ValueError(f'{launch} leaves no tile for a {kernel_size}x{kernel_size} kernel')
+    if launch.weights_resident and kernel_size != 3:
+        raise ValueError('weights_resident is for the 3x3 kernel only')
     grid = (_cdiv(width, tile_w), _cdiv(height, tile_h), batch)
     block = launch.region_height * launch.region_width
     scratch = torch.empty(grid[0] * grid[1] * batch * 2 * block, device=init.device,
@@ -217,7 +219,7 @@ def _cspn_fused_at(init, affinity, sparse_mask, sparse, counts, launch):
             fused_kernels.local_steps_kernel[grid](
                 depth, start, affinity, sparse, mask, out, scratch, height, width, steps,
                 K=kernel_size, HALO=halo, REG_H=launch.region_height,
-                REG_W=launch.region_width, NEIGHBOURS_PAD=_next_power_of_two(neighbours),
+                REG_W=launch.region_width,
                 WEIGHTS_RESIDENT=launch.weights_resident, REPLACE=sparse_mask is not None,
                 num_warps=launch.num_warps)
             depth, done = out, done + steps

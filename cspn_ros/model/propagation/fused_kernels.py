@@ -22,7 +22,7 @@ import triton.language as tl
 @triton.jit
 def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out, scratch,
                        height, width, steps, K: tl.constexpr, HALO: tl.constexpr, REG_H: tl.constexpr,
-                       REG_W: tl.constexpr, NEIGHBOURS_PAD: tl.constexpr,
+                       REG_W: tl.constexpr,
                        WEIGHTS_RESIDENT: tl.constexpr, REPLACE: tl.constexpr):
     """`steps` (<= HALO // (K // 2)) K x K steps for one tile.
 
@@ -32,8 +32,8 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
     (B, H, W); sparse_mask: (B, H, W) uint8 (read only with REPLACE);
     affinity: (B, K*K-1, H, W) normalised, neighbours row-major over the window without the
     centre; scratch: (programs, 2, REG_H * REG_W) float32. Grid: (tiles in x, tiles in y, B).
-    WEIGHTS_RESIDENT keeps the weights in registers as a (NEIGHBOURS_PAD, BLOCK) block (3x3);
-    otherwise each step reloads them tap by tap from L1/L2 (larger windows).
+    WEIGHTS_RESIDENT (3x3 only) keeps the eight weights in registers; otherwise each step
+    reloads them tap by tap from L1/L2 (larger windows).
     """
     TILE_H: tl.constexpr = REG_H - 2 * HALO
     TILE_W: tl.constexpr = REG_W - 2 * HALO
@@ -71,18 +71,22 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
     # Neighbour (dy, dx) is looked up at its image-clamped position, then clamped to the region
     # (a lookup clamped there only feeds the ring that the halo discards).
     weight_base = affinity + batch * NEIGHBOURS * plane + clamped_y * width + clamped_x
-    if WEIGHTS_RESIDENT:
-        tap = tl.arange(0, NEIGHBOURS_PAD)
-        tap_used = tap < NEIGHBOURS
-        window = tap + (tap >= CENTRE).to(tl.int32)
-        neighbour_y = _clamp(_clamp(y[None, :] + (window // K - RADIUS)[:, None], 0, height - 1)
-                             - origin_y, 0, REG_H - 1)
-        neighbour_x = _clamp(_clamp(x[None, :] + (window % K - RADIUS)[:, None], 0, width - 1)
-                             - origin_x, 0, REG_W - 1)
-        neighbour_offset = neighbour_y * REG_W + neighbour_x
-        weight = tl.load(weight_base[None, :] + tap[:, None] * plane,
-                         mask=tap_used[:, None], other=0.0).to(tl.float32)
-        weight_sum = tl.sum(weight, axis=0)
+    if WEIGHTS_RESIDENT:  # 3x3 only: the eight weights and the six lookup rows/columns stay in registers
+        w0 = tl.load(weight_base).to(tl.float32)
+        w1 = tl.load(weight_base + plane).to(tl.float32)
+        w2 = tl.load(weight_base + 2 * plane).to(tl.float32)
+        w3 = tl.load(weight_base + 3 * plane).to(tl.float32)
+        w4 = tl.load(weight_base + 4 * plane).to(tl.float32)
+        w5 = tl.load(weight_base + 5 * plane).to(tl.float32)
+        w6 = tl.load(weight_base + 6 * plane).to(tl.float32)
+        w7 = tl.load(weight_base + 7 * plane).to(tl.float32)
+        weight_sum = w0 + w1 + w2 + w3 + w4 + w5 + w6 + w7
+        up = _clamp(_clamp(y - 1, 0, height - 1) - origin_y, 0, REG_H - 1) * REG_W
+        middle = local_y * REG_W
+        down = _clamp(_clamp(y + 1, 0, height - 1) - origin_y, 0, REG_H - 1) * REG_W
+        left = _clamp(_clamp(x - 1, 0, width - 1) - origin_x, 0, REG_W - 1)
+        centre_x = local_x
+        right = _clamp(_clamp(x + 1, 0, width - 1) - origin_x, 0, REG_W - 1)
     else:
         weight_sum = tl.zeros((BLOCK,), dtype=tl.float32)
         for channel in tl.static_range(NEIGHBOURS):
@@ -96,8 +100,11 @@ def local_steps_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_out
         source = buffer + (step % 2) * BLOCK
         target = buffer + ((step + 1) % 2) * BLOCK
         if WEIGHTS_RESIDENT:
-            neighbours = tl.load(source + neighbour_offset)
-            depth = tl.sum(weight * neighbours, axis=0) + centre_term
+            depth = (w0 * tl.load(source + up + left) + w1 * tl.load(source + up + centre_x)
+                     + w2 * tl.load(source + up + right) + w3 * tl.load(source + middle + left)
+                     + w4 * tl.load(source + middle + right) + w5 * tl.load(source + down + left)
+                     + w6 * tl.load(source + down + centre_x)
+                     + w7 * tl.load(source + down + right)) + centre_term
         else:
             total = tl.zeros((BLOCK,), dtype=tl.float32)
             for row in tl.static_range(K):

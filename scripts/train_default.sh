@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# How the packaged default checkpoint (cspn_ros/weights/default.safetensors) is made, on a GPU
+# machine: synthetic bags (varied scenes, LiDAR 16/32/64 beams + ToF, ground truth) -> training_node
+# (dense supervision, both depth sources) -> evaluate on held-out bags for each depth source.
+# Usage: bash scripts/train_default.sh OUT_DIR [EPOCHS] [TRAIN_BAGS] [FRAMES_PER_BAG]
+# On the device machine: `source bench/gpu_env.sh` first (python3 there has CUDA torch).
+set -euo pipefail
+out=${1:?output folder}; epochs=${2:-40}; train_bags=${3:-24}; frames=${4:-30}
+python=${PYTHON:-python3}; device=${DEVICE:-cuda}
+work=${WORK:-/tmp/cspn_default}
+mkdir -p "$out" "$work"
+jobs=$(nproc)
+time $python scripts/make_synthetic_bags.py --out "$work/train" --bags "$train_bags" \
+  --frames "$frames" --first-seed 0 --jobs "$jobs" > /dev/null
+time $python scripts/make_synthetic_bags.py --out "$work/heldout" --bags 6 --frames 10 \
+  --first-seed 1000 --jobs "$jobs" > /dev/null
+bags=(); for b in "$work"/train/*; do bags+=(--bag "$b"); done
+config='{"width": 16, "steps": 24}'
+time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/run" --epochs "$epochs" \
+  --depth-source both --supervision dense --config "$config" --batch-size 8 --crop 256x320 \
+  --max-scale 1.5 --workers $((jobs - 2)) --device "$device" --no-progress --val-fraction 0.1 \
+  2>&1 | tee "$out/train.log" | grep -v ' INFO '
+cp "$work/run/best.safetensors" "$out/default.safetensors"
+for source in lidar tof; do
+  for bag in "$work"/heldout/*; do
+    $python -m cspn_ros.nodes.evaluate --bag "$bag" --checkpoint "$out/default.safetensors" \
+      --gt-topic /ground_truth/depth --depth-source "$source" --device "$device" \
+      --out "$work/eval/$source/$(basename "$bag")" 2>&1 | grep -v ' INFO ' | tail -3
+  done
+done
+$python - "$work/eval" "$out/heldout_summary.json" <<'PY'
+import json, sys
+from pathlib import Path
+root, result = Path(sys.argv[1]), {}
+for source in ('lidar', 'tof'):
+    runs = [json.loads(p.read_text()) for p in sorted((root / source).glob('*/summary.json'))]
+    result[source] = {m: {k: sum(r[m][k] * r[m]['frames'] for r in runs) / sum(r[m]['frames'] for r in runs)
+                          for k in ('rmse', 'mae', 'irmse', 'imae', 'rel', 'd102', 'd105', 'd110', 'd125')}
+                      for m in ('model', 'baseline')}
+    result[source]['frames'] = sum(r['model']['frames'] for r in runs)
+Path(sys.argv[2]).write_text(json.dumps(result, indent=1))
+for source, r in result.items():
+    gain = 1 - r['model']['rmse'] / r['baseline']['rmse']
+    print(f"{source}: model RMSE {r['model']['rmse']:.3f} m, baseline {r['baseline']['rmse']:.3f} m "
+          f"({gain:+.0%} better), frames {r['frames']}")
+PY
