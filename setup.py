@@ -26,6 +26,7 @@ setup(
     entry_points={
         'console_scripts': [
             'completion_node = cspn_ros.nodes.completion_node:main',
+            'lifecycle_completion_node = cspn_ros.nodes.lifecycle_completion_node:main',
             'synthetic_source_node = cspn_ros.nodes.synthetic_source_node:main',
             'training_node = cspn_ros.nodes.training_node:main',
             'evaluate = cspn_ros.nodes.evaluate:main',

@@ -221,6 +221,16 @@ def test_organized_cloud_keeps_row_major_order():
     np.testing.assert_array_equal(pointcloud2_to_xyz(msg), grid.reshape(-1, 3))
 
 
+@pytest.mark.parametrize('height,width', [(1, 0), (0, 0), (0, 7), (4, 0)])
+def test_empty_pointcloud2_gives_no_points(height, width):
+    """width or height 0 (a driver's empty scan): (0, 3) float32, no numpy strides error."""
+    msg = cloud_message(np.ones((4, 3)), np.ones((4, 2)))
+    empty = SimpleNamespace(**{**vars(msg), 'height': height, 'width': width,
+                               'row_step': width * msg.point_step, 'data': b''})
+    result = pointcloud2_to_xyz(empty)
+    assert result.dtype == np.float32 and result.shape == (0, 3)
+
+
 def test_pointcloud2_errors():
     msg = cloud_message(np.ones((4, 3)), np.ones((4, 2)))
     with pytest.raises(ConversionError, match=r"lacks field\(s\) \['z'\]"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ from conftest import plane_camera, plane_depth, plane_frame
 
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
-from cspn_ros.core.pipeline import CompletionPipeline, InputError
+from cspn_ros.core.pipeline import CompletionPipeline, HostStaging, InputError
 from cspn_ros.core.projection import transform_from_translation_quaternion
 from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
 
@@ -30,10 +31,17 @@ class RecordingCompleter:
         self.rng = np.random.default_rng(seed)
         self.calls = []
 
+        self.device = 'cpu'
+
     def complete(self, rgb, sparse):
         self.calls.append((rgb.copy(), sparse.copy()))
         confidence = self.rng.random(sparse.shape).astype(np.float32)
         return FakeCompletion(sparse + np.float32(1.0), confidence)
+
+    def complete_tensor(self, rgb_t, sparse_t):
+        import torch
+        depth = self.complete(rgb_t.numpy(), sparse_t.numpy())
+        return torch.from_numpy(depth.depth), torch.from_numpy(depth.confidence)
 
 
 def reference_projection(points, T, camera_matrix, width, height, min_depth, max_depth):
@@ -79,7 +87,7 @@ def test_lidar_frame_projects_like_reference_and_completes_it():
     np.testing.assert_array_equal(rgb_in, np.asarray(msgs['image'].data).reshape(H, W, 3))
     np.testing.assert_array_equal(sparse_in, result.sparse)
     np.testing.assert_array_equal(result.dense, result.sparse + 1)
-    assert set(result.timings) == {'convert', 'project', 'complete'}
+    assert set(result.timings) == {'convert', 'project', 'model'}
 
 
 def test_min_confidence_blanks_dense_but_not_the_unblanked_depth():
@@ -177,12 +185,14 @@ def bad_frames():
             ('rgb8 as ToF depth', colour_as_tof, 'tof', 'ToF depth')]
 
 
+@pytest.mark.parametrize('on_device', [False, True], ids=['host', 'device'])
 @pytest.mark.parametrize('name,modify,source,text', bad_frames(), ids=[b[0] for b in bad_frames()])
-def test_bad_input_raises_input_error_and_never_calls_the_model(name, modify, source, text):
+def test_bad_input_raises_input_error_and_never_calls_the_model(name, modify, source, text,
+                                                                 on_device):
     msgs = plane_frame(11, W, H)
     modify(msgs)
     completer = RecordingCompleter(0)
-    pipeline = CompletionPipeline(completer, source)
+    pipeline = CompletionPipeline(completer, source, on_device=on_device)
     depth_msg = msgs['points'] if source == 'lidar' else msgs['tof/depth']
     with pytest.raises(InputError, match=text):
         pipeline.process(msgs['image'], msgs['camera_info'], depth_msg, msgs['tof/camera_info'])
@@ -217,3 +227,94 @@ def test_colorize_depth_matches_turbo_of_the_linear_scale_and_blacks_out_missing
                 np.testing.assert_array_equal(bgr[row, col], turbo[level])
     with pytest.raises(ValueError):
         colorize_depth(depth, 5.0, 5.0)
+
+
+# ------------------------------------------------------------------ device path (torch on CPU)
+def padded_cloud_msg(points, rng, dtype=np.float32):
+    """A duck-typed PointCloud2 with an intensity field first, x/y/z of `dtype` after it and
+    padding at the end of each point (the layout of many real drivers)."""
+    item = np.dtype(dtype).itemsize
+    offsets = {'intensity': 0, 'x': 4, 'y': 4 + item, 'z': 4 + 2 * item}
+    point_step = 4 + 3 * item + 4
+    record = np.zeros((len(points), point_step), np.uint8)
+    record[:, 0:4] = rng.random(len(points)).astype(np.float32).view(np.uint8).reshape(-1, 4)
+    record[:, 4:4 + 3 * item] = points.astype(dtype).view(np.uint8).reshape(len(points), -1)
+    datatype = {np.float32: 7, np.float64: 8}[dtype]
+    fields = [SimpleNamespace(name=name, offset=offset, datatype=7 if name == 'intensity'
+                              else datatype, count=1) for name, offset in offsets.items()]
+    return SimpleNamespace(height=1, width=len(points), fields=fields, is_bigendian=False,
+                           point_step=point_step, row_step=point_step * len(points),
+                           data=record.tobytes(), is_dense=False)
+
+
+def small_completer():
+    from cspn_ros.model.completer import DepthCompleter
+    return DepthCompleter.from_config({'width': 8, 'steps': 2}, device='cpu')
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64], ids=['raw-bytes', 'host-decoded'])
+def test_device_path_gives_the_host_paths_sparse_and_dense(dtype):
+    rng = np.random.default_rng()
+    msgs, points, T = random_cloud_frame(rng, count=600)
+    points[rng.random(len(points)) < 0.05] = np.nan
+    points[rng.random(len(points)) < 0.03, int(rng.integers(3))] = np.inf
+    cloud = padded_cloud_msg(points, rng, dtype)
+    completer = small_completer()
+    options = dict(T_cam_from_sensor=T, min_depth=0.5, max_depth=10.0)
+    host = CompletionPipeline(completer, 'lidar', **options)
+    device = CompletionPipeline(completer, 'lidar', on_device=True, **options)
+    assert not host.on_device  # a CPU completer takes the host path by default
+    confidence = host.process(msgs['image'], msgs['camera_info'], cloud).confidence
+    host.min_confidence = device.min_confidence = float(np.quantile(confidence,
+                                                                    rng.uniform(0.2, 0.8)))
+    expected = host.process(msgs['image'], msgs['camera_info'], cloud)
+    for _ in range(2):  # the second frame reuses the staging buffers
+        result = device.process(msgs['image'], msgs['camera_info'], cloud)
+        np.testing.assert_array_equal(result.sparse, expected.sparse)
+        np.testing.assert_array_equal(result.dense_unblanked, expected.dense_unblanked)
+        np.testing.assert_array_equal(result.confidence, expected.confidence)
+        np.testing.assert_array_equal(result.dense, expected.dense)
+        np.testing.assert_array_equal(result.rgb, expected.rgb)
+    finite = points[np.isfinite(points).all(axis=1)]
+    reference = reference_projection(finite, T, plane_camera(W, H).K, W, H, 0.5, 10.0)
+    np.testing.assert_allclose(result.sparse, reference, rtol=1e-6)
+    assert 0 < np.count_nonzero(result.dense) < np.count_nonzero(result.dense_unblanked)
+    assert set(result.timings) == {'convert', 'h2d', 'project', 'model', 'd2h'}
+    assert all(seconds >= 0 for seconds in result.timings.values())
+
+
+@pytest.mark.parametrize('registered', [True, False], ids=['registered', 'reprojected'])
+def test_device_path_tof_matches_the_host_path(registered):
+    rng = np.random.default_rng()
+    msgs = plane_frame(17, W, H, tof_scale=1 if registered else 2,
+                       seed=int(rng.integers(1 << 30)))
+    completer = small_completer()
+    options = dict(min_depth=float(rng.uniform(0.1, 1.0)), tof_registered=registered)
+    arguments = (msgs['image'], msgs['camera_info'], msgs['tof/depth'], msgs['tof/camera_info'])
+    expected = CompletionPipeline(completer, 'tof', **options).process(*arguments)
+    result = CompletionPipeline(completer, 'tof', on_device=True, **options).process(*arguments)
+    np.testing.assert_array_equal(result.sparse, expected.sparse)
+    np.testing.assert_array_equal(result.dense, expected.dense)
+    assert np.count_nonzero(result.sparse) > 0.2 * W * H
+
+
+def test_host_staging_reuses_its_buffer_and_copies_strided_arrays():
+    rng = np.random.default_rng()
+    staging = HostStaging('cpu')
+    image = rng.integers(0, 256, (H, 2 * W, 3), dtype=np.uint8)
+    first = staging.upload('rgb', image[:, ::2])  # non-contiguous columns
+    np.testing.assert_array_equal(first.numpy(), image[:, ::2])
+    pointer = first.data_ptr()
+    smaller = rng.random((H // 2, W), dtype=np.float32)
+    second = staging.upload('rgb', smaller)  # fits: same memory, new shape and dtype
+    assert second.data_ptr() == pointer and second.shape == (H // 2, W)
+    np.testing.assert_array_equal(second.numpy(), smaller)
+    larger = rng.random((4 * H, W), dtype=np.float32)
+    np.testing.assert_array_equal(staging.upload('rgb', larger).numpy(), larger)
+
+
+def test_pipeline_takes_the_device_path_when_the_completer_is_on_cuda():
+    completer = SimpleNamespace(device=SimpleNamespace(type='cuda'))
+    assert CompletionPipeline(completer).on_device
+    assert not CompletionPipeline(completer, on_device=False).on_device
+    assert not CompletionPipeline(RecordingCompleter(0)).on_device

@@ -220,6 +220,8 @@ def pointcloud2_to_xyz(msg: Any) -> np.ndarray:
         if field.offset + dtype.itemsize > point_step:
             raise ConversionError(f'PointCloud2 field {name!r} at offset {field.offset} does not '
                                   f'fit in point_step {point_step}')
+        if xyz.size == 0:  # an empty cloud has no buffer to view (numpy rejects the strides)
+            continue
         xyz[..., axis] = np.ndarray((height, width), dtype=dtype, buffer=buffer,
                                     offset=field.offset, strides=(row_step, point_step))
     xyz = xyz.reshape(-1, 3)

@@ -3,9 +3,17 @@
 prepare:  image + camera_info + (PointCloud2 | ToF depth [+ its camera_info]) messages
           -> FrameInputs(rgb, sparse depth in the colour camera)          (convert + project)
 complete: FrameInputs -> FrameResult(dense depth, confidence)             (the model)
+process:  prepare + complete in numpy on the host, or `process_on_device` when the completer
+          runs on a GPU (automatic): the message buffers are copied once into pinned host
+          buffers reused across frames, sent with non_blocking H2D copies, projected on the
+          device (`project_to_sparse_depth_torch`), completed with `complete_tensor` and brought
+          back with one D2H copy. Both paths give the same sparse and dense images.
 
 Depth is float32 metres with 0 = no measurement. Bad input raises `InputError` with a message
 that says what is wrong; the pipeline never returns a silently wrong image.
+Timings are seconds per stage: convert, project, model (host path); convert, h2d, project,
+model, d2h (device path, measured with CUDA events, one synchronisation per frame besides the
+one the projection's z-buffer needs).
 """
 from __future__ import annotations
 
@@ -15,10 +23,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cspn_ros.core.camera import CameraError, PinholeCamera
-from cspn_ros.core.conversions import (ConversionError, image_to_depth, image_to_rgb,
+from cspn_ros.core.camera import CameraError, PinholeCamera, array_module
+from cspn_ros.core.conversions import (NATIVE_BIGENDIAN, POINTFIELD_FLOAT32, ConversionError,
+                                       image_to_depth, image_to_rgb, message_bytes,
                                        pointcloud2_to_xyz)
-from cspn_ros.core.projection import project_to_sparse_depth, register_depth
+from cspn_ros.core.projection import (project_to_sparse_depth, project_to_sparse_depth_torch,
+                                      register_depth)
 
 DEPTH_SOURCES = ('lidar', 'tof')
 
@@ -63,16 +73,18 @@ class CompletionPipeline:
     """Turns one matched set of messages into dense depth with `completer`.
 
     completer: a `DepthCompleter` (or anything with `.complete(rgb, sparse) -> (depth,
-    confidence)`); depth_source: 'lidar' (PointCloud2) or 'tof' (depth Image);
-    T_cam_from_sensor: (4,4) maps sensor-frame points into the colour optical frame (default
-    identity); min_depth / max_depth: metres kept from the sensor; min_confidence: output pixels
-    below it are blanked (0); tof_registered: the ToF depth is already in the colour camera.
+    confidence)`; the device path also needs `.device` and `.complete_tensor`); depth_source:
+    'lidar' (PointCloud2) or 'tof' (depth Image); T_cam_from_sensor: (4,4) maps sensor-frame
+    points into the colour optical frame (default identity); min_depth / max_depth: metres kept
+    from the sensor; min_confidence: output pixels below it are blanked (0); tof_registered: the
+    ToF depth is already in the colour camera; on_device: `process` takes the device path (None =
+    when the completer runs on CUDA).
     """
 
     def __init__(self, completer: Any, depth_source: str = 'lidar',
                  T_cam_from_sensor: Optional[np.ndarray] = None, min_depth: float = 0.1,
                  max_depth: float = float('inf'), min_confidence: float = 0.0,
-                 tof_registered: bool = False) -> None:
+                 tof_registered: bool = False, on_device: Optional[bool] = None) -> None:
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f'depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}')
         if not 0.0 <= min_depth < max_depth:
@@ -89,18 +101,18 @@ class CompletionPipeline:
         self.max_depth = float(max_depth)
         self.min_confidence = float(min_confidence)
         self.tof_registered = bool(tof_registered)
+        if on_device is None:
+            device = getattr(completer, 'device', None)
+            on_device = getattr(device, 'type', None) == 'cuda'
+        self.on_device = bool(on_device)
+        self._staging: Optional[HostStaging] = None
 
     def prepare(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                 depth_info_msg: Any = None) -> FrameInputs:
         """Convert and project: messages -> FrameInputs. depth_msg is the PointCloud2 (lidar) or
         the ToF depth Image; depth_info_msg is the ToF CameraInfo (unregistered ToF only)."""
         start = time.perf_counter()
-        try:
-            rgb = image_to_rgb(image_msg)
-        except ConversionError as error:
-            raise InputError(f'image: {error}') from error
-        height, width = rgb.shape[:2]
-        camera = self._camera(info_msg, width, height, 'camera_info')
+        rgb, camera = self._colour(image_msg, info_msg)
         converted = time.perf_counter()
         if self.depth_source == 'lidar':
             sparse = self._sparse_from_cloud(depth_msg, camera)
@@ -118,18 +130,130 @@ class CompletionPipeline:
         confidence = np.asarray(completion.confidence, dtype=np.float32)
         if depth.shape != inputs.sparse.shape:
             raise RuntimeError(f'completer returned {depth.shape}, expected {inputs.sparse.shape}')
-        depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
-        dense = (depth if self.min_confidence <= 0
-                 else np.where(confidence >= self.min_confidence, depth, 0).astype(np.float32))
-        timings = {**inputs.timings, 'complete': time.perf_counter() - start}
+        dense, depth = self._blank(depth, confidence)
+        timings = {**inputs.timings, 'model': time.perf_counter() - start}
         return FrameResult(rgb=inputs.rgb, sparse=inputs.sparse, dense=dense,
                            dense_unblanked=depth, confidence=confidence, camera=inputs.camera,
                            timings=timings)
 
     def process(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                 depth_info_msg: Any = None) -> FrameResult:
-        """prepare + complete."""
+        """prepare + complete, or process_on_device when `on_device`."""
+        if self.on_device:
+            return self.process_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
         return self.complete(self.prepare(image_msg, info_msg, depth_msg, depth_info_msg))
+
+    def process_on_device(self, image_msg: Any, info_msg: Any, depth_msg: Any,
+                          depth_info_msg: Any = None) -> FrameResult:
+        """The same frame as `process`, computed on `completer.device` (any torch device).
+
+        Host work is one copy of each message buffer into a pinned staging buffer (a float32
+        x/y/z cloud is sent as raw bytes and decoded on the device; other layouts and ToF depth
+        are converted on the host first). The result's arrays are views of one pinned host
+        buffer per frame (torch's caching host allocator reuses it once the result is dropped).
+        """
+        import torch
+        device = torch.device(self.completer.device)
+        if self._staging is None or self._staging.device != device:
+            self._staging = HostStaging(device)
+        clock = StageClock(device)
+        rgb, camera = self._colour(image_msg, info_msg)
+        cloud = None
+        if self.depth_source == 'lidar':
+            cloud = self._cloud_layout(depth_msg)
+            host_depth = (message_bytes(depth_msg.data) if cloud is not None
+                          else self._cloud_points(depth_msg))
+        else:
+            host_depth = self._sparse_from_tof(depth_msg, depth_info_msg, camera)
+        clock.mark('convert')
+        rgb_t = self._staging.upload('rgb', rgb)
+        depth_t = self._staging.upload('depth', host_depth)
+        clock.mark('h2d')
+        if self.depth_source == 'lidar':
+            sparse_t = self._project_on_device(depth_t, cloud, camera)
+            if not bool((sparse_t > 0).any()):
+                raise InputError(f'point cloud: no finite points project into the image within '
+                                 f'[{self.min_depth}, {self.max_depth}] m '
+                                 f'({int(depth_msg.width) * int(depth_msg.height)} points; '
+                                 'check the extrinsic and the depth range)')
+        else:
+            sparse_t = depth_t
+        clock.mark('project')
+        depth_t, confidence_t = self.completer.complete_tensor(rgb_t, sparse_t)
+        if tuple(depth_t.shape) != tuple(sparse_t.shape):
+            raise RuntimeError(f'completer returned {tuple(depth_t.shape)}, expected '
+                               f'{tuple(sparse_t.shape)}')
+        dense_t, unblanked_t = self._blank(depth_t.float(), confidence_t.float())
+        planes = [sparse_t, unblanked_t, confidence_t.float()]
+        if dense_t is not unblanked_t:
+            planes.append(dense_t)
+        clock.mark('model')
+        host = torch.stack(planes)
+        if device.type == 'cuda':
+            host = torch.empty(host.shape, dtype=host.dtype, pin_memory=True).copy_(
+                host, non_blocking=True)
+        clock.mark('d2h')
+        timings = clock.seconds()
+        sparse, unblanked, confidence, *blanked = host.numpy()
+        return FrameResult(rgb=rgb, sparse=sparse, dense=blanked[0] if blanked else unblanked,
+                           dense_unblanked=unblanked, confidence=confidence, camera=camera,
+                           timings=timings)
+
+    def _blank(self, depth: Any, confidence: Any) -> tuple[Any, Any]:
+        """(H,W) model depth and confidence (numpy or torch) -> (dense, unblanked): non-finite
+        and non-positive depths -> 0, and in dense also confidence < min_confidence -> 0 (dense
+        is unblanked itself when min_confidence is 0)."""
+        xp = array_module(depth)
+        zero = np.float32(0) if xp is np else 0.0
+        depth = xp.where(xp.isfinite(depth) & (depth > 0), depth, zero)
+        if self.min_confidence <= 0:
+            return depth, depth
+        return xp.where(confidence >= self.min_confidence, depth, zero), depth
+
+    def _colour(self, image_msg: Any, info_msg: Any) -> tuple[np.ndarray, PinholeCamera]:
+        """(H,W,3) uint8 rgb (a view of rgb8 messages) and the camera scaled to it."""
+        try:
+            rgb = image_to_rgb(image_msg)
+        except ConversionError as error:
+            raise InputError(f'image: {error}') from error
+        height, width = rgb.shape[:2]
+        return rgb, self._camera(info_msg, width, height, 'camera_info')
+
+    @staticmethod
+    def _cloud_layout(cloud_msg: Any) -> Optional[tuple[int, tuple[int, int, int]]]:
+        """(floats per point, x/y/z float offsets) when the cloud's raw bytes can be decoded on
+        the device: float32 x, y, z in this machine's byte order at 4-byte aligned offsets, no
+        row padding. None otherwise (then it is converted on the host)."""
+        fields = {field.name: field for field in cloud_msg.fields}
+        point_step = int(cloud_msg.point_step)
+        if (any(name not in fields or fields[name].datatype != POINTFIELD_FLOAT32
+                or fields[name].offset % 4 for name in 'xyz')
+                or bool(cloud_msg.is_bigendian) != NATIVE_BIGENDIAN or point_step % 4
+                or int(cloud_msg.row_step) != int(cloud_msg.width) * point_step
+                or int(cloud_msg.width) * int(cloud_msg.height) == 0
+                or len(message_bytes(cloud_msg.data)) != int(cloud_msg.height) * int(
+                    cloud_msg.row_step)):
+            return None
+        return point_step // 4, tuple(int(fields[name].offset) // 4 for name in 'xyz')
+
+    def _project_on_device(self, depth_t: Any, cloud: Optional[tuple[int, tuple[int, int, int]]],
+                           camera: PinholeCamera) -> Any:
+        """Device cloud (raw bytes with layout `cloud`, or (N,3) float32 points) -> (H,W)
+        sparse depth. Non-finite points are turned into NaN depth, which the z-buffer drops,
+        so the image equals the host path's (which removes them first)."""
+        import torch
+        points = depth_t
+        if cloud is not None:
+            floats_per_point, offsets = cloud
+            points = depth_t.view(torch.float32).view(-1, floats_per_point)[:, list(offsets)]
+            finite = torch.isfinite(points).all(dim=1, keepdim=True)
+            points = torch.where(finite, points, float('nan'))
+        try:
+            return project_to_sparse_depth_torch(points, self.T_cam_from_sensor, camera,
+                                                 min_depth=self.min_depth,
+                                                 max_depth=self.max_depth)
+        except CameraError as error:
+            raise InputError(f'point cloud: {error}') from error
 
     @staticmethod
     def _camera(info_msg: Any, width: int, height: int, topic: str) -> PinholeCamera:
@@ -141,7 +265,9 @@ class CompletionPipeline:
         except CameraError as error:
             raise InputError(f'{topic}: {error}') from error
 
-    def _sparse_from_cloud(self, cloud_msg: Any, camera: PinholeCamera) -> np.ndarray:
+    @staticmethod
+    def _cloud_points(cloud_msg: Any) -> np.ndarray:
+        """PointCloud2 -> (N,3) float32 finite points; InputError when there are none."""
         if int(cloud_msg.width) * int(cloud_msg.height) == 0:
             raise InputError('point cloud is empty (no finite points)')
         try:
@@ -150,6 +276,10 @@ class CompletionPipeline:
             raise InputError(f'point cloud: {error}') from error
         if len(points) == 0:
             raise InputError('point cloud has no finite points (empty or all NaN)')
+        return points
+
+    def _sparse_from_cloud(self, cloud_msg: Any, camera: PinholeCamera) -> np.ndarray:
+        points = self._cloud_points(cloud_msg)
         try:
             sparse = project_to_sparse_depth(points, self.T_cam_from_sensor, camera,
                                              min_depth=self.min_depth, max_depth=self.max_depth)
@@ -185,3 +315,63 @@ class CompletionPipeline:
             raise InputError(f'ToF depth has no valid pixel within [{self.min_depth}, '
                              f'{self.max_depth}] m (all zero, NaN or inf)')
         return sparse
+
+
+class HostStaging:
+    """Host -> device uploads through page-locked (pinned on CUDA) host buffers, one per name,
+    reused across frames and grown only when a frame needs more bytes.
+
+    The caller must not upload under the same name again before the previous copy finished
+    (the pipeline synchronises once per frame, after its D2H copy).
+    """
+
+    def __init__(self, device: Any) -> None:
+        import torch
+        self.device = torch.device(device)
+        self._buffers: dict[str, Any] = {}
+
+    def upload(self, name: str, array: np.ndarray) -> Any:
+        """Copy `array` (any strides) into the `name` buffer and start a non_blocking copy to
+        the device -> tensor of array's shape and dtype on the device (on the CPU: a view of the
+        buffer, valid until the next upload under `name`)."""
+        import torch
+        dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
+        size = array.size * array.itemsize
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size:
+            buffer = torch.empty(max(size, 1), dtype=torch.uint8,
+                                 pin_memory=self.device.type == 'cuda')
+            self._buffers[name] = buffer
+        staged = buffer[:size].view(dtype).view(array.shape)
+        np.copyto(staged.numpy(), array, casting='no')
+        return staged.to(self.device, non_blocking=True)
+
+
+class StageClock:
+    """Seconds per named stage of one frame: CUDA events on a CUDA device (the stages' device
+    time, read after one synchronisation at the end), wall-clock perf_counter elsewhere."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+        self._cuda = torch.device(device).type == 'cuda'
+        self._marks: list[tuple[str, Any]] = [('start', self._now())]
+
+    def _now(self) -> Any:
+        if not self._cuda:
+            return time.perf_counter()
+        import torch
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def mark(self, stage: str) -> None:
+        """The stage that started at the previous mark ends now."""
+        self._marks.append((stage, self._now()))
+
+    def seconds(self) -> dict[str, float]:
+        """{stage: seconds}; on CUDA waits for the last mark (the frame's one synchronisation)."""
+        pairs = zip(self._marks, self._marks[1:])
+        if not self._cuda:
+            return {stage: end - begin for (_, begin), (stage, end) in pairs}
+        self._marks[-1][1].synchronize()
+        return {stage: begin.elapsed_time(end) / 1e3 for (_, begin), (stage, end) in pairs}

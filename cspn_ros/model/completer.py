@@ -175,8 +175,7 @@ class DepthCompleter:
         if self.model is None:
             depth = classical_fill(_valid_depth(sparse), self.config.max_depth)
             return Completion(depth, (depth > 0).astype(np.float32), depth)
-        outputs = self._run(torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device),
-                            torch.from_numpy(np.ascontiguousarray(sparse)).to(self.device))
+        outputs = self._run(_host_tensor(rgb).to(self.device), _host_tensor(sparse).to(self.device))
         return Completion(*(outputs[key][0, 0].cpu().numpy() for key in OUTPUTS))
 
     def complete_tensor(self, rgb_t: torch.Tensor,
@@ -242,3 +241,11 @@ def _check_inputs(rgb, sparse, array_type, rgb_dtype, sparse_dtype) -> None:
         raise ValueError(f'rgb must be {rgb_dtype} (0-255), got {rgb.dtype}')
     if sparse.dtype != sparse_dtype:
         raise ValueError(f'sparse must be {sparse_dtype} metres, got {sparse.dtype}')
+
+
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing `array`'s memory when it is contiguous and writable (message views are
+    often read-only: those are copied once, since torch tensors cannot be read-only)."""
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, order='C', copy=True)
+    return torch.from_numpy(array)

@@ -1,14 +1,18 @@
 """completion_node: colour image + LiDAR cloud or ToF depth in, dense metric depth out.
 
-Thin wiring around `core.pipeline.CompletionPipeline`. Subscription callbacks only feed the
-stamp matcher (`core.sync`) and put matched sets into a drop-oldest slot of size one; a single
-worker thread owns the model and runs prepare + complete + publish. Bad frames are logged
+Thin wiring around `core.pipeline.CompletionPipeline`. `CompletionCore` owns everything a node
+needs (model, matcher, worker thread, publishers, subscriptions, diagnostics) in four steps,
+configure / activate / deactivate / cleanup, so the plain `CompletionNode` (all four at start)
+and the managed `LifecycleCompletionNode` share one implementation. Subscription callbacks only
+feed the stamp matcher (`core.sync`) and put matched sets into a drop-oldest slot of size one; a
+single worker thread owns the model and runs prepare + complete + publish, so under overload the
+newest pair is processed and stale ones are dropped and counted. Bad frames are logged
 (throttled per problem) and skipped; the node keeps running.
 
 Topics (relative): in `image`, `camera_info`, and `points` (depth_source=lidar) or `tof/depth`
 (+ `tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
 header), `depth/colorized` (bgr8), `depth/points` (PointCloud2 xyz+rgb), `depth/sparse` (32FC1),
-`depth/confidence` (32FC1 in [0, 1]).
+`depth/confidence` (32FC1 in [0, 1]), and `/diagnostics` (1 Hz DiagnosticArray).
 """
 from __future__ import annotations
 
@@ -16,28 +20,31 @@ import json
 import re
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
 from rclpy.clock import Clock, ClockType
-from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.time import Time
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.conversions import (depth_fields, image_fields, pointcloud2_fields,
                                        stamp_to_ns)
+from cspn_ros.core.diagnostics import ERROR, OK, WARN, CompletionDiagnostics
 from cspn_ros.core.pipeline import DEPTH_SOURCES, CompletionPipeline, InputError
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
-from cspn_ros.nodes.messages import image_msg, pointcloud2_msg
+from cspn_ros.nodes.messages import diagnostic_array_msg, header_msg, image_msg, pointcloud2_msg
 
 try:  # a real ROS 2 install has tf2_ros; the PyPI wheels used here do not
     import tf2_ros
@@ -47,8 +54,11 @@ except ImportError:
 #: Seconds between two log lines about the same problem.
 THROTTLE_S = 5.0
 DEVICES = ('cpu', 'cuda', 'auto')
+PRECISIONS = ('fp32', 'fp16', 'bf16')
 RELIABILITIES = {'reliable': ReliabilityPolicy.RELIABLE,
                  'best_effort': ReliabilityPolicy.BEST_EFFORT}
+OUTPUT_TOPICS = {'depth': Image, 'depth/colorized': Image, 'depth/points': PointCloud2,
+                 'depth/sparse': Image, 'depth/confidence': Image}
 
 
 def _float_range(low: float, high: float) -> dict:
@@ -60,20 +70,33 @@ def _int_range(low: int, high: int) -> dict:
 
 
 #: name -> (default, description, extra ParameterDescriptor fields, read_only).
-#: Parameters that shape the model, the matcher or the subscriptions are read-only; output options
-#: can change at run time.
+#: Parameters that shape the model, the matcher or the subscriptions are read-only; output
+#: options, the depth range, precision and propagation steps can change at run time.
 PARAMETERS = {
     'depth_source': ('lidar', 'lidar: PointCloud2 on `points`; tof: depth Image on `tof/depth`',
                      {'additional_constraints': 'one of: lidar, tof'}, True),
     'device': ('auto', 'cpu, cuda, or auto (cuda when available); cuda without a GPU falls '
                'back to cpu with a warning unless require_gpu',
                {'additional_constraints': 'one of: cpu, cuda, auto'}, True),
-    'require_gpu': (False, 'refuse to start when CUDA is not available', {}, True),
+    'require_gpu': (False, 'refuse to start without CUDA; on CUDA out of memory keep trying on '
+                    'the GPU instead of falling back to the CPU', {}, True),
     'checkpoint': ('', "'' = packaged default weights; 'classical' = no-weights baseline; "
                    'else a .safetensors/.pt path', {}, True),
     'model_config': ('', 'untrained model (random weights, mainly for tests): a JSON object '
                      '(e.g. {"width": 8, "steps": 2}), a YAML/JSON file or a propagation name; '
                      'overrides checkpoint when non-empty', {}, True),
+    'precision': ('fp32', 'fp32, fp16 or bf16 (autocast on CUDA; CPU runs fp32)',
+                  {'additional_constraints': 'one of: fp32, fp16, bf16'}, False),
+    'channels_last': (False, 'channels-last memory format for the network (GPU)', {}, True),
+    'cuda_graphs': (False, 'replay the network from a CUDA graph (GPU, fixed image size)', {},
+                    True),
+    'compile': (False, 'torch.compile the network (slow first frames; see warmup_size)', {},
+                True),
+    'warmup_size': ([0, 0], '[width, height] px of frames to warm the model up with at start; '
+                    '[0, 0] = warm up at the first camera_info size', {}, True),
+    'extrinsic.from_tf': (True, 'look T_cam_from_sensor up in tf (when tf2_ros is installed; '
+                          'frames wait until it appears); false = the extrinsic.* parameters',
+                          {}, True),
     'extrinsic.translation': ([0.0, 0.0, 0.0], '[x, y, z] metres of the LiDAR/ToF frame in the '
                               'colour camera optical frame (p_cam = R p_sensor + t)', {}, True),
     'extrinsic.rotation': ([0.0, 0.0, 0.0, 1.0], '[qx, qy, qz, qw] rotation from the LiDAR/ToF '
@@ -85,13 +108,15 @@ PARAMETERS = {
     'slop': (0.05, 'largest stamp difference (s) between paired messages', _float_range(0.0, 10.0),
              True),
     'queue_size': (10, 'messages kept per topic while pairing', _int_range(1, 1000), True),
-    'input_timeout': (5.0, 'seconds without a paired frame before warning which input is '
-                      'missing or out of sync', _float_range(0.1, 3600.0), True),
-    'min_depth': (0.1, 'metres; nearer sensor depths are ignored', _float_range(0.0, 1000.0), True),
+    'input_timeout': (5.0, 'seconds of silence on an input before warning (naming it), and '
+                      'without output while inputs arrive before an error',
+                      _float_range(0.1, 3600.0), True),
+    'min_depth': (0.1, 'metres; nearer sensor depths are ignored', _float_range(0.0, 1000.0),
+                  False),
     'max_depth': (100.0, 'metres; farther sensor depths are ignored; also the colour scale end',
-                  _float_range(0.01, 1000.0), True),
+                  _float_range(0.01, 1000.0), False),
     'propagation_steps': (-1, 'propagation iterations (-1 = the model default)',
-                          _int_range(-1, 256), True),
+                          _int_range(-1, 256), False),
     'min_confidence': (0.0, 'pixels with lower confidence are published as NaN (0 = keep all; '
                        'removes flying pixels)', _float_range(0.0, 1.0), False),
     'publish_colorized': (True, 'publish depth/colorized (bgr8)', {}, False),
@@ -137,6 +162,13 @@ class LatestSlot:
             return item
 
 
+def declare_parameters(node: Node) -> None:
+    """Declare PARAMETERS on node (with descriptions, ranges and read_only flags)."""
+    for name, (default, description, extra, read_only) in PARAMETERS.items():
+        node.declare_parameter(name, default, ParameterDescriptor(
+            description=description, read_only=read_only, **extra))
+
+
 def choose_device(requested: str, require_gpu: bool, cuda_available: bool) -> tuple[str, str]:
     """(device, warning or '') for the `device` / `require_gpu` parameters."""
     if requested not in DEVICES:
@@ -149,79 +181,170 @@ def choose_device(requested: str, require_gpu: bool, cuda_available: bool) -> tu
     return 'cpu', warning
 
 
-class CompletionNode(Node):
-    """Dense depth from a colour camera and a LiDAR or ToF sensor (see the module docstring)."""
+def after_out_of_memory(failures: int, require_gpu: bool) -> str:
+    """What to do after the failures-th CUDA out-of-memory error on one frame (cache freed):
+    'retry' the first time, then 'cpu' (fall back for good) or, with require_gpu, 'skip' the
+    frame and stay on the GPU."""
+    if failures <= 1:
+        return 'retry'
+    return 'skip' if require_gpu else 'cpu'
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__('completion_node', **kwargs)
-        for name, (default, description, extra, read_only) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(
-                description=description, read_only=read_only, **extra))
+
+def parameter_problem(values: Mapping[str, Any], propagation: Optional[str]) -> str:
+    """Why the run-time parameter values (all of them, changes applied) cannot be used, or ''.
+
+    propagation: the loaded model's scheme (None before the model is loaded)."""
+    if not values['min_depth'] < values['max_depth']:
+        return f'min_depth ({values["min_depth"]}) must be below max_depth ({values["max_depth"]})'
+    if values['precision'] not in PRECISIONS:
+        return f'precision must be one of {PRECISIONS}, got {values["precision"]!r}'
+    if values['propagation_steps'] >= 0 and propagation in ('classical', 'cspnpp'):
+        return (f'propagation_steps must stay -1 for {propagation!r} (classical has no steps; '
+                'cspnpp sets per-branch steps in its model config)')
+    return ''
+
+
+class CompletionCore:
+    """Model, matcher, worker, publishers, subscriptions and diagnostics of a completion node.
+
+    node: the rclpy Node (plain or lifecycle) whose parameters (declare_parameters) it reads;
+    create_output_publisher: node.create_publisher or node.create_lifecycle_publisher.
+    configure() loads parameters, the model and the publishers; activate() subscribes and starts
+    the worker; deactivate() stops both and frees GPU memory; cleanup() releases everything.
+    """
+
+    def __init__(self, node: Node, create_output_publisher: Callable[..., Any]) -> None:
+        self.node = node
+        self.log = node.get_logger()
+        self._create_output_publisher = create_output_publisher
+        self.completer: Any = None
+        self.pipeline: Optional[CompletionPipeline] = None
+        self.matcher: Optional[ApproximateTimeMatcher] = None
+        self.diagnostics: Optional[CompletionDiagnostics] = None
+        self.publishers_by_topic: dict[str, Any] = {}
+        self.slot = LatestSlot()
+        self.frames_processed = 0
+        self.active = False
+        self._subscriptions: list[Any] = []
+        self._worker: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards diagnostics (callbacks, worker and timer)
+        self._error_loggers: dict[str, Any] = {}
+        self._warmup_size: Optional[tuple[int, int]] = None
+        node.add_on_set_parameters_callback(self._check_parameters)
+        node.add_post_set_parameters_callback(self._apply_parameters)
+
+    # ---------------------------------------------------------------- lifecycle steps
+    def configure(self) -> None:
+        """Read parameters, load and warm up the model, create publishers and the 1 Hz
+        diagnostics timer. Raises StartupError (or the loader's error) on bad parameters."""
         self.depth_source = self._choice('depth_source', DEPTH_SOURCES)
         self.tof_registered = self._value('tof.registered')
-        reliability = RELIABILITIES[self._choice('output_reliability', tuple(RELIABILITIES))]
+        self.require_gpu = self._value('require_gpu')
         self.completer = self._load_completer()
+        self._default_steps = self.completer.steps
         self._extrinsic: Optional[np.ndarray] = None
         self._tf_buffer = None
         if self.depth_source == 'lidar' or not self.tof_registered:
-            self._extrinsic_from_parameters = self._parameter_extrinsic()
-            if tf2_ros is None:
-                self._extrinsic = self._extrinsic_from_parameters
-                self.get_logger().info('tf2_ros not available: extrinsic from parameters, '
-                                       f'T_cam_from_sensor = {self._extrinsic.round(4).tolist()}')
-            else:
+            if self._value('extrinsic.from_tf') and tf2_ros is not None:
                 self._tf_buffer = tf2_ros.Buffer()
-                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-        min_depth, max_depth = self._value('min_depth'), self._value('max_depth')
-        if not min_depth < max_depth:
-            raise StartupError(f'min_depth ({min_depth}) must be below max_depth ({max_depth})')
+                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self.node)
+            else:
+                self._extrinsic = self._parameter_extrinsic()
+                self.log.info(f'extrinsic from parameters, T_cam_from_sensor = '
+                              f'{self._extrinsic.round(4).tolist()}'
+                              + ('' if tf2_ros else ' (tf2_ros not available)'))
+        values = {name: self._value(name) for name in ('min_depth', 'max_depth', 'precision',
+                                                        'propagation_steps')}
+        problem = parameter_problem(values, self.completer.config.propagation)
+        if problem:
+            raise StartupError(problem)
         self.pipeline = CompletionPipeline(
-            self.completer, depth_source=self.depth_source, min_depth=min_depth,
-            max_depth=max_depth, min_confidence=self._value('min_confidence'),
+            self.completer, depth_source=self.depth_source, min_depth=values['min_depth'],
+            max_depth=values['max_depth'], min_confidence=self._value('min_confidence'),
             tof_registered=self.tof_registered)
 
+        reliability = RELIABILITIES[self._choice('output_reliability', tuple(RELIABILITIES))]
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
                                 durability=DurabilityPolicy.VOLATILE)
-        self.publishers_by_topic = {
-            'depth': self.create_publisher(Image, 'depth', output_qos),
-            'depth/colorized': self.create_publisher(Image, 'depth/colorized', output_qos),
-            'depth/points': self.create_publisher(PointCloud2, 'depth/points', output_qos),
-            'depth/sparse': self.create_publisher(Image, 'depth/sparse', output_qos),
-            'depth/confidence': self.create_publisher(Image, 'depth/confidence', output_qos),
-        }
-
-        inputs = {'image': Image, 'camera_info': CameraInfo}
+        self.publishers_by_topic = {topic: self._create_output_publisher(msg_type, topic,
+                                                                         output_qos)
+                                    for topic, msg_type in OUTPUT_TOPICS.items()}
+        self._diagnostics_publisher = self.node.create_publisher(DiagnosticArray,
+                                                                 '/diagnostics', 10)
+        self.inputs = {'image': Image, 'camera_info': CameraInfo}
         if self.depth_source == 'lidar':
-            inputs['points'] = PointCloud2
+            self.inputs['points'] = PointCloud2
         else:
-            inputs['tof/depth'] = Image
+            self.inputs['tof/depth'] = Image
             if not self.tof_registered:
-                inputs['tof/camera_info'] = CameraInfo
-        self.matcher = ApproximateTimeMatcher(list(inputs), slop_s=self._value('slop'),
+                self.inputs['tof/camera_info'] = CameraInfo
+        self.matcher = ApproximateTimeMatcher(list(self.inputs), slop_s=self._value('slop'),
                                               queue_size=self._value('queue_size'),
                                               reference='image')
-        self._last_arrival = {topic: None for topic in inputs}
+        self._resolved = {topic: self.node.resolve_topic_name(topic) for topic in self.inputs}
+        self.diagnostics = CompletionDiagnostics(tuple(self._resolved.values()),
+                                                 timeout_s=self._value('input_timeout'))
         self._last_match = time.monotonic()
-        self.slot = LatestSlot()
+        self._timer = self.node.create_timer(1.0, self._report,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        width, height = self._value('warmup_size')
+        self._warmed_up = False
+        if width > 0 and height > 0:
+            self._warm_up(height, width)
+
+    def activate(self) -> None:
+        """Subscribe to the inputs and start the worker thread."""
+        self.matcher.reset()
+        with self._lock:
+            self.diagnostics.forget_inputs()
+        self._last_match = time.monotonic()
         input_qos = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in (
             'history', 'depth', 'durability')}, reliability=RELIABILITIES[self._choice(
                 'input_reliability', tuple(RELIABILITIES))])
-        for topic, msg_type in inputs.items():
-            self.create_subscription(msg_type, topic, self._callback_for(topic), input_qos)
-        self.create_timer(1.0, self._watch_inputs, clock=Clock(clock_type=ClockType.STEADY_TIME))
-
-        self.frames_processed = 0
-        self.frames_failed = 0
-        self._error_loggers: dict[str, Any] = {}
-        self._stop = threading.Event()
+        self._subscriptions = [self.node.create_subscription(msg_type, topic,
+                                                             self._callback_for(topic), input_qos)
+                               for topic, msg_type in self.inputs.items()]
+        self._stop.clear()
         self._worker = threading.Thread(target=self._work, name='completion_worker', daemon=True)
         self._worker.start()
-        self.get_logger().info(f'waiting for {", ".join(inputs)}; publishing depth '
-                               f'from {self.depth_source}')
+        self.active = True
+        self.log.info(f'waiting for {", ".join(self._resolved.values())}; publishing depth '
+                      f'from {self.depth_source}')
+
+    def deactivate(self) -> None:
+        """Unsubscribe, stop the worker, drop a pending frame and free cached GPU memory."""
+        if not self.active:
+            return
+        self.active = False
+        for subscription in self._subscriptions:
+            self.node.destroy_subscription(subscription)
+        self._subscriptions = []
+        self._stop.set()
+        self._worker.join(timeout=10.0)
+        self.slot.take(timeout=0)
+        self._free_device_memory()
+
+    def cleanup(self) -> None:
+        """Deactivate if needed, then release the model, publishers, timer and tf listener."""
+        self.deactivate()
+        if self.completer is None:
+            return
+        self.log.info(f'processed {self.frames_processed} frames, skipped '
+                      f'{self.diagnostics.failed} bad ones, dropped {self.slot.dropped} stale '
+                      f'ones; pairing {self.matcher.stats}')
+        self.node.destroy_timer(self._timer)
+        for publisher in self.publishers_by_topic.values():
+            self.node.destroy_publisher(publisher)
+        self.node.destroy_publisher(self._diagnostics_publisher)
+        self.publishers_by_topic = {}
+        self._tf_buffer = self._tf_listener = None
+        self.completer = self.pipeline = self.matcher = None
+        self._free_device_memory()
 
     # ---------------------------------------------------------------- parameters and set-up
     def _value(self, name: str) -> Any:
-        return self.get_parameter(name).value
+        return self.node.get_parameter(name).value
 
     def _choice(self, name: str, choices: tuple[str, ...]) -> str:
         value = self._value(name)
@@ -230,35 +353,38 @@ class CompletionNode(Node):
         return value
 
     def _load_completer(self) -> Any:
-        import torch
-
         from cspn_ros.config import ModelConfig
         from cspn_ros.model.completer import DepthCompleter
-        device, warning = choose_device(self._value('device'), self._value('require_gpu'),
+        device, warning = choose_device(self._value('device'), self.require_gpu,
                                         torch.cuda.is_available())
         if warning:
-            self.get_logger().warning(warning)
+            self.log.warning(warning)
+        modes = {'precision': self._choice('precision', PRECISIONS),
+                 'channels_last': self._value('channels_last'),
+                 'compile': self._value('compile'), 'cuda_graphs': self._value('cuda_graphs')}
         model_config, checkpoint = self._value('model_config'), self._value('checkpoint')
+        self.model_source = (f'untrained: {model_config}' if model_config
+                             else checkpoint or 'packaged default')
         if model_config:
             text = model_config.strip()
             config = ModelConfig.load(json.loads(text) if text.startswith('{') else text)
-            self.get_logger().warning(f'model_config given: UNTRAINED model {config}')
-            completer = DepthCompleter.from_config(config, device=device)
+            self.log.warning(f'model_config given: UNTRAINED model {config}')
+            completer = DepthCompleter.from_config(config, device=device, **modes)
         elif checkpoint == 'classical':
-            completer = DepthCompleter.from_config('classical', device=device)
+            completer = DepthCompleter.from_config('classical', device=device, **modes)
         else:
-            completer = DepthCompleter.from_checkpoint(checkpoint or None, device=device)
+            completer = DepthCompleter.from_checkpoint(checkpoint or None, device=device, **modes)
         steps = self._value('propagation_steps')
-        if steps >= 0:
+        if steps >= 0 and completer.config.propagation not in ('classical', 'cspnpp'):
             completer.steps = steps
-        self.get_logger().info(f'model {completer.config.propagation} on {completer.device}'
-                               + (f', {completer.steps} propagation steps'
-                                  if completer.model is not None else ''))
+        self.log.info(f'model {completer.config.propagation} on {completer.device}'
+                      + (f', {completer.steps} propagation steps'
+                         if completer.model is not None else ''))
         return completer
 
     def _parameter_extrinsic(self) -> np.ndarray:
         """T_cam_from_sensor (4,4) from extrinsic.matrix, else translation + rotation."""
-        matrix = self.get_parameter_or('extrinsic.matrix').value  # None when not set
+        matrix = self.node.get_parameter_or('extrinsic.matrix').value  # None when not set
         if matrix:
             if len(matrix) != 16:
                 raise StartupError(f'extrinsic.matrix needs 16 values, got {len(matrix)}')
@@ -273,62 +399,124 @@ class CompletionNode(Node):
             raise StartupError(f'extrinsic.translation / extrinsic.rotation: {error}') from error
 
     def _extrinsic_for(self, matched: MatchedSet) -> np.ndarray:
-        """T_cam_from_sensor: looked up once in tf when tf2_ros exists, else the parameters."""
+        """T_cam_from_sensor: the parameters, or tf (looked up until found, then cached).
+        Raises InputError while tf does not have it yet (the frame is skipped, not guessed)."""
         if self._extrinsic is None:
             camera_frame = matched.messages['image'].header.frame_id
             sensor_topic = 'points' if self.depth_source == 'lidar' else 'tof/depth'
             sensor_frame = matched.messages[sensor_topic].header.frame_id
             try:
-                transform = self._tf_buffer.lookup_transform(
-                    camera_frame, sensor_frame, Time(), Duration(seconds=1.0))
-                t, q = transform.transform.translation, transform.transform.rotation
-                self._extrinsic = transform_from_translation_quaternion(
-                    [t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
-                self.get_logger().info(f'extrinsic from tf {camera_frame} <- {sensor_frame}')
+                transform = self._tf_buffer.lookup_transform(camera_frame, sensor_frame, Time())
             except Exception as error:  # tf2 raises several unrelated exception types
-                self._extrinsic = self._extrinsic_from_parameters
-                self.get_logger().warning(f'tf lookup {camera_frame} <- {sensor_frame} failed '
-                                          f'({error}); extrinsic from parameters')
+                raise InputError(f'waiting for tf {camera_frame} <- {sensor_frame} ({error}); '
+                                 'or set extrinsic.from_tf false') from error
+            t, q = transform.transform.translation, transform.transform.rotation
+            self._extrinsic = transform_from_translation_quaternion(
+                [t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+            self.log.info(f'extrinsic from tf {camera_frame} <- {sensor_frame}')
         return self._extrinsic
+
+    def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Reject run-time values that do not fit together or with the loaded model (ranges,
+        types and read-only flags are checked by rclpy from the descriptors)."""
+        values = {name: self._value(name) for name in ('min_depth', 'max_depth', 'precision',
+                                                        'propagation_steps')}
+        values.update({p.name: p.value for p in parameters if p.name in values})
+        propagation = None if self.completer is None else self.completer.config.propagation
+        problem = parameter_problem(values, propagation)
+        return SetParametersResult(successful=not problem, reason=problem)
+
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        """Apply accepted run-time parameters to the model and the pipeline."""
+        if self.pipeline is None:
+            return  # read at configure
+        for parameter in parameters:
+            if parameter.name in ('min_depth', 'max_depth', 'min_confidence'):
+                setattr(self.pipeline, parameter.name, float(parameter.value))
+            elif parameter.name == 'precision':
+                self.completer.precision = parameter.value
+            elif parameter.name == 'propagation_steps' and self.completer.model is not None:
+                steps = parameter.value
+                self.completer.steps = self._default_steps if steps < 0 else steps
+            else:
+                continue
+            self.log.info(f'{parameter.name} set to {parameter.value}')
+
+    def _warm_up(self, height: int, width: int) -> None:
+        """Run the model on random height x width frames once, so the first frame is fast."""
+        start = time.perf_counter()
+        self._warmed_up = True
+        try:
+            self.completer.warmup(height, width)
+        except Exception as error:  # a failed warm-up costs speed only; frames will tell more
+            self.log.warning(f'warm-up at {width}x{height} failed: {type(error).__name__}: '
+                             f'{error}')
+            return
+        self.log.info(f'model warmed up at {width}x{height} in '
+                      f'{time.perf_counter() - start:.2f} s')
+
+    def _free_device_memory(self) -> None:
+        """Drop captured CUDA graphs and cached CUDA blocks (no-op on the CPU)."""
+        if self.completer is not None and self.completer.cuda_graphs:
+            from cspn_ros.model.inference import CudaGraphRunner
+            self.completer._graphs = CudaGraphRunner()  # no public release in DepthCompleter
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------- callbacks (executor)
     def _callback_for(self, topic: str):
+        resolved = self._resolved[topic]
+
         def callback(msg: Any) -> None:
-            self._last_arrival[topic] = time.monotonic()
+            with self._lock:
+                self.diagnostics.received(resolved, time.monotonic())
+            if topic == 'camera_info' and not self._warmed_up and self._warmup_size is None:
+                self._warmup_size = (int(msg.height), int(msg.width))  # the worker warms up
             stamp_ns = stamp_to_ns(msg.header.stamp)
             if self.matcher.detect_jump_back(stamp_ns):
-                self.get_logger().warning('input stamps jumped back (bag loop or simulator '
-                                          'restart): pairing restarted')
+                self.log.warning('input stamps jumped back (bag loop or simulator restart): '
+                                 'pairing restarted')
                 self.matcher.reset()
             for matched in self.matcher.add(topic, stamp_ns, msg):
                 self._last_match = time.monotonic()
                 self.slot.put(matched)
         return callback
 
-    def _watch_inputs(self) -> None:
-        """Warn (throttled) when no frame was paired for input_timeout seconds, naming why."""
+    def _report(self) -> None:
+        """1 Hz: publish /diagnostics; log (throttled) when the level is not OK."""
         now = time.monotonic()
-        timeout = self._value('input_timeout')
-        if now - self._last_match < timeout:
-            return
-        silent = [t for t, arrival in self._last_arrival.items()
-                  if arrival is None or now - arrival > timeout]
-        if silent:
-            self.get_logger().warning(
-                f'no paired frame for {timeout:g} s: nothing received on '
-                f'{", ".join(self.resolve_topic_name(t) for t in silent)}',
-                throttle_duration_sec=THROTTLE_S)
-        else:
-            stats = self.matcher.stats
-            self.get_logger().error(
-                f'no paired frame for {timeout:g} s although all inputs arrive: header stamps '
-                f'are further apart than slop={self._value("slop"):g} s '
-                f'(unmatched {stats["dropped_unmatched"]}, out of order '
-                f'{stats["dropped_out_of_order"]})', throttle_duration_sec=THROTTLE_S)
+        extra = {'device': self.completer.device, 'precision': self.completer.precision,
+                 'propagation': self.completer.config.propagation,
+                 'propagation steps': self.completer.steps,
+                 'checkpoint': self.model_source,
+                 'state': 'active' if self.active else 'inactive'}
+        with self._lock:
+            level, message, values = self.diagnostics.report(
+                now, self.matcher.stats, self.slot.dropped, extra)
+        if not self.active:
+            level, message = OK, 'inactive'
+        if level == ERROR:
+            if now - self._last_match > self.diagnostics.timeout_s:
+                stats = self.matcher.stats
+                message += (f': no paired frame, header stamps are further apart than '
+                            f'slop={self._value("slop"):g} s (unmatched '
+                            f'{stats["dropped_unmatched"]}, out of order '
+                            f'{stats["dropped_out_of_order"]})')
+            else:
+                message += f': every frame fails, last error: {values["last error"]}'
+            self.log.error(message, throttle_duration_sec=THROTTLE_S)
+        elif level == WARN:
+            self.log.warning(message, throttle_duration_sec=THROTTLE_S)
+        self._diagnostics_publisher.publish(diagnostic_array_msg(
+            header_msg(self.node.get_clock().now().nanoseconds, ''),
+            f'{self.node.get_name()}: depth completion', str(self.completer.device), level,
+            message, values))
 
     # ---------------------------------------------------------------- worker thread
     def _work(self) -> None:
         while not self._stop.is_set():
+            if self._warmup_size is not None and not self._warmed_up:
+                self._warm_up(*self._warmup_size)
             matched = self.slot.take(timeout=0.1)
             if matched is not None:
                 self._process(matched)
@@ -338,32 +526,59 @@ class CompletionNode(Node):
         try:
             if self.depth_source == 'lidar' or not self.tof_registered:
                 self.pipeline.T_cam_from_sensor = self._extrinsic_for(matched)
-            self.pipeline.min_confidence = self._value('min_confidence')
-            result = self.pipeline.process(
-                messages['image'], messages['camera_info'],
-                messages['points' if self.depth_source == 'lidar' else 'tof/depth'],
-                messages.get('tof/camera_info'))
-            self._publish(messages['image'].header, result)
+            result = self._complete(messages)
+            timings = {**result.timings, **self._publish(messages['image'].header, result)}
+            latency_s = (self.node.get_clock().now().nanoseconds - matched.stamp_ns) / 1e9
+            with self._lock:
+                self.diagnostics.published_frame(time.monotonic(), latency_s, timings)
             self.frames_processed += 1
         except InputError as error:
-            self.frames_failed += 1
-            self._throttled_error(f'frame skipped, bad input: {error}')
+            self._frame_failed(f'frame skipped, bad input: {error}')
         except Exception as error:  # keep running; the type says where to look
-            self.frames_failed += 1
-            self._throttled_error(f'frame skipped, unexpected {type(error).__name__}: {error}')
+            self._frame_failed(f'frame skipped, unexpected {type(error).__name__}: {error}')
 
-    def _throttled_error(self, text: str) -> None:
-        """Log text at most every THROTTLE_S per kind of problem (numbers ignored), so one
-        problem repeating every frame does not flood the log nor hide a different one."""
+    def _complete(self, messages: dict[str, Any]) -> Any:
+        """pipeline.process with the CUDA out-of-memory policy of `after_out_of_memory`."""
+        failures = 0
+        while True:
+            try:
+                return self.pipeline.process(
+                    messages['image'], messages['camera_info'],
+                    messages['points' if self.depth_source == 'lidar' else 'tof/depth'],
+                    messages.get('tof/camera_info'))
+            except torch.cuda.OutOfMemoryError:
+                failures += 1
+                self._free_device_memory()
+                action = after_out_of_memory(failures, self.require_gpu)
+                if action == 'skip':
+                    raise
+                if action == 'cpu':
+                    self.log.warning('CUDA out of memory twice on one frame: running on CPU '
+                                     'from now on (set require_gpu to stay on the GPU)')
+                    self._move_model_to_cpu()
+
+    def _move_model_to_cpu(self) -> None:
+        from cspn_ros.model.completer import DepthCompleter
+        old = self.completer
+        self.completer = DepthCompleter(old.config, old.model, 'cpu', old.precision, old.meta,
+                                        channels_last=old.channels_last)
+        self.pipeline.completer = self.completer
+
+    def _frame_failed(self, text: str) -> None:
+        """Count the failure and log text at most every THROTTLE_S per kind of problem (numbers
+        ignored), so one problem repeating every frame does not flood the log nor hide another."""
+        with self._lock:
+            self.diagnostics.error(text, time.monotonic())
         kind = re.sub(r'[-+.\d]+', '#', text)
         if kind not in self._error_loggers:
             if len(self._error_loggers) > 64:
                 self._error_loggers.clear()
-            self._error_loggers[kind] = self.get_logger().get_child('input')
+            self._error_loggers[kind] = self.log.get_child('input')
         self._error_loggers[kind].error(text, throttle_duration_sec=THROTTLE_S)
 
-    def _publish(self, header: Any, result: Any) -> None:
-        """Publish the enabled outputs of one frame with the image's header."""
+    def _publish(self, header: Any, result: Any) -> dict[str, float]:
+        """Publish the enabled outputs of one frame with the image's header; returns seconds
+        spent building messages ('serialize') and handing them to rclpy ('publish')."""
         def wanted(topic: str, flag: Optional[str] = None) -> bool:
             return ((flag is None or self._value(flag))
                     and self.publishers_by_topic[topic].get_subscription_count() > 0)
@@ -383,27 +598,39 @@ class CompletionNode(Node):
         if wanted('depth/confidence', 'publish_confidence'):
             publish['depth/confidence'] = lambda: image_msg(
                 image_fields(result.confidence, '32FC1'), header)
-        for topic, build in publish.items():
-            self.publishers_by_topic[topic].publish(build())
+        start = time.perf_counter()
+        built = {topic: build() for topic, build in publish.items()}
+        serialized = time.perf_counter()
+        for topic, msg in built.items():
+            self.publishers_by_topic[topic].publish(msg)
+        return {'serialize': serialized - start, 'publish': time.perf_counter() - serialized}
+
+
+class CompletionNode(Node):
+    """Dense depth from a colour camera and a LiDAR or ToF sensor (see the module docstring);
+    configured and active from construction."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('completion_node', **kwargs)
+        declare_parameters(self)
+        self.core = CompletionCore(self, self.create_publisher)
+        self.core.configure()
+        self.core.activate()
 
     def destroy_node(self) -> None:
-        """Stop the worker, then the node."""
-        self._stop.set()
-        self._worker.join(timeout=10.0)
-        self.get_logger().info(f'processed {self.frames_processed} frames, skipped '
-                               f'{self.frames_failed} bad ones, dropped {self.slot.dropped} '
-                               f'stale ones; pairing {self.matcher.stats}')
+        """Stop the worker, release the model, then the node."""
+        self.core.cleanup()
         super().destroy_node()
 
 
-def main(args: Optional[list[str]] = None) -> int:
-    """Entry point of `completion_node`."""
+def run(node_class: type, name: str, args: Optional[list[str]] = None) -> int:
+    """Init rclpy, construct node_class, spin until Ctrl-C; 1 with one clear line on a
+    start-up error."""
     rclpy.init(args=args)
     try:
-        node = CompletionNode()
+        node = node_class()
     except Exception as error:  # a start-up problem: one clear line, no traceback
-        rclpy.logging.get_logger('completion_node').fatal(
-            f'cannot start: {type(error).__name__}: {error}')
+        rclpy.logging.get_logger(name).fatal(f'cannot start: {type(error).__name__}: {error}')
         rclpy.try_shutdown()
         return 1
     try:
@@ -414,6 +641,11 @@ def main(args: Optional[list[str]] = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Entry point of `completion_node`."""
+    return run(CompletionNode, 'completion_node', args)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
-"""rclpy messages from the core's plain field dicts (the only place that builds sensor_msgs).
+"""rclpy messages from the core's plain field dicts (the only place that builds sensor_msgs and
+diagnostic_msgs).
 
 Byte buffers go in through `array.array('B').frombytes` (one copy, no per-byte Python loop).
 """
@@ -9,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -61,3 +63,13 @@ def camera_info_msg(camera: PinholeCamera, header: Header) -> CameraInfo:
                       k=[float(v) for v in camera.K.reshape(-1)],
                       r=[float(v) for v in camera.R.reshape(-1)],
                       p=[float(v) for v in camera.P.reshape(-1)])
+
+
+def diagnostic_array_msg(header: Header, name: str, hardware_id: str, level: int, message: str,
+                         values: Mapping[str, str]) -> DiagnosticArray:
+    """diagnostic_msgs/DiagnosticArray with one status (level 0 OK, 1 WARN, 2 ERROR)."""
+    status = DiagnosticStatus(level=bytes([level]), name=name, message=message,
+                              hardware_id=hardware_id,
+                              values=[KeyValue(key=key, value=value)
+                                      for key, value in values.items()])
+    return DiagnosticArray(header=header, status=[status])

@@ -118,8 +118,8 @@ def _distributed() -> tuple[int, int, int]:
 def _device(name: str, local_rank: int, world: int) -> torch.device:
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda' and world > 1:
-        name = f'cuda:{local_rank}'
+    if name == 'cuda':  # an explicit index: torch.cuda.set_device and DDP device_ids need one
+        name = f'cuda:{local_rank if world > 1 else torch.cuda.current_device()}'
     return torch.device(name)
 
 

@@ -29,7 +29,7 @@ class LocalLaunch:
 
     The region is REG_H x REG_W pixels (powers of two) of which the inner
     (REG - 2 * steps_per_launch * (K // 2)) are written; weights_resident keeps the region's
-    weights in registers (right for 3x3 only).
+    weights in registers (3x3 only).
     """
 
     steps_per_launch: int
@@ -45,7 +45,7 @@ class LocalLaunch:
 #: Per kernel size, chosen with bench/bench_propagation.py (see docs/kernels.md).
 DEFAULT_LAUNCH = {
     3: LocalLaunch(8, 64, 64, 16, True),
-    5: LocalLaunch(4, 32, 64, 8, False),
+    5: LocalLaunch(3, 32, 64, 8, False),
     7: LocalLaunch(2, 32, 64, 8, False),
 }
 

@@ -1,0 +1,117 @@
+"""Sensor publisher of the end-to-end benchmark (a process of its own; bench_e2e.py starts it).
+
+Renders `--frames` synthetic frames once (cspn_ros.data.synthetic), builds their messages once,
+then publishes image + camera_info + points (or tof/depth + tof/camera_info) with a fresh stamp
+(the wall clock, int ns) at `--rate` Hz, or as fast as it can with `--rate 0`, so that the
+publisher is not the bottleneck. It waits until every topic has a subscriber, publishes for
+`--warmup-s` (not scored), then for `--duration-s` (scored), and writes a JSON summary:
+{measure_start_ns, measure_end_ns, published (scored frames), published_total, points, ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
+from cspn_ros.data.synthetic import SyntheticScene
+from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
+
+RELIABILITIES = {'reliable': ReliabilityPolicy.RELIABLE,
+                 'best_effort': ReliabilityPolicy.BEST_EFFORT}
+#: Seconds to wait for the node's subscriptions before giving up.
+DISCOVERY_TIMEOUT_S = 120.0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--width', type=int, default=1216)
+    parser.add_argument('--height', type=int, default=352)
+    parser.add_argument('--beams', type=int, default=64, choices=(16, 32, 64))
+    parser.add_argument('--depth-source', default='lidar', choices=('lidar', 'tof'))
+    parser.add_argument('--rate', type=float, default=30.0, help='Hz; 0 = as fast as possible')
+    parser.add_argument('--frames', type=int, default=8, help='distinct frames pre-rendered')
+    parser.add_argument('--warmup-s', type=float, default=5.0)
+    parser.add_argument('--duration-s', type=float, default=20.0)
+    parser.add_argument('--reliability', default='reliable', choices=tuple(RELIABILITIES))
+    parser.add_argument('--summary', type=Path, required=True, help='JSON summary written here')
+    return parser.parse_args()
+
+
+def render(args: argparse.Namespace) -> list[dict]:
+    """Messages (topic -> (msg, frame_id)) of args.frames synthetic frames, stamps unset."""
+    scene = SyntheticScene(seed=0, width=args.width, height=args.height, lidar_beams=args.beams,
+                           tof_width=args.width, tof_height=args.height)
+    blank = header_msg(0, '')
+    frames = []
+    for index in range(args.frames):
+        frame = scene.frame(index)
+        messages = {'image': (image_msg(image_fields(frame.rgb, 'rgb8'), blank), 'camera'),
+                    'camera_info': (camera_info_msg(frame.camera, blank), 'camera')}
+        if args.depth_source == 'lidar':
+            messages['points'] = (pointcloud2_msg(pointcloud2_fields(frame.lidar_points), blank),
+                                  'lidar')
+        else:
+            messages['tof/depth'] = (image_msg(depth_fields(frame.tof_depth), blank), 'tof')
+            messages['tof/camera_info'] = (camera_info_msg(frame.tof_camera, blank), 'tof')
+        frames.append(messages)
+    return frames
+
+
+def main() -> int:
+    args = parse_args()
+    frames = render(args)
+    rclpy.init()
+    node = rclpy.create_node('e2e_publisher')
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                     reliability=RELIABILITIES[args.reliability],
+                     durability=DurabilityPolicy.VOLATILE)
+    types = {'image': Image, 'camera_info': CameraInfo, 'points': PointCloud2,
+             'tof/depth': Image, 'tof/camera_info': CameraInfo}
+    publishers = {topic: node.create_publisher(types[topic], topic, qos) for topic in frames[0]}
+    deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
+    while any(p.get_subscription_count() == 0 for p in publishers.values()):
+        if time.monotonic() > deadline:
+            print('e2e_publisher: no subscriber on every topic', flush=True)
+            return 1
+        time.sleep(0.05)
+    time.sleep(0.5)  # let discovery settle on both sides
+
+    period_ns = int(1e9 / args.rate) if args.rate > 0 else 0
+    start_ns = time.time_ns()
+    measure_start_ns = start_ns + int(args.warmup_s * 1e9)
+    measure_end_ns = measure_start_ns + int(args.duration_s * 1e9)
+    published_total = published = late = 0
+    next_ns = start_ns
+    while True:
+        now_ns = time.time_ns()
+        if period_ns and now_ns < next_ns:
+            time.sleep((next_ns - now_ns) * 1e-9)
+            now_ns = time.time_ns()
+        if now_ns >= measure_end_ns:
+            break
+        if period_ns and now_ns - next_ns > period_ns // 2:
+            late += 1
+        for topic, (msg, frame_id) in frames[published_total % len(frames)].items():
+            msg.header = header_msg(now_ns, frame_id)
+            publishers[topic].publish(msg)
+        published_total += 1
+        published += now_ns >= measure_start_ns
+        next_ns += period_ns
+    points = (frames[0]['points'][0].width if args.depth_source == 'lidar' else 0)
+    args.summary.write_text(json.dumps({
+        'measure_start_ns': measure_start_ns, 'measure_end_ns': measure_end_ns,
+        'published': published, 'published_total': published_total, 'late_ticks': late,
+        'points': int(points)}))
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
