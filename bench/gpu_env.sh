@@ -3,7 +3,7 @@
 # cp312 wheels are carried in .whl (../shared/gpu/fetch-ros-wheels.sh), rclpy.
 #   carry: [".gpu", ".whl"]   command: source bench/gpu_env.sh; python3 bench/...
 if [ -d .gpu/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-extra .gpu/whl/*.whl
+  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site-extra .gpu/whl/*.whl
   export PYTHONPATH=/tmp/site-extra${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ -d .whl ] && [ -f .gpu/ros-env.sh ]; then

@@ -29,7 +29,9 @@ def bag_recipes(count: int, first_seed: int, frames: int, storage: str, width: i
 
 
 def write_one(out: Path, name: str, kwargs: dict) -> str:
-    write_synthetic_bag(out / name, **kwargs)
+    """Write one bag; an existing bag of that name is kept (bags are deterministic per recipe)."""
+    if not (out / name).exists():
+        write_synthetic_bag(out / name, **kwargs)
     return name
 
 
