@@ -164,3 +164,26 @@ def plane_frame(stamp_ns: int, width: int = 64, height: int = 48, tof_scale: int
         'tof/depth': image_msg(depth_fields(plane_depth(tof_w, tof_h)), tof_header),
         'tof/camera_info': camera_info_msg(plane_camera(tof_w, tof_h), tof_header),
     }
+
+
+def call_service(ros_node: RosTestNode, srv_type: Any, name: str, request: Any,
+                 timeout: float = 20.0) -> Any:
+    """Call service `name` from ros_node (waiting for it to appear); the response, or fail."""
+    client = ros_node.node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=timeout), f'service {name} did not appear'
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(timeout), f'no response from {name} within {timeout} s'
+    return future.result()
+
+
+def diagnostic_values(msg: Any) -> dict[str, str]:
+    """key -> value of the first status of a diagnostic_msgs/DiagnosticArray."""
+    return {kv.key: kv.value for kv in msg.status[0].values}
+
+
+def diagnostic_level(msg: Any) -> int:
+    """Level (0 OK, 1 WARN, 2 ERROR) of the first status of a DiagnosticArray."""
+    return msg.status[0].level[0] if isinstance(msg.status[0].level, bytes) else int(
+        msg.status[0].level)

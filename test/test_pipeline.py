@@ -315,6 +315,8 @@ def test_host_staging_reuses_its_buffer_and_copies_strided_arrays():
 
 def test_pipeline_takes_the_device_path_when_the_completer_is_on_cuda():
     completer = SimpleNamespace(device=SimpleNamespace(type='cuda'))
-    assert CompletionPipeline(completer).on_device
+    pipeline = CompletionPipeline(completer)
+    assert pipeline.on_device
     assert not CompletionPipeline(completer, on_device=False).on_device
-    assert not CompletionPipeline(RecordingCompleter(0)).on_device
+    pipeline.completer = RecordingCompleter(0)  # e.g. moved to the CPU after CUDA OOM
+    assert not pipeline.on_device

@@ -101,11 +101,16 @@ class CompletionPipeline:
         self.max_depth = float(max_depth)
         self.min_confidence = float(min_confidence)
         self.tof_registered = bool(tof_registered)
-        if on_device is None:
-            device = getattr(completer, 'device', None)
-            on_device = getattr(device, 'type', None) == 'cuda'
-        self.on_device = bool(on_device)
+        self._on_device = on_device
         self._staging: Optional[HostStaging] = None
+
+    @property
+    def on_device(self) -> bool:
+        """Whether `process` takes the device path: as set, or (None) whether the current
+        completer runs on CUDA (so a completer swapped to the CPU takes the host path)."""
+        if self._on_device is not None:
+            return bool(self._on_device)
+        return getattr(getattr(self.completer, 'device', None), 'type', None) == 'cuda'
 
     def prepare(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                 depth_info_msg: Any = None) -> FrameInputs:
@@ -319,16 +324,15 @@ class CompletionPipeline:
 
 class HostStaging:
     """Host -> device uploads through page-locked (pinned on CUDA) host buffers, one per name,
-    reused across frames and grown only when a frame needs more bytes.
-
-    The caller must not upload under the same name again before the previous copy finished
-    (the pipeline synchronises once per frame, after its D2H copy).
+    reused across frames and grown only when a frame needs more bytes. A buffer is refilled
+    only after its previous copy finished (waited for on its CUDA event, normally long done).
     """
 
     def __init__(self, device: Any) -> None:
         import torch
         self.device = torch.device(device)
         self._buffers: dict[str, Any] = {}
+        self._copied: dict[str, Any] = {}
 
     def upload(self, name: str, array: np.ndarray) -> Any:
         """Copy `array` (any strides) into the `name` buffer and start a non_blocking copy to
@@ -342,9 +346,15 @@ class HostStaging:
             buffer = torch.empty(max(size, 1), dtype=torch.uint8,
                                  pin_memory=self.device.type == 'cuda')
             self._buffers[name] = buffer
+        if name in self._copied:
+            self._copied.pop(name).synchronize()
         staged = buffer[:size].view(dtype).view(array.shape)
         np.copyto(staged.numpy(), array, casting='no')
-        return staged.to(self.device, non_blocking=True)
+        uploaded = staged.to(self.device, non_blocking=True)
+        if self.device.type == 'cuda':
+            self._copied[name] = torch.cuda.Event()
+            self._copied[name].record()
+        return uploaded
 
 
 class StageClock:

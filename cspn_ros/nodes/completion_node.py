@@ -30,6 +30,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
+from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -229,7 +230,7 @@ class CompletionCore:
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards diagnostics (callbacks, worker and timer)
-        self._error_loggers: dict[str, Any] = {}
+        self._loggers: dict[tuple, Any] = {}
         self._warmup_size: Optional[tuple[int, int]] = None
         node.add_on_set_parameters_callback(self._check_parameters)
         node.add_post_set_parameters_callback(self._apply_parameters)
@@ -390,7 +391,8 @@ class CompletionCore:
                 raise StartupError(f'extrinsic.matrix needs 16 values, got {len(matrix)}')
             transform = np.asarray(matrix, dtype=np.float64).reshape(4, 4)
             if not np.allclose(transform[3], [0, 0, 0, 1]):
-                raise StartupError(f'extrinsic.matrix last row must be 0 0 0 1, got {transform[3]}')
+                raise StartupError('extrinsic.matrix last row must be 0 0 0 1, got '
+                                   f'{transform[3]}')
             return transform
         try:
             return transform_from_translation_quaternion(self._value('extrinsic.translation'),
@@ -490,23 +492,24 @@ class CompletionCore:
                  'propagation steps': self.completer.steps,
                  'checkpoint': self.model_source,
                  'state': 'active' if self.active else 'inactive'}
+        stats = self.matcher.stats
+        stats['received'] = {self._resolved[t]: n for t, n in stats['received'].items()}
         with self._lock:
-            level, message, values = self.diagnostics.report(
-                now, self.matcher.stats, self.slot.dropped, extra)
+            level, message, values = self.diagnostics.report(now, stats, self.slot.dropped,
+                                                             extra)
         if not self.active:
             level, message = OK, 'inactive'
         if level == ERROR:
             if now - self._last_match > self.diagnostics.timeout_s:
-                stats = self.matcher.stats
                 message += (f': no paired frame, header stamps are further apart than '
                             f'slop={self._value("slop"):g} s (unmatched '
                             f'{stats["dropped_unmatched"]}, out of order '
                             f'{stats["dropped_out_of_order"]})')
             else:
                 message += f': every frame fails, last error: {values["last error"]}'
-            self.log.error(message, throttle_duration_sec=THROTTLE_S)
+            self._log_throttled(LoggingSeverity.ERROR, message)
         elif level == WARN:
-            self.log.warning(message, throttle_duration_sec=THROTTLE_S)
+            self._log_throttled(LoggingSeverity.WARN, message)
         self._diagnostics_publisher.publish(diagnostic_array_msg(
             header_msg(self.node.get_clock().now().nanoseconds, ''),
             f'{self.node.get_name()}: depth completion', str(self.completer.device), level,
@@ -565,16 +568,20 @@ class CompletionCore:
         self.pipeline.completer = self.completer
 
     def _frame_failed(self, text: str) -> None:
-        """Count the failure and log text at most every THROTTLE_S per kind of problem (numbers
-        ignored), so one problem repeating every frame does not flood the log nor hide another."""
+        """Count the failure and log it (throttled per kind of problem)."""
         with self._lock:
             self.diagnostics.error(text, time.monotonic())
-        kind = re.sub(r'[-+.\d]+', '#', text)
-        if kind not in self._error_loggers:
-            if len(self._error_loggers) > 64:
-                self._error_loggers.clear()
-            self._error_loggers[kind] = self.log.get_child('input')
-        self._error_loggers[kind].error(text, throttle_duration_sec=THROTTLE_S)
+        self._log_throttled(LoggingSeverity.ERROR, text)
+
+    def _log_throttled(self, severity: LoggingSeverity, text: str) -> None:
+        """Log text at most every THROTTLE_S per kind of problem (numbers ignored), so one
+        problem repeating every frame does not flood the log nor hide another."""
+        kind = (severity, re.sub(r'[-+.\d]+', '#', text))
+        if kind not in self._loggers:
+            if len(self._loggers) > 64:
+                self._loggers.clear()
+            self._loggers[kind] = self.log.get_child('input')
+        self._loggers[kind].log(text, severity, throttle_duration_sec=THROTTLE_S)
 
     def _publish(self, header: Any, result: Any) -> dict[str, float]:
         """Publish the enabled outputs of one frame with the image's header; returns seconds

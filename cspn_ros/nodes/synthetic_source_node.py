@@ -21,12 +21,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
+from cspn_ros.core.topics import FRAME_IDS, TOPICS
 from cspn_ros.data.synthetic import SCENES, SyntheticScene
 from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
 
-CAMERA_FRAME = 'camera_optical'
-LIDAR_FRAME = 'lidar'
-TOF_FRAME = 'tof_optical'
 #: Frames rendered ahead of the timer.
 PREFETCH = 2
 
@@ -74,11 +72,12 @@ class SyntheticSourceNode(Node):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
-        topics = {'image': Image, 'camera_info': CameraInfo, 'ground_truth/depth': Image}
+        topics = {TOPICS['image']: Image, TOPICS['camera_info']: CameraInfo,
+                  TOPICS['ground_truth']: Image}
         if self.publish_lidar:
-            topics['points'] = PointCloud2
+            topics[TOPICS['points']] = PointCloud2
         if self.publish_tof:
-            topics.update({'tof/depth': Image, 'tof/camera_info': CameraInfo})
+            topics.update({TOPICS['tof_depth']: Image, TOPICS['tof_camera_info']: CameraInfo})
         self.publishers_by_topic = {topic: self.create_publisher(msg_type, topic, qos)
                                     for topic, msg_type in topics.items()}
 
@@ -109,17 +108,18 @@ class SyntheticSourceNode(Node):
     def _messages(self, frame: Any) -> dict[str, tuple[Any, str]]:
         """topic -> (message without stamp, frame id) for one SyntheticFrame."""
         blank = header_msg(0, '')
+        camera, lidar, tof = FRAME_IDS['camera'], FRAME_IDS['lidar'], FRAME_IDS['tof']
         messages = {
-            'image': (image_msg(image_fields(frame.rgb, 'rgb8'), blank), CAMERA_FRAME),
-            'camera_info': (camera_info_msg(frame.camera, blank), CAMERA_FRAME),
-            'ground_truth/depth': (image_msg(depth_fields(frame.depth), blank), CAMERA_FRAME),
+            TOPICS['image']: (image_msg(image_fields(frame.rgb, 'rgb8'), blank), camera),
+            TOPICS['camera_info']: (camera_info_msg(frame.camera, blank), camera),
+            TOPICS['ground_truth']: (image_msg(depth_fields(frame.depth), blank), camera),
         }
         if self.publish_lidar:
-            messages['points'] = (pointcloud2_msg(pointcloud2_fields(frame.lidar_points), blank),
-                                  LIDAR_FRAME)
+            messages[TOPICS['points']] = (pointcloud2_msg(pointcloud2_fields(frame.lidar_points),
+                                                          blank), lidar)
         if self.publish_tof:
-            messages['tof/depth'] = (image_msg(depth_fields(frame.tof_depth), blank), TOF_FRAME)
-            messages['tof/camera_info'] = (camera_info_msg(frame.tof_camera, blank), TOF_FRAME)
+            messages[TOPICS['tof_depth']] = (image_msg(depth_fields(frame.tof_depth), blank), tof)
+            messages[TOPICS['tof_camera_info']] = (camera_info_msg(frame.tof_camera, blank), tof)
         return messages
 
     def _publish_next(self) -> None:

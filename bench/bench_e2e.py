@@ -1,0 +1,316 @@
+"""End-to-end latency and throughput of completion_node with real processes over DDS.
+
+Per run: bench/e2e_publisher.py (its own process: pre-rendered synthetic frames re-stamped with
+the wall clock), completion_node (its own process, `python -m cspn_ros.nodes.completion_node`),
+and a probe here that records, per frame, the latency from the image header stamp to receipt
+of `depth`, plus the node's /diagnostics. Frames out = depth messages whose stamp lies in the
+scored window; dropped = frames published in that window - frames out. Afterwards the same
+pipeline runs in this process on the same frames to split the per-frame time into convert /
+h2d / project / model / d2h / serialize (the node's own split, where it reports one on
+/diagnostics, is stored as node_diagnostics).
+
+Inputs are RELIABLE by default: a 64-beam cloud is ~1.8 MB, which best-effort UDP over
+loopback loses in fragments (the node's default input QoS is best_effort; --reliability
+best_effort measures that).
+
+  python bench/bench_e2e.py --device cuda --size 1216x352 --size 640x480 --rate 30 --rate 0
+  python bench/bench_e2e.py --device cpu --size 320x240 --beams 16 --rate 5   (CPU smoke test)
+Writes bench/results/e2e_<device>.json and prints a markdown table last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+
+from cspn_ros.demo import BackgroundNode, NodeProcess, completion_parameters  # noqa: E402
+from cspn_ros.model.completer import DEFAULT_CHECKPOINT  # noqa: E402
+
+#: Untrained model used when the packaged default checkpoint is missing.
+FALLBACK_MODEL = '{"width": 16}'
+#: Seconds after the publisher's last frame that late outputs are still collected.
+DRAIN_S = 3.0
+STAGES = ('convert', 'h2d', 'project', 'model', 'd2h', 'serialize')
+
+
+class Probe(BackgroundNode):
+    """Receipt of `depth` (stamp ns, receipt ns) and the latest /diagnostics key-values."""
+
+    def __init__(self, domain_id: int) -> None:
+        super().__init__('e2e_probe', domain_id)
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        self.lock = threading.Lock()
+        self.receipts: list[tuple[int, int]] = []
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        self.diagnostics_history: list[tuple[float, dict[str, dict[str, str]]]] = []
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(Image, 'depth', self._on_depth, qos)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+
+    def _on_depth(self, msg: Any) -> None:
+        receipt = time.time_ns()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.receipts.append((stamp, receipt))
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        statuses = {status.name: {kv.key: kv.value for kv in status.values}
+                    for status in msg.status}
+        with self.lock:
+            self.diagnostics.update(statuses)
+            self.diagnostics_history.append((time.monotonic(), statuses))
+
+    def latencies_ms(self, start_ns: int, end_ns: int) -> np.ndarray:
+        """Latency (ms) of every depth whose stamp lies in [start_ns, end_ns), one per stamp."""
+        with self.lock:
+            first = {}
+            for stamp, receipt in self.receipts:
+                if start_ns <= stamp < end_ns and stamp not in first:
+                    first[stamp] = receipt
+        return np.array([(receipt - stamp) * 1e-6 for stamp, receipt in first.items()])
+
+
+def node_parameters(args: argparse.Namespace,
+                    size: tuple[int, int]) -> dict[str, Any]:
+    """completion_node parameters: config/completion.yaml + GPU modes + the model to run,
+    warmed up at start for width x height frames."""
+    checkpoint = str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else ''
+    parameters = completion_parameters(args.depth_source, checkpoint, args.device)
+    parameters.update(publish_sparse=False, publish_points=False, publish_colorized=False,
+                      input_reliability=args.reliability, precision=args.precision,
+                      cuda_graphs=args.device == 'cuda' and not args.no_cuda_graphs,
+                      require_gpu=args.device == 'cuda', warmup_size=list(size))
+    if not checkpoint:
+        parameters['model_config'] = args.model_config
+    return parameters
+
+
+def start_processes(args: argparse.Namespace, size: tuple[int, int], rate: float,
+                    duration_s: float, workdir: Path, domain_id: int
+                    ) -> tuple[NodeProcess, subprocess.Popen, Path]:
+    """completion_node and the publisher (which waits for the node's subscriptions)."""
+    env = {**os.environ, 'ROS_DOMAIN_ID': str(domain_id), 'PYTHONUNBUFFERED': '1'}
+    node = NodeProcess('completion_node', node_parameters(args, size), workdir, env)
+    summary = workdir / f'publisher_{size[0]}x{size[1]}_{rate:g}.json'
+    publisher = subprocess.Popen(
+        [sys.executable, str(BENCH / 'e2e_publisher.py'), '--width', str(size[0]),
+         '--height', str(size[1]), '--beams', str(args.beams), '--depth-source',
+         args.depth_source, '--rate', str(rate), '--warmup-s', str(args.warmup_s),
+         '--duration-s', str(duration_s), '--reliability', args.reliability,
+         '--summary', str(summary)], env=env)
+    return node, publisher, summary
+
+
+def wait_publisher(node: NodeProcess, publisher: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for the publisher to finish; RuntimeError with the node's log if a process fails."""
+    deadline = time.monotonic() + timeout_s
+    while publisher.poll() is None:
+        if not node.running():
+            publisher.kill()
+            raise RuntimeError(f'completion_node exited early:\n{node.log()[-4000:]}')
+        if time.monotonic() > deadline:
+            publisher.kill()
+            raise RuntimeError(f'publisher did not finish in {timeout_s:.0f} s; node log:\n'
+                               f'{node.log()[-4000:]}')
+        time.sleep(0.2)
+    if publisher.returncode:
+        raise RuntimeError(f'publisher failed ({publisher.returncode}); node log:\n'
+                           f'{node.log()[-4000:]}')
+
+
+def latency_stats(latency_ms: np.ndarray) -> dict[str, float]:
+    if latency_ms.size == 0:
+        return {}
+    p50, p95, p99 = np.percentile(latency_ms, [50, 95, 99])
+    return {'p50': round(float(p50), 2), 'p95': round(float(p95), 2),
+            'p99': round(float(p99), 2), 'max': round(float(latency_ms.max()), 2),
+            'mean': round(float(latency_ms.mean()), 2)}
+
+
+def run_once(args: argparse.Namespace, size: tuple[int, int], rate: float, workdir: Path,
+             domain_id: int) -> dict[str, Any]:
+    """One publisher + node + probe run -> its figures."""
+    probe = Probe(domain_id)
+    node, publisher, summary_path = start_processes(args, size, rate, args.duration_s, workdir,
+                                                    domain_id)
+    try:
+        wait_publisher(node, publisher, timeout_s=180 + args.warmup_s + args.duration_s)
+        time.sleep(DRAIN_S)
+        summary = json.loads(summary_path.read_text())
+        latency = probe.latencies_ms(summary['measure_start_ns'], summary['measure_end_ns'])
+        window_s = (summary['measure_end_ns'] - summary['measure_start_ns']) * 1e-9
+        diagnostics = dict(probe.diagnostics)
+    finally:
+        node.stop()
+        probe.close()
+    log = node.log()
+    return {'size': f'{size[0]}x{size[1]}', 'depth_source': args.depth_source,
+            'beams': args.beams if args.depth_source == 'lidar' else None,
+            'points': summary['points'], 'rate_hz': rate, 'reliability': args.reliability,
+            'window_s': round(window_s, 2), 'published': summary['published'],
+            'publisher_late_ticks': summary['late_ticks'], 'received': int(latency.size),
+            'dropped': summary['published'] - int(latency.size),
+            'throughput_hz': round(latency.size / window_s, 2),
+            'latency_ms': latency_stats(latency), 'node_diagnostics': diagnostics,
+            'node_log_tail': log.splitlines()[-6:]}
+
+
+def split_in_process(args: argparse.Namespace, size: tuple[int, int],
+                     frames: int = 100) -> dict[str, float]:
+    """Median ms per stage of CompletionPipeline.process + serialisation of `depth`, in this
+    process on the publisher's frames (the node's code path, without DDS). The warm-up frames
+    also check that the sparse depth equals prepare()'s numpy projection exactly."""
+    import torch
+
+    from cspn_ros.core.conversions import depth_fields
+    from cspn_ros.core.pipeline import CompletionPipeline
+    from cspn_ros.core.projection import transform_from_translation_quaternion
+    from cspn_ros.model.completer import DepthCompleter
+    from cspn_ros.nodes.messages import image_msg
+    from e2e_publisher import render
+    parameters = node_parameters(args, size)
+    modes = dict(device=args.device, precision=args.precision,
+                 cuda_graphs=parameters['cuda_graphs'])
+    completer = (DepthCompleter.from_checkpoint(DEFAULT_CHECKPOINT, **modes)
+                 if DEFAULT_CHECKPOINT.is_file()
+                 else DepthCompleter.from_config(json.loads(args.model_config), **modes))
+    T = transform_from_translation_quaternion(parameters['extrinsic.translation'],
+                                              parameters['extrinsic.rotation'])
+    pipeline = CompletionPipeline(completer, args.depth_source, T, parameters['min_depth'],
+                                  parameters['max_depth'],
+                                  tof_registered=parameters['tof.registered'])
+    rendered = render(argparse.Namespace(width=size[0], height=size[1], beams=args.beams,
+                                         depth_source=args.depth_source, frames=4))
+    stages: dict[str, list[float]] = {}
+    for index in range(frames + 5):
+        messages = {topic: msg for topic, (msg, _) in rendered[index % len(rendered)].items()}
+        start = time.perf_counter()
+        depth_msg = messages['points' if args.depth_source == 'lidar' else 'tof/depth']
+        result = pipeline.process(messages['image'], messages['camera_info'], depth_msg,
+                                  messages.get('tof/camera_info'))
+        processed = time.perf_counter()
+        image_msg(depth_fields(result.dense), messages['image'].header)
+        done = time.perf_counter()
+        if index < 5:  # warm-up: cuDNN, graph capture
+            expected = pipeline.prepare(messages['image'], messages['camera_info'], depth_msg,
+                                        messages.get('tof/camera_info')).sparse
+            if not np.array_equal(result.sparse, expected):
+                raise RuntimeError(f'process() sparse (on_device={pipeline.on_device}) differs '
+                                   'from prepare() (numpy)')
+            continue
+        for stage, seconds in {**result.timings, 'serialize': done - processed,
+                               'total': done - start}.items():
+            stages.setdefault(stage, []).append(seconds)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return {stage: round(float(np.median(values)) * 1e3, 3) for stage, values in stages.items()}
+
+
+def device_name(device: str) -> str:
+    import torch
+    if device == 'cuda':
+        return torch.cuda.get_device_name()
+    return 'cpu'
+
+
+def table(report: dict[str, Any]) -> str:
+    rows = ['| size | source | points | rate Hz | published | received | dropped | '
+            'throughput Hz | p50 ms | p95 ms | p99 ms |', '|' + ' --- |' * 11]
+    for run in report['runs']:
+        lat = run['latency_ms']
+        rows.append(f"| {run['size']} | {run['depth_source']} | {run['points']} | "
+                    f"{run['rate_hz'] or 'max'} | {run['published']} | {run['received']} | "
+                    f"{run['dropped']} | {run['throughput_hz']} | {lat.get('p50', '-')} | "
+                    f"{lat.get('p95', '-')} | {lat.get('p99', '-')} |")
+    stages = [s for s in (*STAGES, 'total')
+              if any(s in split for split in report['split_ms'].values())]
+    rows += ['', f"In-process split, median ms ({report['device']}):", '',
+             '| size | ' + ' | '.join(stages) + ' |', '|' + ' --- |' * (len(stages) + 1)]
+    for size, split in report['split_ms'].items():
+        rows.append(f'| {size} | ' + ' | '.join(f"{split.get(s, '-')}" for s in stages) + ' |')
+    return '\n'.join(rows)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split('x')
+    return int(width), int(height)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
+    parser.add_argument('--size', type=parse_size, action='append',
+                        help='WxH, repeatable (default 1216x352)')
+    parser.add_argument('--rate', type=float, action='append',
+                        help='Hz, repeatable; 0 = as fast as the publisher can (default 30)')
+    parser.add_argument('--beams', type=int, default=64, choices=(16, 32, 64))
+    parser.add_argument('--depth-source', default='lidar', choices=('lidar', 'tof'))
+    parser.add_argument('--warmup-s', type=float, default=5.0)
+    parser.add_argument('--duration-s', type=float, default=20.0)
+    parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'bf16'))
+    parser.add_argument('--no-cuda-graphs', action='store_true')
+    parser.add_argument('--reliability', default='reliable', choices=('reliable', 'best_effort'))
+    parser.add_argument('--model-config', default=FALLBACK_MODEL,
+                        help='JSON model config used when the default checkpoint is missing')
+    parser.add_argument('--split-frames', type=int, default=100)
+    parser.add_argument('--out', type=Path, help='default bench/results/e2e_<device>.json')
+    args = parser.parse_args(argv)
+    args.size = args.size or [(1216, 352)]
+    args.rate = args.rate or [30.0]
+    if args.device == 'cpu' and args.precision == 'fp16':
+        args.precision = 'fp32'
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    name = device_name(args.device)
+    domain_id = 1 + os.getpid() % 101
+    report: dict[str, Any] = {
+        'device': name, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
+        'model': ('default checkpoint' if DEFAULT_CHECKPOINT.is_file()
+                  else f'untrained {args.model_config}'),
+        'precision': args.precision,
+        'cuda_graphs': args.device == 'cuda' and not args.no_cuda_graphs,
+        'input_reliability': args.reliability,
+        'note': 'latency = receipt of depth - image header stamp (wall clock, one machine); '
+                'inputs reliable because best-effort UDP loses fragments of MB-sized clouds',
+        'runs': [], 'split_ms': {}}
+    with tempfile.TemporaryDirectory() as workdir:
+        for size in args.size:
+            for rate in args.rate:
+                print(f'--- {size[0]}x{size[1]} at {rate or "max"} Hz', flush=True)
+                run = run_once(args, size, rate, Path(workdir), domain_id)
+                print(json.dumps({k: v for k, v in run.items() if k != 'node_log_tail'}),
+                      flush=True)
+                report['runs'].append(run)
+    for size in args.size:
+        report['split_ms'][f'{size[0]}x{size[1]}'] = split_in_process(args, size,
+                                                                     args.split_frames)
+    slug = re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
+    out = args.out or BENCH / 'results' / f'e2e_{slug}.json'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f'wrote {out}\n')
+    print(table(report))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
