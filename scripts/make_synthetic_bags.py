@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Write a varied set of synthetic rosbag2 files (training or held-out evaluation data).
 
-Each bag is one SyntheticScene (its own seed, indoor or outdoor, 16/32/64 LiDAR beams) recorded
-with both depth sources, ground truth, /odom and /tf_static. Bags are written in parallel.
+Each bag is one SyntheticScene (its own seed, indoor or outdoor, 16/32/64 LiDAR beams) with ground
+truth, /odom and /tf_static. Indoor bags record the LiDAR and the ToF camera; outdoor bags only the
+LiDAR (the ToF's 8 m range sees almost none of a street, so its frames would ask a model to invent
+depth it cannot observe). Bags are written in parallel.
 
     python3 scripts/make_synthetic_bags.py --out bags/train --bags 16 --frames 40 --first-seed 0
     python3 scripts/make_synthetic_bags.py --out bags/heldout --bags 4 --first-seed 1000
@@ -15,6 +17,7 @@ from pathlib import Path
 from cspn_ros.data.synthetic_bag import write_synthetic_bag
 
 SCENES = ('outdoor', 'indoor')
+DEPTH_SOURCES = {'outdoor': 'lidar', 'indoor': 'both'}
 BEAMS = (64, 32, 16)
 
 
@@ -25,6 +28,7 @@ def bag_recipes(count: int, first_seed: int, frames: int, storage: str, width: i
         seed = first_seed + index
         yield (f'{scene}_{beams}b_seed{seed}',
                dict(storage=storage, num_frames=frames, seed=seed, scene=scene,
+                    depth_source=DEPTH_SOURCES[scene],
                     lidar_beams=beams, width=width, height=height))
 
 

@@ -22,7 +22,8 @@ time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/run" --ep
   2>&1 | tee "$out/train.log" | grep -v ' INFO '
 cp "$work/run/best.safetensors" "$out/default.safetensors"
 for source in lidar tof; do
-  for bag in "$work"/heldout/*; do
+  pattern='*'; [ "$source" = tof ] && pattern='indoor_*'  # only indoor bags record the ToF
+  for bag in "$work"/heldout/$pattern; do
     $python -m cspn_ros.nodes.evaluate --bag "$bag" --checkpoint "$out/default.safetensors" \
       --gt-topic /ground_truth/depth --depth-source "$source" --device "$device" \
       --out "$work/eval/$source/$(basename "$bag")" 2>&1 | grep -v ' INFO ' | tail -3

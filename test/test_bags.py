@@ -206,21 +206,22 @@ def rig_bag(tmp_path_factory):
 
 def test_extrinsics_come_from_tf_static_and_flags_win(rig_bag, caplog):
     path, scene = rig_bag
-    frames, options = frames_from_args(_bag_args('--depth-source', 'both'), [path])
-    assert set(options) == {'lidar', 'tof'}
-    np.testing.assert_allclose(options['lidar']['T_cam_from_sensor'], scene.T_cam_from_lidar,
+    sources = frames_from_args(_bag_args('--depth-source', 'both'), [path])
+    assert set(sources) == {'lidar', 'tof'}
+    np.testing.assert_allclose(sources['lidar'][1]['T_cam_from_sensor'], scene.T_cam_from_lidar,
                                atol=1e-12)
-    np.testing.assert_allclose(options['tof']['T_cam_from_sensor'], scene.T_cam_from_tof,
+    np.testing.assert_allclose(sources['tof'][1]['T_cam_from_sensor'], scene.T_cam_from_tof,
                                atol=1e-12)
     caplog.set_level('INFO')
     _, options = frames_from_args(_bag_args('--depth-source', 'tof', '--extrinsic-translation',
-                                            '0.1', '0.2', '0.3'), [path])
+                                            '0.1', '0.2', '0.3'), [path])['tof']
     expected = np.eye(4)
     expected[:3, 3] = [0.1, 0.2, 0.3]
-    np.testing.assert_array_equal(options['tof']['T_cam_from_sensor'], expected)
+    np.testing.assert_array_equal(options['T_cam_from_sensor'], expected)
     assert '--extrinsic-translation' in caplog.text
-    _, options = frames_from_args(_bag_args('--depth-source', 'tof', '--tof-registered'), [path])
-    np.testing.assert_array_equal(options['tof']['T_cam_from_sensor'], np.eye(4))
+    _, options = frames_from_args(_bag_args('--depth-source', 'tof', '--tof-registered'),
+                                  [path])['tof']
+    np.testing.assert_array_equal(options['T_cam_from_sensor'], np.eye(4))
     with pytest.raises(ValueError, match='both'):
         frames_from_args(_bag_args('--depth-source', 'both', '--extrinsic-rotation',
                                    '0', '0', '0', '1'), [path])
@@ -270,32 +271,34 @@ def test_extrinsic_chain_from_the_first_tf_sample_or_a_clear_error(rig_bag, tmp_
           (2, _tf_message([('base_link', lidar, T_base_from_lidar)])),
           (3, _tf_message([('base_link', lidar, _random_transform(rng))]))]  # later: ignored
     chained = _copy_bag(path, tmp_path / 'chained', tf)
-    _, options = frames_from_args(_bag_args(), [chained])
-    np.testing.assert_allclose(options['lidar']['T_cam_from_sensor'], scene.T_cam_from_lidar,
-                               atol=1e-9)
+    _, options = frames_from_args(_bag_args(), [chained])['lidar']
+    np.testing.assert_allclose(options['T_cam_from_sensor'], scene.T_cam_from_lidar, atol=1e-9)
     bare = _copy_bag(path, tmp_path / 'bare')
     with pytest.raises(BagError) as error:
         frames_from_args(_bag_args(), [bare])
     text = str(error.value)
     assert all(word in text for word in (str(bare), "'camera_optical' <- 'lidar'", '/tf_static',
                                          '--extrinsic-translation'))
-    _, options = frames_from_args(_bag_args('--extrinsic-rotation', '0', '0', '0', '1'), [bare])
-    np.testing.assert_array_equal(options['lidar']['T_cam_from_sensor'], np.eye(4))
+    _, options = frames_from_args(_bag_args('--extrinsic-rotation', '0', '0', '0', '1'),
+                                  [bare])['lidar']
+    np.testing.assert_array_equal(options['T_cam_from_sensor'], np.eye(4))
 
 
 def test_both_sources_give_a_lidar_and_a_tof_sample_per_frame_with_dense_targets(rig_bag):
     path, scene = rig_bag
-    frames, options = frames_from_args(_bag_args('--depth-source', 'both'), [path],
-                                       ground_truth=BAG_TOPICS['ground_truth'])
-    assert frames.paired_topics[2:] == ('/points', '/tof/depth', '/tof/camera_info',
-                                        '/ground_truth/depth')
-    parts = [BagTrainingSamples(frames, CompletionPipeline(None, **options[source]))
-             for source in ('lidar', 'tof')]
+    sources = frames_from_args(_bag_args('--depth-source', 'both'), [path],
+                               ground_truth=BAG_TOPICS['ground_truth'])
+    assert sources['lidar'][0].paired_topics[2:] == ('/points', '/ground_truth/depth')
+    assert sources['tof'][0].paired_topics[2:] == ('/tof/depth', '/tof/camera_info',
+                                                   '/ground_truth/depth')
+    parts = [BagTrainingSamples(frames, CompletionPipeline(None, **options))
+             for frames, options in (sources['lidar'], sources['tof'])]
     samples = ConcatenatedSamples(parts)
-    assert len(samples) == 2 * len(frames) == 6
-    for index in np.random.default_rng().permutation(len(frames)):
+    count = len(sources['lidar'][0])
+    assert len(samples) == 2 * count == 6
+    for index in np.random.default_rng().permutation(count):
         truth = scene.frame(int(index))
-        lidar, tof = samples[int(index)], samples[len(frames) + int(index)]
+        lidar, tof = samples[int(index)], samples[count + int(index)]
         np.testing.assert_array_equal(lidar['sparse'], project_to_sparse_depth(
             truth.lidar_points, scene.T_cam_from_lidar, truth.camera, min_depth=0.1,
             max_depth=100.0))
@@ -308,3 +311,13 @@ def test_both_sources_give_a_lidar_and_a_tof_sample_per_frame_with_dense_targets
     assert [part.epoch for part in parts] == [3, 3]
     with pytest.raises(IndexError):
         samples[6]
+
+
+def test_both_skips_the_source_a_bag_does_not_record(tmp_path):
+    lidar_only = write_synthetic_bag(tmp_path / 'lidar_only', 'sqlite3', num_frames=2,
+                                     depth_source='lidar', **SCENE)
+    both = write_synthetic_bag(tmp_path / 'both', 'sqlite3', num_frames=3, **SCENE)
+    sources = frames_from_args(_bag_args('--depth-source', 'both'), [lidar_only, both])
+    assert [p.name for p in sources['lidar'][0].paths] == ['lidar_only', 'both']
+    assert [p.name for p in sources['tof'][0].paths] == ['both']
+    assert (len(sources['lidar'][0]), len(sources['tof'][0])) == (5, 3)

@@ -35,7 +35,7 @@ from cspn_ros.core.topics import BAG_TOPICS, TF_STATIC_TOPIC, TF_TOPIC
 
 LOGGER = logging.getLogger(__name__)
 SUPERVISIONS = ('dense', 'tof', 'lidar-holdout', 'photometric')
-#: depth sources of a pipeline; a bag can also be read for 'both' (each frame feeds two samples).
+#: depth sources of a pipeline; training also reads 'both' (each bag feeds the sources it records).
 DEPTH_SOURCES = ('lidar', 'tof')
 
 
@@ -57,19 +57,17 @@ class BagTopics:
     ground_truth: Optional[str] = None
     pose: Optional[str] = None
 
+    def sensor(self, depth_source: str, tof_registered: bool = False) -> tuple[str, ...]:
+        """The topics of one depth source ('lidar' or 'tof')."""
+        if depth_source == 'lidar':
+            return (self.points,)
+        return (self.tof_depth,) if tof_registered else (self.tof_depth, self.tof_camera_info)
+
     def paired(self, depth_source: str, tof_registered: bool = False) -> tuple[str, ...]:
-        """Topics the matcher pairs, the image (reference) first; depth_source 'lidar', 'tof'
-        or 'both'."""
-        topics = [self.image, self.camera_info]
-        if depth_source in ('lidar', 'both'):
-            topics.append(self.points)
-        if depth_source in ('tof', 'both'):
-            topics.append(self.tof_depth)
-            if not tof_registered:
-                topics.append(self.tof_camera_info)
-        if self.ground_truth:
-            topics.append(self.ground_truth)
-        return tuple(topics)
+        """Topics the matcher pairs, the image (reference) first; depth_source 'lidar' or 'tof'."""
+        ground_truth = (self.ground_truth,) if self.ground_truth else ()
+        return (self.image, self.camera_info, *self.sensor(depth_source, tof_registered),
+                *ground_truth)
 
 
 def header_stamp_ns(raw: bytes) -> int:
@@ -540,9 +538,6 @@ def _extrinsic(args: argparse.Namespace, frames: BagFrames, depth_source: str) -
     if depth_source == 'tof' and args.tof_registered:
         return np.eye(4)
     if args.extrinsic_translation is not None or args.extrinsic_rotation is not None:
-        if args.depth_source == 'both':
-            raise ValueError("--depth-source both reads both extrinsics from the bag's tf; "
-                             '--extrinsic-translation/--extrinsic-rotation describe one sensor')
         LOGGER.info('extrinsic of the %s from --extrinsic-translation/--extrinsic-rotation',
                     depth_source)
         return transform_from_translation_quaternion(
@@ -551,20 +546,45 @@ def _extrinsic(args: argparse.Namespace, frames: BagFrames, depth_source: str) -
     return frames.sensor_extrinsic(depth_source)
 
 
+def bag_topics(path: str | Path) -> set[str]:
+    """The topic names a bag records."""
+    reader = _open_reader(Path(path))
+    try:
+        return {connection.topic for connection in reader.connections}
+    finally:
+        reader.close()
+
+
 def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
                      ground_truth: Optional[str] = None, pose: Optional[str] = None
-                     ) -> tuple[BagFrames, dict[str, dict[str, Any]]]:
-    """BagFrames for the parsed `add_bag_arguments` options and, per depth source ('lidar'
-    and/or 'tof'; both for --depth-source both), the CompletionPipeline keyword arguments (all
-    but the completer) that go with them, extrinsic included."""
+                     ) -> dict[str, tuple[BagFrames, dict[str, Any]]]:
+    """Per depth source: the BagFrames of the parsed `add_bag_arguments` options and the
+    CompletionPipeline keyword arguments (all but the completer, extrinsic included).
+
+    One source ('lidar' | 'tof'): every bag must record it. With --depth-source both, each bag
+    feeds every source whose topics it records (an outdoor bag without a ToF feeds only
+    'lidar'); both extrinsics then come from the bags' tf.
+    """
     topics = BagTopics(args.image_topic, args.camera_info_topic, args.points_topic,
                        args.tof_depth_topic, args.tof_camera_info_topic, ground_truth, pose)
-    frames = BagFrames(paths, topics, args.depth_source, args.tof_registered, args.slop,
-                       args.queue_size)
-    sources = DEPTH_SOURCES if args.depth_source == 'both' else (args.depth_source,)
-    options = {source: {'depth_source': source,
-                        'T_cam_from_sensor': _extrinsic(args, frames, source),
-                        'min_depth': args.min_depth, 'max_depth': args.max_depth,
-                        'tof_registered': args.tof_registered}
-               for source in sources}
-    return frames, options
+    both = args.depth_source == 'both'
+    if both and (args.extrinsic_translation is not None or args.extrinsic_rotation is not None):
+        raise ValueError("--depth-source both reads both extrinsics from the bag's tf; "
+                         '--extrinsic-translation/--extrinsic-rotation describe one sensor')
+    recorded = {str(path): bag_topics(path) for path in paths} if both else {}
+    result = {}
+    for source in DEPTH_SOURCES if both else (args.depth_source,):
+        wanted = set(topics.sensor(source, args.tof_registered))
+        source_paths = [p for p in paths if wanted <= recorded[str(p)]] if both else list(paths)
+        if not source_paths:
+            continue
+        frames = BagFrames(source_paths, topics, source, args.tof_registered, args.slop,
+                           args.queue_size)
+        result[source] = (frames, {'depth_source': source,
+                                   'T_cam_from_sensor': _extrinsic(args, frames, source),
+                                   'min_depth': args.min_depth, 'max_depth': args.max_depth,
+                                   'tof_registered': args.tof_registered})
+    if not result:
+        raise BagError(f'none of {[str(p) for p in paths]} records a LiDAR ({topics.points}) '
+                       f'or ToF ({topics.tof_depth}) topic')
+    return result

@@ -136,8 +136,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation described by parsed arguments; returns the summary dict."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    frames, options = frames_from_args(args, [args.bag], ground_truth=args.gt_topic)
-    pipeline_options = options[args.depth_source]
+    frames, pipeline_options = frames_from_args(
+        args, [args.bag], ground_truth=args.gt_topic)[args.depth_source]
     pipelines = {'model': CompletionPipeline(_completer(args.checkpoint, args.device),
                                              **pipeline_options),
                  'baseline': CompletionPipeline(DepthCompleter.from_config('classical'),

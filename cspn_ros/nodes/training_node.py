@@ -113,24 +113,21 @@ def train(args: argparse.Namespace,
         raise ValueError(f'--depth-source both trains with supervision {BOTH_SUPERVISIONS}, '
                          f'not {supervision!r}')
     crop = _crop(args.crop)
-    frames, pipeline_options = frames_from_args(
-        args, args.bag, ground_truth=args.gt_topic if supervision == 'dense' else None,
-        pose=args.pose_topic or None)
-    # prepare only (no completer); one pipeline per depth source, two for 'both'
-    pipelines = [CompletionPipeline(None, **options) for options in pipeline_options.values()]
-    count = len(frames)
-    val_count = math.ceil(count * args.val_fraction) if count >= 2 and args.val_fraction > 0 else 0
-    train_indices = list(range(count - val_count))
+    sources = frames_from_args(args, args.bag,
+                               ground_truth=args.gt_topic if supervision == 'dense' else None,
+                               pose=args.pose_topic or None)
     options = SupervisionOptions(supervision, args.holdout, args.tof_input_points,
                                  args.slop, np.eye(4))
     augment = Augmenter(crop, (1.0, max(1.0, args.max_scale)), flip=True, jitter=0.2)
-    train_set = ConcatenatedSamples([  # seed + part: the two samples of a frame differ
-        BagTrainingSamples(frames, pipeline, options, train_indices, augment, args.seed + part)
-        for part, pipeline in enumerate(pipelines)])
-    val_set = None
-    if val_count:
-        val_parts = []
-        for pipeline in pipelines:
+    train_parts, val_parts = [], []
+    for part, (frames, pipeline_options) in enumerate(sources.values()):
+        pipeline = CompletionPipeline(None, **pipeline_options)  # prepare only: no completer
+        count = len(frames)
+        val_count = (math.ceil(count * args.val_fraction)
+                     if count >= 2 and args.val_fraction > 0 else 0)
+        train_parts.append(BagTrainingSamples(  # seed + part: a frame's two samples differ
+            frames, pipeline, options, range(count - val_count), augment, args.seed + part))
+        if val_count:
             val_mode = (supervision if supervision != 'photometric'
                         else 'lidar-holdout' if pipeline.depth_source == 'lidar' else 'tof')
             val_parts.append(BagTrainingSamples(
@@ -138,10 +135,10 @@ def train(args: argparse.Namespace,
                 SupervisionOptions(val_mode, args.holdout, args.tof_input_points),
                 range(count - val_count, count), Augmenter(crop, flip=False, jitter=0.0),
                 args.seed))
-        val_set = ConcatenatedSamples(val_parts)
-    LOGGER.info('%d paired frames in %d bag(s): %d training samples (%s), %d validation '
-                'frames', count, len(args.bag), len(train_set),
-                ' + '.join(p.depth_source for p in pipelines), val_count)
+        LOGGER.info('%s: %d paired frames in %d bag(s), %d for validation', pipeline.depth_source,
+                    count, len(frames.paths), val_count)
+    train_set = ConcatenatedSamples(train_parts)
+    val_set = ConcatenatedSamples(val_parts) if val_parts else None
     trainer = Trainer(
         _model_config(args.config),
         TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
