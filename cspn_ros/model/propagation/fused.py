@@ -185,7 +185,7 @@ def _planes(tensor: torch.Tensor) -> torch.Tensor:
 def _mask_bytes(sparse_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     if sparse_mask is None:
         return like  # never read (REPLACE is off)
-    return sparse_mask.expand_as(like).contiguous().view(torch.uint8)
+    return sparse_mask.expand_as(like).to(torch.uint8).contiguous()  # bool -> 0/1 bytes
 
 
 def _replaced(depth, sparse_mask, sparse):
