@@ -162,3 +162,32 @@ def test_both_depth_sources_train_on_lidar_and_tof_samples_of_each_frame(tmp_pat
     assert 'skipped samples: 0' in capsys.readouterr().out
     assert training_main(_args(bag, tmp_path / 'x', 'lidar-holdout', source='both')) == 1
     assert '--depth-source both trains with supervision' in capsys.readouterr().err
+
+
+def test_init_fine_tunes_from_a_checkpoint_with_its_config(lidar_bag, tmp_path, capsys):
+    # A first run gives a checkpoint; --init starts a new run from its weights and config.
+    first = tmp_path / 'first'
+    assert training_main(_args(lidar_bag, first, 'dense')) == 0
+    start_state, start_config, _ = load_checkpoint(first / 'last.safetensors')
+    args = [a for a in _args(lidar_bag, tmp_path / 'tuned', 'dense', '--lr', '1e-9',
+                             '--init', str(first / 'last.safetensors'))]
+    del args[args.index('--config'):args.index('--config') + 2]  # config from the checkpoint
+    assert training_main(args) == 0
+    tuned_state, tuned_config, meta = load_checkpoint(tmp_path / 'tuned' / 'last.safetensors')
+    assert tuned_config == start_config and meta['step'] == 2  # a fresh run: its own 2 steps
+    # A vanishing learning rate keeps the weights at the start: they came from --init.
+    for key, value in start_state.items():
+        torch.testing.assert_close(tuned_state[key], value, rtol=1e-4, atol=1e-6)
+    fresh_state, _, _ = load_checkpoint(_fresh_run(lidar_bag, tmp_path / 'fresh'))
+    assert any(not torch.allclose(fresh_state[k], start_state[k]) for k in start_state
+               if start_state[k].is_floating_point())
+    other = json.dumps({'width': 16, 'steps': 2})
+    assert training_main(_args(lidar_bag, tmp_path / 'x', 'dense', '--config', other,
+                               '--init', str(first / 'last.safetensors'))) == 1
+    assert 'leave --config out when fine-tuning' in capsys.readouterr().err
+
+
+def _fresh_run(bag, out):
+    """Same run as the --init one, without --init: last.safetensors."""
+    assert training_main(_args(bag, out, 'dense', '--lr', '1e-9')) == 0
+    return out / 'last.safetensors'

@@ -1,9 +1,10 @@
-"""Write SyntheticScene frames to a rosbag2 (sqlite3 or mcap) with the `rosbags` library.
+"""Write rosbag2 files (sqlite3 or mcap) with the `rosbags` library: `BagWriter` for any rig's
+frames, `write_synthetic_bag` for SyntheticScene frames.
 
-The bag holds what a real rig records plus ground truth, on `BAG_TOPICS` (core/topics.py), every
-message of a frame with the frame's header stamp (also used as the bag's log time):
-image, camera_info, points and/or tof/depth + tof/camera_info, ground_truth/depth, the camera
-odometry on /odom (nav_msgs/Odometry, 'odom' <- 'camera_optical', the scene's
+A synthetic bag holds what a real rig records plus ground truth, on `BAG_TOPICS`
+(core/topics.py), every message of a frame with the frame's header stamp (also used as the bag's
+log time): image, camera_info, points and/or tof/depth + tof/camera_info, ground_truth/depth, the
+camera odometry on /odom (nav_msgs/Odometry, 'odom' <- 'camera_optical', the scene's
 `world_from_camera`) and, once, the sensors' extrinsics on /tf_static (tf2_msgs/TFMessage,
 transient local): 'camera_optical' <- 'lidar' = T_cam_from_lidar and 'camera_optical' <-
 'tof_optical' = T_cam_from_tof, i.e. p_cam = R p_sensor + t. Message fields come from the core
@@ -23,12 +24,6 @@ from cspn_ros.data.synthetic import SyntheticScene
 
 DEPTH_SOURCES = ('both', 'lidar', 'tof')
 STORAGES = ('sqlite3', 'mcap')
-
-_IMAGE = 'sensor_msgs/msg/Image'
-_CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
-_POINTS = 'sensor_msgs/msg/PointCloud2'
-_ODOMETRY = 'nav_msgs/msg/Odometry'
-_TF = 'tf2_msgs/msg/TFMessage'
 
 
 def quaternion_from_rotation(rotation: np.ndarray) -> np.ndarray:
@@ -50,6 +45,106 @@ def quaternion_from_rotation(rotation: np.ndarray) -> np.ndarray:
     return -q if q[3] < 0 else q
 
 
+class BagWriter:
+    """A new rosbag2 directory `path` (must not exist) being written, as a context manager.
+
+    Builds rosbags messages (ROS 2 Humble types) from the core's field dicts and writes them
+    with `write(topic, stamp_ns, message)`; a topic's connection is made on its first message
+    (/tf_static with the latched, transient-local QoS that tf2 uses). storage: 'sqlite3' | 'mcap'.
+    """
+
+    def __init__(self, path: str | Path, storage: str = 'sqlite3') -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.typesys import Stores, get_typestore
+
+        if storage not in STORAGES:
+            raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
+        self.path = Path(path)
+        self.store = get_typestore(Stores.ROS2_HUMBLE)
+        self.types = self.store.types
+        plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=8, storage_plugin=plugin)
+        self._connections: dict[str, Any] = {}
+
+    def __enter__(self) -> 'BagWriter':
+        self._writer.open()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._writer.close()
+
+    def write(self, topic: str, stamp_ns: int, message: Any) -> None:
+        """Serialise `message` (built by this writer) onto `topic` at log time stamp_ns."""
+        msgtype = message.__msgtype__
+        if topic not in self._connections:
+            latched = topic == TF_STATIC_TOPIC
+            qos = {'offered_qos_profiles': [self._latched_qos()]} if latched else {}
+            self._connections[topic] = self._writer.add_connection(topic, msgtype,
+                                                                   typestore=self.store, **qos)
+        self._writer.write(self._connections[topic], stamp_ns,
+                           self.store.serialize_cdr(message, msgtype))
+
+    @staticmethod
+    def _latched_qos() -> Any:
+        from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                        QosReliability, QosTime)
+        return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE,
+                   QosDurability.TRANSIENT_LOCAL, QosTime(0, 0), QosTime(0, 0),
+                   QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
+
+    def header(self, stamp_ns: int, frame_id: str) -> Any:
+        """std_msgs/Header for an int-nanosecond stamp."""
+        stamp = self.types['builtin_interfaces/msg/Time'](sec=stamp_ns // 10**9,
+                                                           nanosec=stamp_ns % 10**9)
+        return self.types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
+
+    def image(self, fields: Mapping[str, Any], header: Any) -> Any:
+        """sensor_msgs/Image from `image_fields` / `depth_fields`."""
+        return self.types['sensor_msgs/msg/Image'](header=header, **fields)
+
+    def camera_info(self, camera: PinholeCamera, header: Any) -> Any:
+        """sensor_msgs/CameraInfo describing `camera`."""
+        roi = self.types['sensor_msgs/msg/RegionOfInterest'](x_offset=0, y_offset=0, height=0,
+                                                             width=0, do_rectify=False)
+        return self.types['sensor_msgs/msg/CameraInfo'](header=header, roi=roi,
+                                                        **camera_info_fields(camera))
+
+    def cloud(self, fields: Mapping[str, Any], header: Any) -> Any:
+        """sensor_msgs/PointCloud2 from `pointcloud2_fields`."""
+        point_fields = [self.types['sensor_msgs/msg/PointField'](**f) for f in fields['fields']]
+        return self.types['sensor_msgs/msg/PointCloud2'](header=header,
+                                                         **{**fields, 'fields': point_fields})
+
+    def _vector(self, values: np.ndarray, kind: str) -> Any:
+        return self.types[f'geometry_msgs/msg/{kind}'](*(float(v) for v in values))
+
+    def tf_message(self, transforms: Mapping[str, np.ndarray], header: Any) -> Any:
+        """tf2_msgs/TFMessage: child frame -> T_parent_from_child (4,4), parent = header's frame."""
+        stamped = [self.types['geometry_msgs/msg/TransformStamped'](
+            header=header, child_frame_id=child,
+            transform=self.types['geometry_msgs/msg/Transform'](
+                translation=self._vector(T[:3, 3], 'Vector3'),
+                rotation=self._vector(quaternion_from_rotation(T[:3, :3]), 'Quaternion')))
+            for child, T in transforms.items()]
+        return self.types['tf2_msgs/msg/TFMessage'](transforms=stamped)
+
+    def odometry(self, T_world_from_child: np.ndarray, header: Any, child_frame_id: str) -> Any:
+        """nav_msgs/Odometry with pose T_world_from_child (4,4) (world = header's frame), zero
+        twist and covariances."""
+        pose = self.types['geometry_msgs/msg/Pose'](
+            position=self._vector(T_world_from_child[:3, 3], 'Point'),
+            orientation=self._vector(quaternion_from_rotation(T_world_from_child[:3, :3]),
+                                     'Quaternion'))
+        zero = self._vector(np.zeros(3), 'Vector3')
+        return self.types['nav_msgs/msg/Odometry'](
+            header=header, child_frame_id=child_frame_id,
+            pose=self.types['geometry_msgs/msg/PoseWithCovariance'](pose=pose,
+                                                                    covariance=np.zeros(36)),
+            twist=self.types['geometry_msgs/msg/TwistWithCovariance'](
+                twist=self.types['geometry_msgs/msg/Twist'](linear=zero, angular=zero),
+                covariance=np.zeros(36)))
+
+
 def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: int = 10,
                         depth_source: str = 'both', tof_encoding: str = '32FC1',
                         topics: Mapping[str, str] = BAG_TOPICS, **scene_kwargs: Any) -> Path:
@@ -62,11 +157,6 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
     CameraInfo, ground truth and odometry are always recorded. topics: stream -> topic, keys as
     in BAG_TOPICS.
     """
-    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
-                                    QosReliability, QosTime)
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
     if storage not in STORAGES:
         raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
     if depth_source not in DEPTH_SOURCES:
@@ -75,89 +165,37 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
         raise ValueError(f'tof_encoding must be 32FC1 or 16UC1, got {tof_encoding!r}')
     if num_frames < 1:
         raise ValueError(f'num_frames must be >= 1, got {num_frames}')
-    path = Path(path)
     scene = SyntheticScene(**scene_kwargs)
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    types = store.types
-    streams = {'image': _IMAGE, 'camera_info': _CAMERA_INFO, 'ground_truth': _IMAGE,
-               'odometry': _ODOMETRY}
+    records_lidar = depth_source in ('both', 'lidar')
+    records_tof = depth_source in ('both', 'tof')
     extrinsics = {}  # child frame -> T_cam_from_child
-    if depth_source in ('both', 'lidar'):
-        streams['points'] = _POINTS
+    if records_lidar:
         extrinsics[FRAME_IDS['lidar']] = scene.T_cam_from_lidar
-    if depth_source in ('both', 'tof'):
-        streams.update(tof_depth=_IMAGE, tof_camera_info=_CAMERA_INFO)
+    if records_tof:
         extrinsics[FRAME_IDS['tof']] = scene.T_cam_from_tof
-
-    def header(stamp_ns: int, frame_id: str) -> Any:
-        stamp = types['builtin_interfaces/msg/Time'](sec=stamp_ns // 10**9,
-                                                      nanosec=stamp_ns % 10**9)
-        return types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
-
-    def image(fields: dict, head: Any) -> Any:
-        return types[_IMAGE](header=head, **fields)
-
-    def camera_info(camera: PinholeCamera, head: Any) -> Any:
-        roi = types['sensor_msgs/msg/RegionOfInterest'](x_offset=0, y_offset=0, height=0,
-                                                        width=0, do_rectify=False)
-        return types[_CAMERA_INFO](header=head, roi=roi, **camera_info_fields(camera))
-
-    def cloud(fields: dict, head: Any) -> Any:
-        point_fields = [types['sensor_msgs/msg/PointField'](**f) for f in fields['fields']]
-        return types[_POINTS](header=head, **{**fields, 'fields': point_fields})
-
-    def vector(values: np.ndarray, kind: str) -> Any:
-        return types[f'geometry_msgs/msg/{kind}'](*(float(v) for v in values))
-
-    def transform(T: np.ndarray, head: Any, child: str) -> Any:
-        return types['geometry_msgs/msg/TransformStamped'](
-            header=head, child_frame_id=child, transform=types['geometry_msgs/msg/Transform'](
-                translation=vector(T[:3, 3], 'Vector3'),
-                rotation=vector(quaternion_from_rotation(T[:3, :3]), 'Quaternion')))
-
-    def odometry(T_world_from_cam: np.ndarray, head: Any) -> Any:
-        pose = types['geometry_msgs/msg/Pose'](
-            position=vector(T_world_from_cam[:3, 3], 'Point'),
-            orientation=vector(quaternion_from_rotation(T_world_from_cam[:3, :3]), 'Quaternion'))
-        zero = vector(np.zeros(3), 'Vector3')
-        return types[_ODOMETRY](
-            header=head, child_frame_id=FRAME_IDS['camera'],
-            pose=types['geometry_msgs/msg/PoseWithCovariance'](pose=pose,
-                                                               covariance=np.zeros(36)),
-            twist=types['geometry_msgs/msg/TwistWithCovariance'](
-                twist=types['geometry_msgs/msg/Twist'](linear=zero, angular=zero),
-                covariance=np.zeros(36)))
-
-    latched = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE,
-                  QosDurability.TRANSIENT_LOCAL, QosTime(0, 0), QosTime(0, 0),
-                  QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
-    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
-    with Writer(path, version=8, storage_plugin=plugin) as writer:
-        connections = {key: writer.add_connection(topics[key], msgtype, typestore=store)
-                       for key, msgtype in streams.items()}
-        tf_static = writer.add_connection(TF_STATIC_TOPIC, _TF, typestore=store,
-                                          offered_qos_profiles=[latched])
-        camera_frame = header(scene.start_stamp_ns, FRAME_IDS['camera'])  # frame 0's stamp
-        writer.write(tf_static, scene.start_stamp_ns, store.serialize_cdr(types[_TF](transforms=[
-            transform(T, camera_frame, child) for child, T in extrinsics.items()]), _TF))
+    with BagWriter(path, storage) as bag:
+        bag.write(TF_STATIC_TOPIC, scene.start_stamp_ns, bag.tf_message(
+            extrinsics, bag.header(scene.start_stamp_ns, FRAME_IDS['camera'])))
         for index in range(num_frames):
             frame = scene.frame(index)
             stamp = frame.stamp_ns
-            camera_head = header(stamp, FRAME_IDS['camera'])
+            camera_head = bag.header(stamp, FRAME_IDS['camera'])
             messages = {
-                'image': image(image_fields(frame.rgb, 'rgb8'), camera_head),
-                'camera_info': camera_info(frame.camera, camera_head),
-                'ground_truth': image(depth_fields(frame.depth, '32FC1'), camera_head),
-                'odometry': odometry(frame.T_world_from_cam, header(stamp, FRAME_IDS['odom'])),
+                'image': bag.image(image_fields(frame.rgb, 'rgb8'), camera_head),
+                'camera_info': bag.camera_info(frame.camera, camera_head),
+                'ground_truth': bag.image(depth_fields(frame.depth, '32FC1'), camera_head),
+                'odometry': bag.odometry(frame.T_world_from_cam,
+                                         bag.header(stamp, FRAME_IDS['odom']),
+                                         FRAME_IDS['camera']),
             }
-            if 'points' in streams:
-                messages['points'] = cloud(pointcloud2_fields(frame.lidar_points),
-                                           header(stamp, FRAME_IDS['lidar']))
-            if 'tof_depth' in streams:
-                tof_head = header(stamp, FRAME_IDS['tof'])
-                messages['tof_depth'] = image(depth_fields(frame.tof_depth, tof_encoding),
-                                              tof_head)
-                messages['tof_camera_info'] = camera_info(frame.tof_camera, tof_head)
+            if records_lidar:
+                messages['points'] = bag.cloud(pointcloud2_fields(frame.lidar_points),
+                                               bag.header(stamp, FRAME_IDS['lidar']))
+            if records_tof:
+                tof_head = bag.header(stamp, FRAME_IDS['tof'])
+                messages['tof_depth'] = bag.image(depth_fields(frame.tof_depth, tof_encoding),
+                                                  tof_head)
+                messages['tof_camera_info'] = bag.camera_info(frame.tof_camera, tof_head)
             for key, msg in messages.items():
-                writer.write(connections[key], stamp, store.serialize_cdr(msg, streams[key]))
-    return path
+                bag.write(topics[key], stamp, msg)
+    return Path(path)

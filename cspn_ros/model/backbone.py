@@ -61,7 +61,7 @@ class UpBlock(nn.Module):
 class UNet(nn.Module):
     """(B, in_channels, H, W) -> (B, out_channels, H, W) features; H, W multiples of 32."""
 
-    def __init__(self, in_channels: int, width: int = 32, encoder: str = 'resnet18') -> None:
+    def __init__(self, in_channels: int, width: int = 16, encoder: str = 'resnet18') -> None:
         super().__init__()
         blocks = ENCODER_BLOCKS[encoder]
         channels = [width // 2, width, 2 * width, 4 * width, 8 * width, 8 * width]

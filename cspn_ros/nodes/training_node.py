@@ -2,7 +2,8 @@
 
     training_node --bag PATH [--bag PATH ...] --out DIR [--epochs N]
                   [--supervision dense|tof|lidar-holdout|photometric] [--config MODEL_CONFIG]
-                  [--depth-source lidar|tof|both] [--batch-size B] [--crop HxW] [--resume] ...
+                  [--depth-source lidar|tof|both] [--batch-size B] [--crop HxW] [--resume]
+                  [--init CHECKPOINT] ...
 
 Frames are paired and converted exactly as the completion node does it (same topics, matcher
 and `CompletionPipeline.prepare`). Supervision: dense (a ground-truth depth topic), tof (the
@@ -11,7 +12,9 @@ projected LiDAR points is the target, the rest the input), photometric (neighbou
 odometry on --pose-topic, e.g. /odom). --depth-source both (dense or photometric) reads bags
 with a cloud and a ToF topic: every frame gives a LiDAR-input and a ToF-input sample. The
 sensors' extrinsics come from the bag's /tf_static (or /tf) unless --extrinsic-* are given.
-The last frames (--val-fraction) are held out for validation.
+The last frames (--val-fraction) are held out for validation. --init fine-tunes: training starts
+from a checkpoint's weights, with that checkpoint's model config (a fresh optimizer and schedule;
+--resume, which continues a run in --out, takes precedence).
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
 
@@ -37,6 +40,7 @@ from cspn_ros.data.augment import Augmenter
 from cspn_ros.data.bags import (DEPTH_SOURCES, SUPERVISIONS, BagError, BagTrainingSamples,
                                 ConcatenatedSamples, SupervisionOptions, add_bag_arguments,
                                 frames_from_args)
+from cspn_ros.model.checkpoint import load_checkpoint, load_weights
 from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions
 
 LOGGER = logging.getLogger('training_node')
@@ -62,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--max-scale', type=float, default=1.0,
                         help='random rescale in [1, max-scale] before cropping')
     parser.add_argument('--resume', action='store_true', help='continue from DIR/last.*')
+    parser.add_argument('--init', default='',
+                        help='fine-tune: start from the weights and model config of this '
+                             'checkpoint (.safetensors/.pt)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--weight-decay', type=float, default=1e-2)
@@ -113,6 +120,10 @@ def train(args: argparse.Namespace,
         raise ValueError(f'--depth-source both trains with supervision {BOTH_SUPERVISIONS}, '
                          f'not {supervision!r}')
     crop = _crop(args.crop)
+    config = _model_config(args.config)
+    initial_weights = None
+    if args.init and not args.resume:
+        initial_weights, config = _initial_checkpoint(args.init, args.config, config)
     sources = frames_from_args(args, args.bag,
                                ground_truth=args.gt_topic if supervision == 'dense' else None,
                                pose=args.pose_topic or None)
@@ -140,14 +151,28 @@ def train(args: argparse.Namespace,
     train_set = ConcatenatedSamples(train_parts)
     val_set = ConcatenatedSamples(val_parts) if val_parts else None
     trainer = Trainer(
-        _model_config(args.config),
+        config,
         TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                      weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm,
                      checkpoint_every=args.checkpoint_every, supervision=supervision,
                      amp=not args.no_amp, num_workers=args.workers, seed=args.seed,
                      device=args.device, progress=not args.no_progress),
         train_set, val_set, args.out, resume=args.resume, on_progress=on_progress)
+    if initial_weights is not None:
+        load_weights(trainer.model, initial_weights, args.init)
     return trainer.fit()
+
+
+def _initial_checkpoint(path: str, config_text: str, config: ModelConfig
+                        ) -> tuple[dict, ModelConfig]:
+    """(state dict, model config) of the --init checkpoint; a --config that asks for another
+    model is an error."""
+    state_dict, saved_config, _ = load_checkpoint(path)
+    if config_text and config != saved_config:
+        raise ValueError(f'--init {path} holds a model {saved_config}, but --config asks for '
+                         f'{config}; leave --config out when fine-tuning')
+    LOGGER.info('fine-tuning from %s (%s)', path, saved_config)
+    return state_dict, saved_config
 
 
 def _report(summary: dict) -> None:
