@@ -54,8 +54,8 @@ def split_depth(depth: np.ndarray, regime: str, rng: np.random.Generator, hidden
     if regime == 'lidar':
         on_beam = np.zeros(depth.shape, bool)
         on_beam[beam_rows(depth.shape[0], beams)] = True
-        return np.where(on_beam, depth, 0).astype(np.float32), \
-            np.where(on_beam, 0, depth).astype(np.float32)
+        fed = np.where(on_beam, depth, 0).astype(np.float32)
+        return fed, np.where(on_beam, 0, depth).astype(np.float32)
     raise ValueError(f'regime must be one of {REGIMES}, got {regime!r}')
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Union
 FORMAT_VERSION = 1
 
 PROPAGATIONS = ('cspn', 'cspnpp', 'nlspn', 'classical')
-INITIAL_FILLS = ('none', 'kernel_regression')
+INITIAL_FILLS = ('none', 'kernel_regression', 'morphological')
 ENCODERS = ('resnet18', 'resnet34')
 TASKS = ('completion', 'refinement')
 NORMALISATIONS = ('median', 'fixed')
@@ -26,8 +26,10 @@ class ModelConfig:
 
     propagation: 'cspn' (Cheng et al. 2018), 'cspnpp' (2020), 'nlspn' (Park et al. 2020), or
         'classical' for the no-weights morphological baseline (IP-Basic style).
-    initial_fill: 'none' (the network's initial-depth head sees the sparse map directly) or
-        'kernel_regression' (learned anisotropic kernels interpolate the points first).
+    initial_fill: 'none' (the network's initial-depth head sees the sparse map directly),
+        'kernel_regression' (learned anisotropic kernels interpolate the points first) or
+        'morphological' (a weight-free nearest-depth fill reaching every pixel; the initial
+        depth head predicts a residual over it).
     encoder: ResNet-style encoder depth; width: channels of its first stage (ResNet uses 64;
         16, the default, is the shipped model: 1.5 M parameters).
     steps: propagation iterations (CSPN/NLSPN); kernel_size: CSPN kernel (odd).

@@ -4,8 +4,8 @@ Depths enter and leave in metres (0 = missing). Inside, the UNet sees depths div
 scale (config.depth_normalization): 'median' = median of the valid input depths (so the network is
 range-agnostic and scaling the input depths by s scales the output by s), 'fixed' = depth_scale.
 The initial depth head predicts normalised depth, as a residual over a base when there is one:
-the kernel-regression fill (initial_fill='kernel_regression') or the input depth itself
-(task='refinement'). Propagation runs in metres at the input size, in float32.
+the kernel-regression fill (initial_fill='kernel_regression'), the weight-free nearest-depth fill
+(initial_fill='morphological') or the input depth itself (task='refinement'). Propagation runs in metres at the input size, in float32.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torch import nn
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.backbone import UNet, conv_bn_relu
 from cspn_ros.model.heads import ConvHead
+from cspn_ros.model.morphological_fill import nearest_depth_fill
 from cspn_ros.model.propagation import build_propagation
 
 #: The UNet downsamples 5 times; inputs are padded to a multiple of this.
@@ -64,7 +65,9 @@ class CompletionNet(nn.Module):
                 nn.Conv2d(config.width // 2, KernelRegressionFill.feature_channels(config), 3,
                           padding=1))
             base_channels = 1
-        has_base = self.fill is not None or config.task == 'refinement'
+        elif config.initial_fill == 'morphological':
+            base_channels = 1
+        has_base = base_channels > 0 or config.task == 'refinement'
         # rgb, normalised sparse depth, validity mask, [kernel-regression fill]
         self.unet = UNet(3 + 2 + base_channels, config.width, config.encoder)
         features = self.unet.out_channels
@@ -90,6 +93,9 @@ class CompletionNet(nn.Module):
         base = sparse_normalized if self.config.task == 'refinement' else None
         if self.fill is not None:
             base = self.fill(sparse_normalized, self.fill_stem(rgb))
+            inputs.append(base.to(rgb.dtype))
+        elif self.config.initial_fill == 'morphological':
+            base = nearest_depth_fill(sparse_normalized.float())
             inputs.append(base.to(rgb.dtype))
 
         pad = (0, (-width) % SIZE_MULTIPLE, 0, (-height) % SIZE_MULTIPLE)

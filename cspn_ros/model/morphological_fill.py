@@ -1,0 +1,45 @@
+"""A weight-free dense initial fill in torch: every pixel takes a nearby measured depth.
+
+The GPU/ONNX-friendly cousin of the classical IP-Basic baseline (model/fill.py): max-pooling on
+inverse depth spreads measurements so that the nearest surface wins where several meet, first
+with small local dilations, then through a max-pool pyramid that reaches holes of any size (the
+rows above the top LiDAR ring, say). With initial_fill='morphological' the network predicts a
+residual over this fill, so where propagation cannot reach it starts from a sensible depth
+instead of inventing one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Local dilation kernels (pixels), applied in turn before the pyramid.
+LOCAL_KERNELS = (3, 5, 7)
+#: Most pyramid levels: holes up to about 2**MAX_LEVELS pixels across are filled.
+MAX_LEVELS = 9
+
+
+def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) depth (> 0 valid, 0 missing) -> (B,1,H,W) with every missing pixel filled.
+
+    Valid inputs are returned unchanged; a frame without any valid pixel stays all 0. The
+    number of pyramid levels follows the traced size, so an ONNX export is valid for inputs at
+    least as large as the one it was traced with.
+    """
+    valid = depth > 0
+    inverse = torch.where(valid, 1.0 / torch.where(valid, depth, torch.ones_like(depth)),
+                          torch.zeros_like(depth))
+    for kernel in LOCAL_KERNELS:
+        dilated = F.max_pool2d(inverse, kernel, stride=1, padding=kernel // 2)
+        inverse = torch.where(inverse > 0, inverse, dilated)
+    pyramid = [inverse]
+    levels = min(MAX_LEVELS, max(0, min(depth.shape[-2:]).bit_length() - 1))
+    for _ in range(levels):
+        pyramid.append(F.max_pool2d(pyramid[-1], 2, stride=2, ceil_mode=True))
+    filled = pyramid.pop()
+    while pyramid:
+        finer = pyramid.pop()
+        coarse = F.interpolate(filled, size=finer.shape[-2:], mode='nearest')
+        filled = torch.where(finer > 0, finer, coarse)
+    result = torch.where(filled > 0, 1.0 / torch.where(filled > 0, filled, torch.ones_like(filled)),
+                         torch.zeros_like(filled))
+    return torch.where(valid, depth, result)
