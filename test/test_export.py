@@ -46,6 +46,7 @@ def assert_onnx_matches_torch(completer, path, height, width):
     ('cspn', {}),
     ('cspnpp', {'cspnpp_kernel_sizes': (3, 5), 'cspnpp_steps': (1, 3)}),
     ('nlspn', {}),
+    ('cspn', {'initial_fill': 'morphological'}),
 ])
 def test_fixed_size_export_matches_torch(tmp_path, propagation, extra):
     completer = DepthCompleter.from_config(ModelConfig(propagation=propagation, width=8, steps=3,

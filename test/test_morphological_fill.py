@@ -45,7 +45,8 @@ def test_the_nearer_surface_wins_where_two_points_reach():
 
 def test_network_with_morphological_fill_runs_and_is_scale_equivariant():
     torch.manual_seed(0)
-    model = CompletionNet(ModelConfig(width=8, steps=2, initial_fill='morphological')).eval()
+    model = CompletionNet(ModelConfig(width=8, steps=2, initial_fill='morphological',
+                                     max_depth=1e4)).eval()
     rng = np.random.default_rng(1)
     rgb = torch.rand(1, 3, 37, 53)
     sparse = _sparse(rng, 37, 53, 0.05)

@@ -14,32 +14,29 @@ import torch.nn.functional as F
 
 #: Local dilation kernels (pixels), applied in turn before the pyramid.
 LOCAL_KERNELS = (3, 5, 7)
-#: Most pyramid levels: holes up to about 2**MAX_LEVELS pixels across are filled.
-MAX_LEVELS = 9
+#: Most pyramid levels: holes up to 2**MAX_LEVELS pixels across are filled.
+MAX_LEVELS = 12
 
 
 def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
     """(B,1,H,W) depth (> 0 valid, 0 missing) -> (B,1,H,W) with every missing pixel filled.
 
-    Valid inputs are returned unchanged; a frame without any valid pixel stays all 0. The
-    number of pyramid levels follows the traced size, so an ONNX export is valid for inputs at
-    least as large as the one it was traced with.
+    Every filled value is one of the measured depths, bit for bit (max-pooling runs on negated
+    depth, missing = -inf, so the nearest surface wins); valid inputs are returned unchanged; a
+    frame without any valid pixel stays all 0. The number of pyramid levels follows the traced
+    size, so an ONNX export is valid for inputs no larger than the one it was traced with.
     """
-    valid = depth > 0
-    inverse = torch.where(valid, 1.0 / torch.where(valid, depth, torch.ones_like(depth)),
-                          torch.zeros_like(depth))
+    negated = torch.where(depth > 0, -depth, torch.full_like(depth, float('-inf')))
     for kernel in LOCAL_KERNELS:
-        dilated = F.max_pool2d(inverse, kernel, stride=1, padding=kernel // 2)
-        inverse = torch.where(inverse > 0, inverse, dilated)
-    pyramid = [inverse]
-    levels = min(MAX_LEVELS, max(0, min(depth.shape[-2:]).bit_length() - 1))
+        dilated = F.max_pool2d(negated, kernel, stride=1, padding=kernel // 2)
+        negated = torch.where(negated > float('-inf'), negated, dilated)
+    pyramid = [negated]
+    levels = min(MAX_LEVELS, (max(depth.shape[-2:]) - 1).bit_length())
     for _ in range(levels):
         pyramid.append(F.max_pool2d(pyramid[-1], 2, stride=2, ceil_mode=True))
     filled = pyramid.pop()
     while pyramid:
         finer = pyramid.pop()
         coarse = F.interpolate(filled, size=finer.shape[-2:], mode='nearest')
-        filled = torch.where(finer > 0, finer, coarse)
-    result = torch.where(filled > 0, 1.0 / torch.where(filled > 0, filled, torch.ones_like(filled)),
-                         torch.zeros_like(filled))
-    return torch.where(valid, depth, result)
+        filled = torch.where(finer > float('-inf'), finer, coarse)
+    return torch.where(filled > float('-inf'), -filled, torch.zeros_like(filled))
