@@ -31,7 +31,7 @@ def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
         dilated = F.max_pool2d(negated, kernel, stride=1, padding=kernel // 2)
         negated = torch.where(negated > float('-inf'), negated, dilated)
     pyramid = [negated]
-    levels = min(MAX_LEVELS, (max(depth.shape[-2:]) - 1).bit_length())
+    levels = min(MAX_LEVELS, (max(int(size) for size in depth.shape[-2:]) - 1).bit_length())
     for _ in range(levels):
         pyramid.append(F.max_pool2d(pyramid[-1], 2, stride=2, ceil_mode=True))
     filled = pyramid.pop()
