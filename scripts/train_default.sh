@@ -15,7 +15,7 @@ time $python scripts/make_synthetic_bags.py --out "$work/train" --bags "$train_b
 time $python scripts/make_synthetic_bags.py --out "$work/heldout" --bags 6 --frames 10 \
   --first-seed 1000 --jobs "$jobs" > /dev/null
 bags=(); for b in "$work"/train/*; do bags+=(--bag "$b"); done
-config='{"width": 16, "steps": 24}'
+config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological"}'}
 time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/run" --epochs "$epochs" \
   --depth-source both --supervision dense --config "$config" --batch-size 8 --crop 256x320 \
   --max-scale 1.5 --workers $((jobs - 2)) --device "$device" --no-progress --val-fraction 0.1 \

@@ -21,16 +21,18 @@ MAX_LEVELS = 12
 def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
     """(B,1,H,W) depth (> 0 valid, 0 missing) -> (B,1,H,W) with every missing pixel filled.
 
-    Every filled value is one of the measured depths, bit for bit (max-pooling runs on negated
-    depth, missing = -inf, so the nearest surface wins); valid inputs are returned unchanged; a
-    frame without any valid pixel stays all 0. The number of pyramid levels follows the traced
+    Max-pooling runs on inverse depth (missing = 0), so the nearest surface wins; a filled value
+    is a measured depth up to float rounding (1/(1/d)), valid inputs are returned bit for bit and
+    a frame without any valid pixel stays all 0. The number of pyramid levels follows the traced
     size, so an ONNX export is valid for inputs no larger than the one it was traced with.
     """
-    negated = torch.where(depth > 0, -depth, torch.full_like(depth, float('-inf')))
+    valid = depth > 0
+    ones = torch.ones_like(depth)
+    inverse = torch.where(valid, 1.0 / torch.where(valid, depth, ones), torch.zeros_like(depth))
     for kernel in LOCAL_KERNELS:
-        dilated = F.max_pool2d(negated, kernel, stride=1, padding=kernel // 2)
-        negated = torch.where(negated > float('-inf'), negated, dilated)
-    pyramid = [negated]
+        dilated = F.max_pool2d(inverse, kernel, stride=1, padding=kernel // 2)
+        inverse = torch.where(inverse > 0, inverse, dilated)
+    pyramid = [inverse]
     levels = min(MAX_LEVELS, (max(int(size) for size in depth.shape[-2:]) - 1).bit_length())
     for _ in range(levels):
         pyramid.append(F.max_pool2d(pyramid[-1], 2, stride=2, ceil_mode=True))
@@ -38,5 +40,6 @@ def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
     while pyramid:
         finer = pyramid.pop()
         coarse = F.interpolate(filled, size=finer.shape[-2:], mode='nearest')
-        filled = torch.where(finer > float('-inf'), finer, coarse)
-    return torch.where(filled > float('-inf'), -filled, torch.zeros_like(filled))
+        filled = torch.where(finer > 0, finer, coarse)
+    dense = torch.where(filled > 0, 1.0 / torch.where(filled > 0, filled, ones), filled)
+    return torch.where(valid, depth, dense)
