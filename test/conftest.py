@@ -187,3 +187,23 @@ def diagnostic_level(msg: Any) -> int:
     """Level (0 OK, 1 WARN, 2 ERROR) of the first status of a DiagnosticArray."""
     return msg.status[0].level[0] if isinstance(msg.status[0].level, bytes) else int(
         msg.status[0].level)
+
+
+class PlaneFramePublisher:
+    """Publishes plane-scene frames on image, camera_info and points with increasing stamps;
+    `sent` lists the stamps (ns) in order. Call it (any argument is ignored) to send one."""
+
+    def __init__(self, ros_node: Any, width: int, height: int) -> None:
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        self.width, self.height = width, height
+        self.publishers = {topic: ros_node.publisher(kind, topic) for topic, kind in
+                           (('image', Image), ('camera_info', CameraInfo),
+                            ('points', PointCloud2))}
+        self._stamps = itertools.count(1_700_000_000 * 10**9, 10**8)
+        self.sent: list[int] = []
+
+    def __call__(self, _: Any = None) -> None:
+        self.sent.append(next(self._stamps))
+        for topic, msg in plane_frame(self.sent[-1], self.width, self.height).items():
+            if topic in self.publishers:
+                self.publishers[topic].publish(msg)

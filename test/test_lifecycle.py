@@ -3,12 +3,10 @@ service calls: unconfigured -> inactive -> active (output flows) -> inactive (no
 active -> inactive -> unconfigured -> finalized, and a configure that fails stays unconfigured."""
 from __future__ import annotations
 
-import itertools
-
-from conftest import call_service, plane_frame, publish_until
+from conftest import PlaneFramePublisher, call_service, publish_until
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import Image
 
 from cspn_ros.core.conversions import stamp_to_ns
 
@@ -35,16 +33,8 @@ def test_transitions_start_and_stop_the_output(start_node, ros_node):
     node = start_node('lifecycle_completion_node', checkpoint='classical')
     lifecycle = Lifecycle(ros_node)
     depth = ros_node.inbox(Image, 'depth')
-    publishers = {t: ros_node.publisher(m, t) for t, m in
-                  (('image', Image), ('camera_info', CameraInfo), ('points', PointCloud2))}
-    stamps = itertools.count(1_700_000_000 * 10**9, 10**8)
-    sent: list[int] = []
-
-    def publish(i=0):
-        sent.append(next(stamps))
-        for topic, msg in plane_frame(sent[-1], W, H).items():
-            if topic in publishers:
-                publishers[topic].publish(msg)
+    publish = PlaneFramePublisher(ros_node, W, H)
+    sent = publish.sent
 
     def output_flows() -> None:
         first = sent[-1] + 1 if sent else 0

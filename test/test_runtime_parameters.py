@@ -2,13 +2,11 @@
 service: bad values are rejected with a reason, good ones take effect without a restart."""
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
-from conftest import call_service, plane_frame, publish_until
+from conftest import PlaneFramePublisher, call_service, publish_until
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import Image
 
 from cspn_ros.core.conversions import image_to_array, stamp_to_ns
 from cspn_ros.nodes.completion_node import parameter_problem
@@ -29,16 +27,8 @@ def test_bad_values_are_rejected_with_a_reason_and_good_ones_apply_at_run_time(s
     node = start_node('completion_node', checkpoint='classical', publish_colorized=True,
                       max_depth=10.0)
     inboxes = {t: ros_node.inbox(Image, t) for t in ('depth', 'depth/colorized', 'depth/sparse')}
-    publishers = {t: ros_node.publisher(m, t) for t, m in
-                  (('image', Image), ('camera_info', CameraInfo), ('points', PointCloud2))}
-    stamps = itertools.count(1_700_000_000 * 10**9, 10**8)
-    sent: list[int] = []
-
-    def publish(i=0):
-        sent.append(next(stamps))
-        for topic, msg in plane_frame(sent[-1], W, H).items():
-            if topic in publishers:
-                publishers[topic].publish(msg)
+    publish = PlaneFramePublisher(ros_node, W, H)
+    sent = publish.sent
 
     def frame_after_change(topic='depth'):
         """Publish until `topic` carries a frame stamped after the last change."""

@@ -23,13 +23,11 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -46,6 +44,7 @@ from cspn_ros.core.pipeline import DEPTH_SOURCES, CompletionPipeline, InputError
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
 from cspn_ros.nodes.messages import diagnostic_array_msg, header_msg, image_msg, pointcloud2_msg
+from cspn_ros.nodes.spin import run
 
 try:  # a real ROS 2 install has tf2_ros; the PyPI wheels used here do not
     import tf2_ros
@@ -628,26 +627,6 @@ class CompletionNode(Node):
         """Stop the worker, release the model, then the node."""
         self.core.cleanup()
         super().destroy_node()
-
-
-def run(node_class: type, name: str, args: Optional[list[str]] = None) -> int:
-    """Init rclpy, construct node_class, spin until Ctrl-C; 1 with one clear line on a
-    start-up error."""
-    rclpy.init(args=args)
-    try:
-        node = node_class()
-    except Exception as error:  # a start-up problem: one clear line, no traceback
-        rclpy.logging.get_logger(name).fatal(f'cannot start: {type(error).__name__}: {error}')
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
 
 
 def main(args: Optional[list[str]] = None) -> int:

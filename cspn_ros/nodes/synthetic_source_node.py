@@ -13,9 +13,7 @@ import queue
 import threading
 from typing import Any, Optional
 
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -24,6 +22,7 @@ from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fi
 from cspn_ros.core.topics import FRAME_IDS, TOPICS
 from cspn_ros.data.synthetic import SCENES, SyntheticScene
 from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
+from cspn_ros.nodes.spin import run
 
 #: Frames rendered ahead of the timer.
 PREFETCH = 2
@@ -151,22 +150,7 @@ class SyntheticSourceNode(Node):
 
 def main(args: Optional[list[str]] = None) -> int:
     """Entry point of `synthetic_source_node`."""
-    rclpy.init(args=args)
-    try:
-        node = SyntheticSourceNode()
-    except Exception as error:  # a start-up problem: one clear line, no traceback
-        rclpy.logging.get_logger('synthetic_source_node').fatal(
-            f'cannot start: {type(error).__name__}: {error}')
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run(SyntheticSourceNode, 'synthetic_source_node', args)
 
 
 if __name__ == '__main__':
