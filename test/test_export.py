@@ -9,7 +9,7 @@ import torch
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.completer import DepthCompleter
-from cspn_ros.model.export import to_onnx
+from cspn_ros.export import to_onnx
 
 DEPTH_RANGE = 20.0
 #: Max abs error allowed, metres: float32 rounding over the unrolled steps, far below 1 mm.

@@ -15,7 +15,7 @@ TensorRT: build an engine from the exported file on the target machine, e.g.
 Propagation is a long chain of small elementwise ops; check the fp16 engine's error against
 the fp32 one on real frames before deploying it.
 
-Command line: python -m cspn_ros.model.export CHECKPOINT OUT.onnx --height H --width W
+Command line: python -m cspn_ros.export CHECKPOINT OUT.onnx --height H --width W
 """
 from __future__ import annotations
 
