@@ -17,6 +17,9 @@ from a checkpoint's weights, with that checkpoint's model config (a fresh optimi
 --resume, which continues a run in --out, takes precedence).
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
+Several processes (DistributedDataParallel; nccl on CUDA, gloo on the CPU):
+`torchrun --standalone --nproc_per_node N -m cspn_ros.nodes.training_node --bag ...`; each process
+trains on its share of the frames with --batch-size of its own, rank 0 writes and prints.
 
 Run with `--ros-args` (or without --bag) it is a ROS node: every option is a parameter of the
 same name with '_' for '-' (bag is a string array; extrinsic.translation, extrinsic.rotation and
@@ -41,7 +44,7 @@ from cspn_ros.data.bags import (DEPTH_SOURCES, SUPERVISIONS, BagError, BagTraini
                                 ConcatenatedSamples, SupervisionOptions, add_bag_arguments,
                                 frames_from_args)
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
-from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions
+from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions, is_main_process
 
 LOGGER = logging.getLogger('training_node')
 #: argparse dest -> ROS parameter name, where the completion node spells it differently.
@@ -158,9 +161,14 @@ def train(args: argparse.Namespace,
                      amp=not args.no_amp, num_workers=args.workers, seed=args.seed,
                      device=args.device, progress=not args.no_progress),
         train_set, val_set, args.out, resume=args.resume, on_progress=on_progress)
-    if initial_weights is not None:
-        load_weights(trainer.model, initial_weights, args.init)
-    return trainer.fit()
+    try:
+        if initial_weights is not None:
+            load_weights(trainer.model, initial_weights, args.init)
+        return trainer.fit()
+    finally:
+        trainer.close()
+        for frames, _ in sources.values():
+            frames.close()
 
 
 def _initial_checkpoint(path: str, config_text: str, config: ModelConfig
@@ -176,9 +184,13 @@ def _initial_checkpoint(path: str, config_text: str, config: ModelConfig
 
 
 def _report(summary: dict) -> None:
+    """Print the summary (rank 0 only under torchrun)."""
+    if not is_main_process():
+        return
     seconds = summary['epoch_seconds']
     print(f'trained to step {summary["step"]} (epoch {summary["epoch"]}); best score '
-          f'{summary["best_rmse"]:.4f}; skipped samples: {summary["skipped"]}; '
+          f'{summary["best_rmse"]:.4f}; samples trained: {summary["samples"]}; '
+          f'skipped samples: {summary["skipped"]}; '
           f'seconds per epoch: {np.mean(seconds) if seconds else float("nan"):.2f}')
     if summary['val']:
         print('validation: ' + ', '.join(f'{k}={v:.4g}' for k, v in summary['val'].items()))

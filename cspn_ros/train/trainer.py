@@ -1,7 +1,9 @@
 """Training loop: AdamW + warm-up/cosine schedule, AMP on CUDA, gradient clipping, checkpoints
 (last every N steps and at each epoch end, best on validation RMSE), exact resume, TensorBoard
 logs and tqdm progress; DistributedDataParallel when launched by torchrun (RANK / WORLD_SIZE /
-LOCAL_RANK; only rank 0 writes).
+LOCAL_RANK; nccl on CUDA, gloo on the CPU): a DistributedSampler gives each process its share of
+the samples, DDP's join absorbs uneven step counts (batches of skipped samples), losses and
+sample counts are summed over processes, rank 0 alone validates and writes (checkpoints, logs).
 
 Datasets yield sample dicts of numpy arrays (data/augment.py describes the keys) or None for a
 frame that could not be used; None samples are counted and reported, never silently trained on.
@@ -10,6 +12,7 @@ best.safetensors, tb/ (TensorBoard).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -115,6 +118,11 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or not launched by torchrun): the one that writes."""
+    return _distributed()[0] == 0
+
+
 def _device(name: str, local_rank: int, world: int) -> torch.device:
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -137,11 +145,12 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.on_progress = on_progress or (lambda _: None)
         self.rank, self.world, local_rank = _distributed()
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
         self.device = _device(options.device, local_rank, self.world)
         if self.device.type == 'cuda':
             torch.cuda.set_device(self.device)
+        self.owns_process_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_process_group:
+            dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
         seed_everything(options.seed)
         self.step, self.epoch, self.best_rmse = 0, 0, math.inf
         state_dict = None
@@ -171,9 +180,10 @@ class Trainer:
         if resume:
             self._resume_state()
         self.net = self.model
-        if self.world > 1:
+        if self.world > 1:  # the loss leaves some heads unused (e.g. confidence with CSPN)
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                find_unused_parameters=True)
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -199,12 +209,15 @@ class Trainer:
         LOGGER.info('resumed at step %d, epoch %d', self.step, self.epoch)
 
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs; returns dict(step, epoch, best_rmse, skipped,
-        epoch_seconds, val) with the last validation metrics."""
-        summary: dict[str, Any] = {'skipped': 0, 'epoch_seconds': [], 'val': None}
+        """Train the remaining epochs; returns dict(step, epoch, best_rmse, samples, skipped,
+        epoch_seconds, val) with the last validation metrics. samples / skipped: samples trained
+        on / dropped, summed over the epochs and processes (DistributedSampler pads each
+        process's share to equal length, so with N processes a count is rounded up to N x)."""
+        summary: dict[str, Any] = {'samples': 0, 'skipped': 0, 'epoch_seconds': [], 'val': None}
         while self.epoch < self.options.epochs:
             start = time.perf_counter()
             used, skipped, mean_loss = self._train_epoch()
+            summary['samples'] += used
             summary['skipped'] += skipped
             if used == 0:
                 raise TrainingError(f'epoch {self.epoch}: all {skipped} samples were skipped (see '
@@ -213,7 +226,9 @@ class Trainer:
                 LOGGER.warning('epoch %d: skipped %d of %d samples', self.epoch, skipped,
                                used + skipped)
             self.epoch += 1
-            val = self.validate() if self.val_set is not None else None
+            val = None
+            if self.val_set is not None:
+                val = self._from_rank_zero(self.validate() if self.rank == 0 else None)
             score = val['rmse'] if val is not None and val['frames'] else mean_loss
             summary['epoch_seconds'].append(time.perf_counter() - start)
             summary['val'] = val
@@ -233,8 +248,32 @@ class Trainer:
         summary.update(step=self.step, epoch=self.epoch, best_rmse=self.best_rmse)
         return summary
 
+    def close(self) -> None:
+        """Close the logs and leave the process group this trainer joined (torchrun runs)."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _sum_over_processes(self, *values: float) -> list[float]:
+        """Each value summed over all processes (the values themselves in one process)."""
+        if self.world == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def _from_rank_zero(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object) in every process."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def _train_epoch(self) -> tuple[int, int, float]:
-        """One pass over the loader -> (samples used, samples skipped, mean loss)."""
+        """One pass over the loader -> (samples used, samples skipped, mean loss), over all
+        processes."""
         from tqdm import tqdm
         if hasattr(self.train_set, 'set_epoch'):
             self.train_set.set_epoch(self.epoch)
@@ -246,16 +285,21 @@ class Trainer:
         losses = []
         bar = tqdm(self.loader, desc=f'epoch {self.epoch + 1}/{self.options.epochs}',
                    disable=not self.options.progress or self.rank != 0, leave=False)
-        for batch, dropped in bar:
-            skipped += dropped
-            if batch is None:
-                continue
-            used += batch['rgb'].shape[0]
-            loss = self._train_step({k: v.to(self.device) for k, v in batch.items()})
-            losses.append(loss)
-            bar.set_postfix(loss=f'{loss:.4f}')
-            self.on_progress({'epoch': self.epoch, 'step': self.step, 'loss': loss})
-        return used, skipped, float(np.mean(losses)) if losses else math.inf
+        # A process whose batches were all skipped runs out of steps early: join lets it
+        # shadow the others' gradient all-reduces instead of hanging them.
+        with self.net.join() if self.world > 1 else contextlib.nullcontext():
+            for batch, dropped in bar:
+                skipped += dropped
+                if batch is None:
+                    continue
+                used += batch['rgb'].shape[0]
+                loss = self._train_step({k: v.to(self.device) for k, v in batch.items()})
+                losses.append(loss)
+                bar.set_postfix(loss=f'{loss:.4f}')
+                self.on_progress({'epoch': self.epoch, 'step': self.step, 'loss': loss})
+        used, skipped, loss_sum, loss_count = self._sum_over_processes(
+            used, skipped, sum(losses), len(losses))
+        return int(used), int(skipped), loss_sum / loss_count if loss_count else math.inf
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> float:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
