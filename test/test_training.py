@@ -194,3 +194,14 @@ def _fresh_run(bag, out):
     """Same run as the --init one, without --init: last.safetensors."""
     assert training_main(_args(bag, out, 'dense', '--lr', '1e-9')) == 0
     return out / 'last.safetensors'
+
+
+def test_lidar_holdout_trains_with_accumulated_sweeps_given_odometry(lidar_bag, tmp_path, capsys):
+    out = tmp_path / 'accumulated'
+    assert training_main(_args(lidar_bag, out, 'lidar-holdout', '--accumulate-sweeps', '1',
+                               '--pose-topic', '/odom')) == 0
+    _assert_trained(out, 2)  # 3 training frames, batch 2
+    assert 'skipped samples: 0' in capsys.readouterr().out
+    assert training_main(_args(lidar_bag, tmp_path / 'x', 'lidar-holdout',
+                               '--accumulate-sweeps', '1')) == 1
+    assert 'accumulating 1 neighbouring sweeps needs the relative pose' in capsys.readouterr().err

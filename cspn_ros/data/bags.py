@@ -6,7 +6,8 @@ prepare`) as the live node, so a training or evaluation frame is the frame the r
 Opening a bag runs one index pass that keeps, per message, only its header stamp, log time and
 connection id (the stamp is read from the first CDR bytes, nothing is deserialised); frames are
 read back one at a time by log time, so bags larger than RAM work. `BagTrainingSamples` turns
-frames into supervised samples (dense / tof / lidar-holdout / photometric).
+frames into supervised samples (dense / tof / lidar-holdout / photometric); lidar-holdout can
+densify its targets with the neighbouring sweeps, moved into the frame's camera with odometry.
 
 Extrinsics: `T_cam_from_sensor` maps sensor points into the colour optical frame, `p_cam = R
 p_sensor + t`: tf's transform from the sensor frame into the camera frame (`lookup_transform(
@@ -27,9 +28,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from cspn_ros.core.conversions import image_to_depth, image_to_rgb
+from cspn_ros.core.conversions import image_to_depth, image_to_rgb, pointcloud2_to_xyz
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
-from cspn_ros.core.projection import transform_from_translation_quaternion
+from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher
 from cspn_ros.core.topics import BAG_TOPICS, TF_STATIC_TOPIC, TF_TOPIC
 
@@ -356,18 +357,29 @@ def holdout_split(sparse: np.ndarray, fraction: float,
     return np.where(held_out > 0, 0, sparse).astype(sparse.dtype), held_out
 
 
+def nearest_depth(*depths: np.ndarray) -> np.ndarray:
+    """Z-buffer merge of (H,W) sparse depth images (metres, 0 = none): the nearest per pixel."""
+    stack = np.stack(depths)
+    nearest = np.where(stack > 0, stack, np.inf).min(axis=0)
+    return np.where(np.isfinite(nearest), nearest, 0).astype(np.float32)
+
+
 @dataclasses.dataclass
 class SupervisionOptions:
     """How targets are made. holdout_fraction: share of LiDAR points held out as targets;
     tof_input_points: ToF pixels fed as sparse input; pose_slop_s: largest stamp gap to a pose
     message; T_body_from_camera: camera pose in the pose topic's body frame (default identity:
-    the pose topic tracks the camera optical frame)."""
+    the pose topic tracks the camera optical frame); accumulate_sweeps (lidar-holdout, needs
+    poses): the sweeps of this many previous and next frames of the same bag, moved into the
+    frame's camera with the poses, add to the target (never to the input; pixels that hold an
+    input point stay out of the target)."""
 
     supervision: str = 'dense'
     holdout_fraction: float = 0.2
     tof_input_points: int = 500
     pose_slop_s: float = 0.05
     T_body_from_camera: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(4))
+    accumulate_sweeps: int = 0
 
 
 class BagTrainingSamples:
@@ -390,6 +402,7 @@ class BagTrainingSamples:
         self.frames, self.pipeline, self.options = frames, pipeline, options
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.indices = list(range(len(frames)) if indices is None else indices)
+        self.frame_indices = frozenset(self.indices)
         self._check_mode()
         if options.supervision == 'photometric':  # frames need a neighbour on both sides
             self.indices = [i for i in self.indices if self._neighbours(i) is not None]
@@ -398,6 +411,10 @@ class BagTrainingSamples:
 
     def _check_mode(self) -> None:
         mode, topics = self.options.supervision, self.frames.topics
+        sweeps = self.options.accumulate_sweeps
+        if sweeps < 0 or (sweeps and mode != 'lidar-holdout'):
+            raise ValueError(f'accumulate_sweeps ({sweeps}) must be >= 0 and needs supervision '
+                             f"'lidar-holdout', not {mode!r}")
         if mode == 'dense' and not topics.ground_truth:
             raise ValueError("supervision 'dense' needs a ground-truth depth topic "
                              '(e.g. /ground_truth/depth)')
@@ -405,9 +422,11 @@ class BagTrainingSamples:
             raise ValueError("supervision 'tof' needs depth_source 'tof'")
         if mode == 'lidar-holdout' and self.pipeline.depth_source != 'lidar':
             raise ValueError("supervision 'lidar-holdout' needs depth_source 'lidar'")
-        if mode == 'photometric' and not any(self.frames.poses):
+        needs_poses = ("supervision 'photometric'" if mode == 'photometric'
+                       else f'accumulating {sweeps} neighbouring sweeps' if sweeps else None)
+        if needs_poses and not any(self.frames.poses):
             raise BagError(
-                "supervision 'photometric' needs the relative pose between neighbouring frames, "
+                f'{needs_poses} needs the relative pose between neighbouring frames, '
                 'and the bag has no pose messages. Record odometry of the camera (nav_msgs/'
                 'Odometry or geometry_msgs/PoseStamped, e.g. from wheel/visual-inertial '
                 'odometry) and pass its topic (--pose-topic), with the camera-from-body '
@@ -455,10 +474,47 @@ class BagTrainingSamples:
         elif mode == 'lidar-holdout':
             sample['sparse'], sample['target'] = holdout_split(
                 inputs.sparse, self.options.holdout_fraction, rng)
+            if self.options.accumulate_sweeps:
+                accumulated = nearest_depth(sample['target'],
+                                            *self._neighbour_sweeps(index, inputs))
+                sample['target'] = np.where(sample['sparse'] > 0, 0, accumulated)
         else:
             sample['sparse'] = sample['target'] = inputs.sparse
             sample.update(self._sources(index, inputs))
         return self.augment(sample, rng) if self.augment else sample
+
+    def _neighbour_sweeps(self, index: int, inputs: FrameInputs) -> list[np.ndarray]:
+        """Sparse depth (H,W) metres in frame `index`'s camera of each sweep of the
+        accumulate_sweeps frames before and after it in the same bag and in this sample set (a
+        validation frame's sweep never supervises training): T_cam_i_from_sensor_j =
+        inv(T_world_from_cam_i) @ T_world_from_cam_j @ T_cam_from_sensor, projected with the
+        pipeline's z-buffer and depth range."""
+        frames, options, pipeline = self.frames, self.options, self.pipeline
+        bag_index = frames.frames[index].bag_index
+        T_world_from_cam_i = frames.camera_pose(index, options.pose_slop_s,
+                                                options.T_body_from_camera)
+        if T_world_from_cam_i is None:
+            raise InputError(f'no {frames.topics.pose} message within {options.pose_slop_s} s '
+                             f'of frame {index}')
+        T_cam_i_from_world = np.linalg.inv(T_world_from_cam_i)
+        sweeps = []
+        reach = options.accumulate_sweeps
+        for neighbour in range(max(0, index - reach), min(len(frames), index + reach + 1)):
+            frame = frames.frames[neighbour]
+            if (neighbour == index or frame.bag_index != bag_index
+                    or neighbour not in self.frame_indices):
+                continue
+            T_world_from_cam_j = frames.camera_pose(neighbour, options.pose_slop_s,
+                                                    options.T_body_from_camera)
+            if T_world_from_cam_j is None:  # a gap in the odometry: that sweep is left out
+                continue
+            cloud = frames.read_message(bag_index, frames.topics.points,
+                                        frame.messages[frames.topics.points])
+            sweeps.append(project_to_sparse_depth(
+                pointcloud2_to_xyz(cloud),
+                T_cam_i_from_world @ T_world_from_cam_j @ pipeline.T_cam_from_sensor,
+                inputs.camera, pipeline.min_depth, pipeline.max_depth))
+        return sweeps
 
     def _sources(self, index: int, inputs: FrameInputs) -> dict:
         """Neighbouring views and their poses for the photometric loss."""

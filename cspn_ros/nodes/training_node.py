@@ -8,13 +8,15 @@
 Frames are paired and converted exactly as the completion node does it (same topics, matcher
 and `CompletionPipeline.prepare`). Supervision: dense (a ground-truth depth topic), tof (the
 ToF depth is the target, a random subset of it the input), lidar-holdout (a random share of the
-projected LiDAR points is the target, the rest the input), photometric (neighbouring frames +
-odometry on --pose-topic, e.g. /odom). --depth-source both (dense or photometric) reads bags
-with a cloud and a ToF topic: every frame gives a LiDAR-input and a ToF-input sample. The
-sensors' extrinsics come from the bag's /tf_static (or /tf) unless --extrinsic-* are given.
-The last frames (--val-fraction) are held out for validation. --init fine-tunes: training starts
-from a checkpoint's weights, with that checkpoint's model config (a fresh optimizer and schedule;
---resume, which continues a run in --out, takes precedence).
+projected LiDAR points is the target, the rest the input; --accumulate-sweeps N adds the
+sweeps of the N previous and next frames, moved with the odometry on --pose-topic, to the
+target), photometric (neighbouring frames + odometry on --pose-topic, e.g. /odom).
+--depth-source both (dense or photometric) reads bags with a cloud and a ToF topic: every frame
+gives a LiDAR-input and a ToF-input sample. The sensors' extrinsics come from the bag's
+/tf_static (or /tf) unless --extrinsic-* are given. The last frames (--val-fraction) are held
+out for validation. --init fine-tunes: training starts from a checkpoint's weights, with that
+checkpoint's model config (a fresh optimizer and schedule; --resume, which continues a run in
+--out, takes precedence).
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
 Several processes (DistributedDataParallel; nccl on CUDA, gloo on the CPU):
@@ -82,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help='ground-truth depth topic (dense supervision)')
     parser.add_argument('--pose-topic', default='',
                         help='nav_msgs/Odometry or geometry_msgs/PoseStamped of the camera '
-                             '(photometric supervision)')
+                             '(photometric supervision, --accumulate-sweeps)')
     parser.add_argument('--holdout', type=float, default=0.2,
                         help='share of LiDAR points held out as targets (lidar-holdout)')
+    parser.add_argument('--accumulate-sweeps', type=int, default=0,
+                        help='lidar-holdout: the LiDAR sweeps of this many previous and next '
+                             'frames, moved with the poses of --pose-topic, densify the targets')
     parser.add_argument('--tof-input-points', type=int, default=500,
                         help='ToF pixels fed as input (tof supervision)')
     parser.add_argument('--seed', type=int, default=0)
@@ -131,7 +136,7 @@ def train(args: argparse.Namespace,
                                ground_truth=args.gt_topic if supervision == 'dense' else None,
                                pose=args.pose_topic or None)
     options = SupervisionOptions(supervision, args.holdout, args.tof_input_points,
-                                 args.slop, np.eye(4))
+                                 args.slop, np.eye(4), args.accumulate_sweeps)
     augment = Augmenter(crop, (1.0, max(1.0, args.max_scale)), flip=True, jitter=0.2)
     train_parts, val_parts = [], []
     for part, (frames, pipeline_options) in enumerate(sources.values()):

@@ -232,12 +232,13 @@ class Trainer:
             score = val['rmse'] if val is not None and val['frames'] else mean_loss
             summary['epoch_seconds'].append(time.perf_counter() - start)
             summary['val'] = val
+            improved = score < self.best_rmse  # the same in every process
+            self.best_rmse = min(score, self.best_rmse)
             if self.rank == 0:
                 if val is not None:
                     for key, value in val.items():
                         self.writer.add_scalar(f'val/{key}', value, self.step)
-                if score < self.best_rmse:
-                    self.best_rmse = score
+                if improved:
                     self._save('best')
                 self._save('last')
                 self._save_state()

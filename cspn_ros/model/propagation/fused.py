@@ -50,14 +50,20 @@ DEFAULT_LAUNCH = {
 }
 
 
-@functools.cache
+_AVAILABLE: bool | None = None  # decided once per process by available()
+
+
 def available() -> bool:
-    """True when Triton imports and a CUDA device is present."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    """True when Triton imports and a CUDA device is present (a plain module-level cache, which
+    torch.compile traces without complaint, unlike functools.cache)."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+            _AVAILABLE = torch.cuda.is_available()
+        except ImportError:
+            _AVAILABLE = False
+    return _AVAILABLE
 
 
 def can_fuse(*tensors: torch.Tensor | None) -> bool:
