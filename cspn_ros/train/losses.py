@@ -1,5 +1,6 @@
-"""Training losses on torch tensors: masked L1/L2, their weighted combination, edge-aware
-smoothness and the self-supervised photometric loss (view warping + SSIM/L1).
+"""Training losses on torch tensors: masked L1/L2, their weighted combination, the confidence
+loss (BCE to a 'good pixel' indicator), edge-aware smoothness and the self-supervised
+photometric loss (view warping + SSIM/L1).
 
 Shapes: depth (B,1,H,W) metres with 0 = no target; images (B,3,H,W) floats in [0,1];
 intrinsics K (B,3,3) pixels; poses (B,4,4) rigid transforms in the camera optical frame.
@@ -39,6 +40,32 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float = 1.0,
     """l1_weight * masked L1 + l2_weight * masked L2 (the NLSPN / CSPN training objective)."""
     return (l1_weight * masked_l1(pred, target, mask)
             + l2_weight * masked_l2(pred, target, mask))
+
+
+#: A predicted depth is 'good' where |depth - target| <= max(GOOD_RELATIVE_ERROR * target,
+#: GOOD_ABSOLUTE_ERROR_M): 5 % of the distance, but never less than 5 cm.
+GOOD_RELATIVE_ERROR = 0.05
+GOOD_ABSOLUTE_ERROR_M = 0.05
+#: Confidences are clamped to [eps, 1 - eps] before the logarithms of the cross-entropy.
+CONFIDENCE_EPS = 1e-6
+
+
+def good_pixels(depth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Bool (B,1,H,W): target > 0 and |depth - target| <= max(5 % of target, 0.05 m)."""
+    tolerance = torch.clamp(GOOD_RELATIVE_ERROR * target, min=GOOD_ABSOLUTE_ERROR_M)
+    return (target > 0) & ((depth - target).abs() <= tolerance)
+
+
+def confidence_loss(confidence: torch.Tensor, depth: torch.Tensor, target: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy between confidence (B,1,H,W) in [0,1] and `good_pixels(depth,
+    target)`, averaged over pixels with target > 0 (and `mask`). The depth is detached, so the
+    loss trains the confidence alone; computed in float32 outside autocast."""
+    with torch.autocast(confidence.device.type, enabled=False):
+        good = good_pixels(depth.detach().float(), target.float()).float()
+        probability = confidence.float().clamp(CONFIDENCE_EPS, 1 - CONFIDENCE_EPS)
+        cross_entropy = -(good * probability.log() + (1 - good) * (1 - probability).log())
+        return _masked_mean(cross_entropy, _valid_mask(target, mask))
 
 
 def image_gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
