@@ -11,6 +11,7 @@ from cspn_ros.data.synthetic import DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSL
 from cspn_ros.data.synthetic_bag import write_synthetic_bag
 from cspn_ros.model.checkpoint import save_checkpoint
 from cspn_ros.model.network import CompletionNet
+from cspn_ros.nodes.evaluate import CONFIDENCE_THRESHOLDS, ConfidenceReport
 from cspn_ros.nodes.evaluate import main as evaluate_main
 from cspn_ros.train.metrics import METRIC_KEYS
 
@@ -53,6 +54,14 @@ def test_evaluate_writes_summary_and_frames_and_is_deterministic(setup, target, 
     for key in METRIC_KEYS:  # the summary is the mean over frames of the per-frame metrics
         assert summary['model'][key] == pytest.approx(np.mean([float(r[f'model_{key}'])
                                                                for r in rows]))
+    # Confidence report: threshold 0 keeps every scored pixel; its RMSE pools all frames.
+    report = summary['confidence']
+    assert [row['min_confidence'] for row in report] == list(CONFIDENCE_THRESHOLDS)
+    counts = np.array([float(r['model_count']) for r in rows])
+    rmses = np.array([float(r['model_rmse']) for r in rows])
+    assert report[0]['coverage'] == 1.0
+    assert report[0]['rmse'] == pytest.approx(np.sqrt(np.sum(counts * rmses ** 2) / counts.sum()))
+    assert all(a['coverage'] >= b['coverage'] for a, b in zip(report, report[1:]))
     assert (outputs[0] / 'summary.json').read_text() == (outputs[1] / 'summary.json').read_text()
     assert (outputs[0] / 'frames.csv').read_text() == (outputs[1] / 'frames.csv').read_text()
     assert list(outputs[0].glob('frame_*.png'))
@@ -87,3 +96,30 @@ def test_evaluate_reports_bad_input(setup, capsys):
     with pytest.raises(SystemExit):  # one depth source per evaluation
         evaluate_main(['--bag', str(bag), '--depth-source', 'both', '--out', str(root / 'bad')])
     assert "invalid choice: 'both'" in capsys.readouterr().err
+
+
+def test_confidence_report_matches_a_loop_reference():
+    rng = np.random.default_rng()
+    thresholds = (0.0, 0.4, 0.8, 1.0)
+    report = ConfidenceReport(thresholds)
+    frames = []
+    for _ in range(3):
+        gt = np.where(rng.random((6, 7)) < 0.7, rng.uniform(1, 10, (6, 7)), 0).astype(np.float32)
+        prediction = (gt + rng.normal(0, 0.5, gt.shape)).astype(np.float32)
+        confidence = rng.random(gt.shape).astype(np.float32)
+        report.add(prediction, confidence, gt)
+        frames.append((prediction, confidence, gt))
+    for row, threshold in zip(report.rows(), thresholds):
+        scored, errors = 0, []
+        for prediction, confidence, gt in frames:
+            for p, c, g in zip(prediction.flat, confidence.flat, gt.flat):
+                if g > 0:
+                    scored += 1
+                    if c >= threshold:
+                        errors.append((float(p) - float(g)) ** 2)
+        assert row['min_confidence'] == threshold
+        assert row['coverage'] == pytest.approx(len(errors) / scored)
+        if errors:
+            assert row['rmse'] == pytest.approx(np.sqrt(np.mean(errors)))
+        else:
+            assert row['rmse'] is None

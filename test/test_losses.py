@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from cspn_ros.train.losses import (depth_loss, edge_aware_smoothness, masked_l1, masked_l2,
+import math
+
+from cspn_ros.train.losses import (CONFIDENCE_EPS, confidence_loss, depth_loss,
+                                   edge_aware_smoothness, good_pixels, masked_l1, masked_l2,
                                    photometric_error, photometric_loss, warp_to_target)
 
 
@@ -89,3 +92,60 @@ def test_photometric_loss_is_lowest_at_the_true_depth():
     assert loss_at(depth_m * 1.5) > 10 * loss_at(depth_m)
     assert loss_at(depth_m / 1.5) > 10 * loss_at(depth_m)
     assert photometric_error(target, target).abs().max().item() < 1e-12
+
+
+def _confidence_case(generator):
+    """Random target (some missing) and a depth near it: some pixels good, some not."""
+    target = torch.rand(2, 1, 6, 8, generator=generator) * 20
+    target[torch.rand(target.shape, generator=generator) < 0.3] = 0
+    depth = target * (1 + 0.2 * (torch.rand(target.shape, generator=generator) - 0.5))
+    depth = depth + 0.1 * (torch.rand(target.shape, generator=generator) - 0.5)
+    return depth, target
+
+
+def test_good_pixels_and_confidence_loss_match_a_loop_reference():
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    depth, target = _confidence_case(g)
+    confidence = torch.rand(depth.shape, generator=g)
+    good = good_pixels(depth, target)
+    terms = []
+    for d, t, c, flag in zip(depth.flatten().tolist(), target.flatten().tolist(),
+                             confidence.flatten().tolist(), good.flatten().tolist()):
+        expected = t > 0 and abs(d - t) <= max(0.05 * t, 0.05)
+        assert flag == expected
+        if t > 0:
+            c = min(max(c, CONFIDENCE_EPS), 1 - CONFIDENCE_EPS)
+            terms.append(-math.log(c) if expected else -math.log(1 - c))
+    assert 0 < good.sum() < (target > 0).sum()  # the case has both kinds of pixel
+    assert confidence_loss(confidence, depth, target).item() == pytest.approx(
+        sum(terms) / len(terms), rel=1e-5)
+
+
+def test_confidence_loss_is_minimal_at_the_good_pixel_indicator():
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    depth, target = _confidence_case(g)
+    indicator = good_pixels(depth, target).float()
+    best = confidence_loss(indicator, depth, target).item()
+    assert best < 1e-5
+    for _ in range(5):
+        other = (indicator + 0.3 * torch.rand(depth.shape, generator=g)).clamp(0, 1)
+        other = torch.where(torch.rand(depth.shape, generator=g) < 0.5, other, 1 - other)
+        assert confidence_loss(other, depth, target).item() > best
+    # Pixels without a target do not count.
+    flipped = torch.where(target > 0, indicator, 1 - indicator)
+    assert confidence_loss(flipped, depth, target).item() == pytest.approx(best)
+
+
+def test_confidence_loss_trains_the_confidence_only_in_float32_under_autocast():
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    depth, target = _confidence_case(g)
+    depth.requires_grad_(True)
+    logits = torch.randn(depth.shape, generator=g, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        confidence = torch.sigmoid(logits).to(torch.bfloat16)
+        loss = confidence_loss(confidence, depth, target)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert depth.grad is None  # the depth is detached: no gradient reaches the depth path
+    assert logits.grad.abs().sum() > 0
+    assert torch.all(logits.grad[target == 0] == 0)

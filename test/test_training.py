@@ -205,3 +205,74 @@ def test_lidar_holdout_trains_with_accumulated_sweeps_given_odometry(lidar_bag, 
     assert training_main(_args(lidar_bag, tmp_path / 'x', 'lidar-holdout',
                                '--accumulate-sweeps', '1')) == 1
     assert 'accumulating 1 neighbouring sweeps needs the relative pose' in capsys.readouterr().err
+
+
+from cspn_ros.config import ModelConfig  # noqa: E402
+from cspn_ros.model.checkpoint import save_checkpoint  # noqa: E402
+from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions  # noqa: E402
+
+
+def _random_samples(rng, count, height=32, width=48):
+    samples = []
+    for _ in range(count):
+        target = rng.uniform(1, 20, (height, width)).astype(np.float32)
+        sparse = np.where(rng.random((height, width)) < 0.1, target, 0).astype(np.float32)
+        samples.append({'rgb': rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                        'sparse': sparse, 'target': target,
+                        'K': np.array([[40.0, 0, 24], [0, 40, 16], [0, 0, 1]])})
+    return samples
+
+
+def test_trainable_confidence_head_keeps_the_depth_bit_identical(tmp_path):
+    rng = np.random.default_rng()
+    torch.manual_seed(int(rng.integers(1000)))
+    config = ModelConfig(width=8, steps=2, initial_fill='morphological')
+    options = TrainOptions(epochs=1, batch_size=2, learning_rate=1e-2, device='cpu',
+                           progress=False, trainable='confidence_head', confidence_weight=1.0)
+    trainer = Trainer(config, options, _random_samples(rng, 4), None, tmp_path / 'run')
+    probe = _random_samples(rng, 1)[0]
+    rgb = torch.from_numpy(probe['rgb']).permute(2, 0, 1)[None].float() / 255
+    sparse = torch.from_numpy(probe['sparse'])[None, None]
+
+    def outputs():
+        trainer.model.eval()
+        with torch.no_grad():
+            return trainer.model(rgb, sparse)
+    before = outputs()
+    state_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.fit()['step'] == 2
+    trainer.close()
+    after = outputs()
+    assert torch.equal(before['depth'], after['depth'])
+    assert torch.equal(before['depth_init'], after['depth_init'])
+    assert not torch.equal(before['confidence'], after['confidence'])
+    state_after = trainer.model.state_dict()
+    for name, value in state_before.items():  # parameters and BatchNorm statistics alike
+        assert torch.equal(value, state_after[name]) != name.startswith('confidence_head.'), name
+    _, _, meta = load_checkpoint(tmp_path / 'run' / 'last.safetensors')
+    assert meta['trainable'] == 'confidence_head'
+
+
+@pytest.mark.parametrize('pattern, message', [('no_such_layer', 'matches no parameter'),
+                                              ('conf(', 'is not a regex')])
+def test_trainable_pattern_must_match_a_parameter(pattern, message, tmp_path):
+    options = TrainOptions(device='cpu', progress=False, trainable=pattern)
+    with pytest.raises(TrainingError, match=message):
+        Trainer(ModelConfig(width=8, steps=2), options,
+                _random_samples(np.random.default_rng(), 1), None, tmp_path)
+
+
+def test_cli_fine_tunes_only_the_trainable_parameters_from_init(lidar_bag, tmp_path):
+    torch.manual_seed(int(np.random.default_rng().integers(1000)))
+    config = ModelConfig(width=8, steps=2)
+    start = save_checkpoint(tmp_path / 'start.safetensors', CompletionNet(config).state_dict(),
+                            config)
+    args = _args(lidar_bag, tmp_path / 'tuned', 'dense', '--init', str(start),
+                 '--trainable', 'confidence_head', '--confidence-weight', '1.0')
+    del args[args.index('--config'):args.index('--config') + 2]
+    assert training_main(args) == 0
+    start_state, _, _ = load_checkpoint(start)
+    tuned_state, _, meta = load_checkpoint(tmp_path / 'tuned' / 'last.safetensors')
+    assert meta['trainable'] == 'confidence_head'
+    for name, value in start_state.items():
+        assert torch.equal(value, tuned_state[name]) != name.startswith('confidence_head.'), name

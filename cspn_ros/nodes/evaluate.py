@@ -6,7 +6,10 @@ Frames are paired by the node's matcher and completed by `CompletionPipeline` (p
 complete, i.e. `process`) with the model and, alongside, the classical baseline. Scoring is
 against a ground-truth depth topic or against a held-out share of the sensor points (the rest is
 the input; the split is fixed by --seed). Metrics are computed per frame and averaged over
-frames (KITTI convention). Writes DIR/summary.json, DIR/frames.csv, DIR/frame_*.png (RGB |
+frames (KITTI convention); blanking by min_confidence never enters them. The confidence report
+(summary key "confidence") gives, for each min_confidence in CONFIDENCE_THRESHOLDS, the share
+of scored pixels the model keeps (confidence >= threshold, as the node's blanking) and the RMSE
+over the kept pixels, pooled over all frames. Writes DIR/summary.json, DIR/frames.csv, DIR/frame_*.png (RGB |
 sparse | prediction | error) and DIR/error_vs_distance.png. Same bag + checkpoint + seed ->
 same numbers.
 """
@@ -33,6 +36,8 @@ LOGGER = logging.getLogger('evaluate')
 #: Width (metres) of the distance bins of the error-vs-distance plot.
 DISTANCE_BIN_M = 0.5
 METHODS = ('model', 'baseline')
+#: min_confidence values of the confidence report (0 keeps every pixel).
+CONFIDENCE_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -118,6 +123,35 @@ class DistanceErrors:
         pyplot.close(figure)
 
 
+class ConfidenceReport:
+    """Coverage and RMSE of the pixels kept at each min_confidence, pooled over frames."""
+
+    def __init__(self, thresholds: Sequence[float] = CONFIDENCE_THRESHOLDS) -> None:
+        self.thresholds = tuple(thresholds)
+        self.kept = np.zeros(len(self.thresholds), dtype=np.int64)
+        self.squared_errors = np.zeros(len(self.thresholds))
+        self.scored = 0
+
+    def add(self, prediction: np.ndarray, confidence: np.ndarray, gt: np.ndarray) -> None:
+        """prediction, gt (H,W) metres (gt 0 = not scored), confidence (H,W) in [0,1]."""
+        valid = np.isfinite(gt) & (gt > 0)  # the pixels compute_metrics scores
+        squared = (prediction[valid].astype(np.float64) - gt[valid]) ** 2
+        self.scored += int(valid.sum())
+        for index, threshold in enumerate(self.thresholds):
+            kept = confidence[valid] >= threshold
+            self.kept[index] += int(kept.sum())
+            self.squared_errors[index] += float(squared[kept].sum())
+
+    def rows(self) -> list[dict]:
+        """[{min_confidence, coverage (fraction of scored pixels kept), rmse (m; None when no
+        pixel is kept)}, ...]."""
+        return [{'min_confidence': threshold,
+                 'coverage': float(kept / max(self.scored, 1)),
+                 'rmse': float(np.sqrt(squared / kept)) if kept else None}
+                for threshold, kept, squared in zip(self.thresholds, self.kept,
+                                                    self.squared_errors)]
+
+
 def format_table(summary: dict) -> str:
     """The summary as a fixed-width text table (RMSE/MAE in m, iRMSE/iMAE in 1/km)."""
     columns = (('RMSE m', 'rmse', '.4f'), ('MAE m', 'mae', '.4f'), ('iRMSE', 'irmse', '.3f'),
@@ -147,6 +181,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     per_frame = {m: [] for m in METHODS}
     rows, skipped = [], []
     distances = DistanceErrors()
+    confidence_report = ConfidenceReport()
     for index in range(count):
         stamp = frames.frames[index].stamp_ns
         try:
@@ -172,6 +207,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             per_frame[method].append(metrics)
             distances.add(method, result.dense_unblanked, gt)
             row.update({f'{method}_{k}': metrics[k] for k in (*METRIC_KEYS, 'count')})
+        model = results['model']
+        confidence_report.add(model.dense_unblanked, model.confidence, gt)
         rows.append(row)
         if index in drawn:
             cv2.imwrite(str(out / f'frame_{index:05d}.png'), error_picture(
@@ -183,7 +220,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     summary.update(aggregation='mean over frames of per-frame metrics',
                    target=args.gt_topic or f'holdout {args.holdout} (seed {args.seed})',
                    checkpoint=args.checkpoint or 'packaged default', skipped=skipped,
-                   matcher=frames.matcher_stats[0])
+                   matcher=frames.matcher_stats[0], confidence=confidence_report.rows())
     (out / 'summary.json').write_text(json.dumps(summary, indent=2))
     with open(out / 'frames.csv', 'w', newline='') as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
@@ -203,6 +240,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'evaluate: error: {error}', file=sys.stderr)
         return 1
     print(format_table(summary))
+    print('model, kept pixels: ' + '; '.join(
+        f'min_confidence {row["min_confidence"]:g}: coverage {row["coverage"]:.3f}, '
+        f'RMSE {row["rmse"] if row["rmse"] is None else round(row["rmse"], 4)} m'
+        for row in summary['confidence']))
     print(f'{summary["aggregation"]}; target: {summary["target"]}; '
           f'skipped frames: {len(summary["skipped"])}; results in {args.out}')
     return 0

@@ -3,7 +3,7 @@
     training_node --bag PATH [--bag PATH ...] --out DIR [--epochs N]
                   [--supervision dense|tof|lidar-holdout|photometric] [--config MODEL_CONFIG]
                   [--depth-source lidar|tof|both] [--batch-size B] [--crop HxW] [--resume]
-                  [--init CHECKPOINT] ...
+                  [--init CHECKPOINT] [--trainable REGEX] [--confidence-weight W] ...
 
 Frames are paired and converted exactly as the completion node does it (same topics, matcher
 and `CompletionPipeline.prepare`). Supervision: dense (a ground-truth depth topic), tof (the
@@ -16,7 +16,10 @@ gives a LiDAR-input and a ToF-input sample. The sensors' extrinsics come from th
 /tf_static (or /tf) unless --extrinsic-* are given. The last frames (--val-fraction) are held
 out for validation. --init fine-tunes: training starts from a checkpoint's weights, with that
 checkpoint's model config (a fresh optimizer and schedule; --resume, which continues a run in
---out, takes precedence).
+--out, takes precedence). --trainable REGEX trains only the parameters whose names match (the
+others, and their BatchNorm statistics, stay fixed): `--init CKPT --trainable confidence_head`
+trains the confidence alone and leaves the depth output bit-identical. Supervised modes add
+--confidence-weight x the confidence loss (BCE to 'the depth is within max(5 %, 5 cm)').
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
 Several processes (DistributedDataParallel; nccl on CUDA, gloo on the CPU):
@@ -74,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--init', default='',
                         help='fine-tune: start from the weights and model config of this '
                              'checkpoint (.safetensors/.pt)')
+    parser.add_argument('--trainable', default='',
+                        help="regex on parameter names: only those are trained, e.g. "
+                             "'confidence_head' ('' = all)")
+    parser.add_argument('--confidence-weight', type=float, default=0.1,
+                        help='weight of the confidence loss (dense, tof, lidar-holdout)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--weight-decay', type=float, default=1e-2)
@@ -163,6 +171,7 @@ def train(args: argparse.Namespace,
         TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                      weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm,
                      checkpoint_every=args.checkpoint_every, supervision=supervision,
+                     confidence_weight=args.confidence_weight, trainable=args.trainable,
                      amp=not args.no_amp, num_workers=args.workers, seed=args.seed,
                      device=args.device, progress=not args.no_progress),
         train_set, val_set, args.out, resume=args.resume, on_progress=on_progress)

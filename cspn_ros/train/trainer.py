@@ -4,6 +4,8 @@ logs and tqdm progress; DistributedDataParallel when launched by torchrun (RANK 
 LOCAL_RANK; nccl on CUDA, gloo on the CPU): a DistributedSampler gives each process its share of
 the samples, DDP's join absorbs uneven step counts (batches of skipped samples), losses and
 sample counts are summed over processes, rank 0 alone validates and writes (checkpoints, logs).
+`trainable` (a regex on parameter names) fine-tunes part of the model: the other parameters are
+frozen and their BatchNorm layers stay in eval mode, so their outputs do not change at all.
 
 Datasets yield sample dicts of numpy arrays (data/augment.py describes the keys) or None for a
 frame that could not be used; None samples are counted and reported, never silently trained on.
@@ -18,6 +20,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -31,7 +34,8 @@ from cspn_ros.config import ModelConfig
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cspn_ros.model.network import CompletionNet
-from cspn_ros.train.losses import depth_loss, edge_aware_smoothness, masked_l1, photometric_loss
+from cspn_ros.train.losses import (confidence_loss, depth_loss, edge_aware_smoothness, masked_l1,
+                                   photometric_loss)
 from cspn_ros.train.metrics import compute_metrics, mean_metrics
 
 LOGGER = logging.getLogger(__name__)
@@ -46,8 +50,10 @@ class TrainingError(RuntimeError):
 class TrainOptions:
     """epochs, batch_size (per process), AdamW learning_rate / weight_decay, warmup_fraction of
     the steps, clip_grad_norm (0 = off), checkpoint_every (steps), loss weights (l1/l2 on the
-    final depth, init_weight on depth_init; photometric mode: smoothness_weight, sparse_weight on
-    the input points), amp (CUDA only), device ('auto' | 'cpu' | 'cuda[:i]')."""
+    final depth, init_weight on depth_init, confidence_weight on the confidence's BCE to the
+    good-pixel indicator (supervised modes); photometric mode: smoothness_weight, sparse_weight
+    on the input points), trainable (regex searched in parameter names: only matching ones are
+    trained; '' = all), amp (CUDA only), device ('auto' | 'cpu' | 'cuda[:i]')."""
 
     epochs: int = 10
     batch_size: int = 4
@@ -59,9 +65,11 @@ class TrainOptions:
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     init_weight: float = 0.2
+    confidence_weight: float = 0.1
     smoothness_weight: float = 1e-3
     sparse_weight: float = 1.0
     supervision: str = 'dense'
+    trainable: str = ''
     amp: bool = True
     num_workers: int = 0
     seed: int = 0
@@ -160,7 +168,9 @@ class Trainer:
         self.model = CompletionNet(config).to(self.device)
         if state_dict is not None:
             load_weights(self.model, state_dict, self.out_dir / 'last.safetensors')
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.learning_rate,
+        self.frozen_batchnorms = self._freeze(options.trainable)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=options.learning_rate,
                                            weight_decay=options.weight_decay)
         self.sampler = (DistributedSampler(train_set, seed=options.seed) if self.world > 1
                         else None)
@@ -189,6 +199,29 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.out_dir / 'tb'))
+
+    def _freeze(self, trainable: str) -> list[torch.nn.Module]:
+        """Freeze the parameters whose names do not match the regex `trainable` ('' = train
+        all); returns the BatchNorm layers without a trained parameter (kept in eval mode)."""
+        if not trainable:
+            return []
+        try:
+            pattern = re.compile(trainable)
+        except re.error as error:
+            raise TrainingError(f'--trainable {trainable!r} is not a regex: {error}') from None
+        trained = []
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(bool(pattern.search(name)))
+            if parameter.requires_grad:
+                trained.append(name)
+        if not trained:
+            raise TrainingError(f'--trainable {trainable!r} matches no parameter name (e.g. '
+                                f'{next(self.model.named_parameters())[0]!r})')
+        LOGGER.info('training %d of %d parameter tensors (%s)', len(trained),
+                    len(list(self.model.parameters())), trainable)
+        return [module for module in self.model.modules()
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                and not any(p.requires_grad for p in module.parameters(recurse=False))]
 
     def _resume_weights(self, config: ModelConfig) -> tuple[dict, ModelConfig]:
         path = self.out_dir / 'last.safetensors'
@@ -282,6 +315,8 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
         self.generator.manual_seed(self.options.seed + self.epoch)
         self.net.train()
+        for module in self.frozen_batchnorms:  # running statistics of frozen layers stay put
+            module.eval()
         used = skipped = 0
         losses = []
         bar = tqdm(self.loader, desc=f'epoch {self.epoch + 1}/{self.options.epochs}',
@@ -327,14 +362,17 @@ class Trainer:
 
     def loss(self, outputs: dict[str, torch.Tensor],
              batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Supervised: weighted L1+L2 on depth (and init_weight x on depth_init) against target.
-        Photometric: min-reprojection photometric loss over the source views + edge-aware
-        smoothness + L1 to the input points."""
+        """Supervised: weighted L1+L2 on depth (and init_weight x on depth_init) against target,
+        + confidence_weight x the confidence's BCE to the good-pixel indicator of the (detached)
+        depth. Photometric: min-reprojection photometric loss over the source views +
+        edge-aware smoothness + L1 to the input points."""
         o = self.options
         depth, init = outputs['depth'].float(), outputs['depth_init'].float()
         if o.supervision != 'photometric':
-            return (depth_loss(depth, batch['target'], o.l1_weight, o.l2_weight)
-                    + o.init_weight * depth_loss(init, batch['target'], o.l1_weight, o.l2_weight))
+            target = batch['target']
+            return (depth_loss(depth, target, o.l1_weight, o.l2_weight)
+                    + o.init_weight * depth_loss(init, target, o.l1_weight, o.l2_weight)
+                    + o.confidence_weight * confidence_loss(outputs['confidence'], depth, target))
         sources = batch['source_rgbs'].unbind(1)
         poses = batch['T_sources_from_target'].unbind(1)
         return (photometric_loss(batch['rgb'], list(sources), depth, batch['K'], list(poses))
@@ -373,7 +411,8 @@ class Trainer:
     def _save(self, name: str) -> None:
         save_checkpoint(self.out_dir / f'{name}.safetensors', self.model.state_dict(), self.config,
                         {'step': self.step, 'epoch': self.epoch,
-                         'supervision': self.options.supervision})
+                         'supervision': self.options.supervision,
+                         'trainable': self.options.trainable or 'all'})
 
     def _save_state(self) -> None:
         torch.save({'optimizer': self.optimizer.state_dict(),
