@@ -72,11 +72,13 @@ class ApproximateTimeMatcher:
         self._newest: dict[str, Optional[int]] = {t: None for t in self.topics}
         self._last_emitted: Optional[int] = None
 
-    def detect_jump_back(self, stamp_ns: int, threshold_s: float = 1.0) -> bool:
-        """True when stamp_ns is more than threshold_s older than the newest stamp seen on any
-        topic since the last reset, i.e. the clock jumped back and `reset()` should be called."""
-        seen = [s for s in self._newest.values() if s is not None]
-        return bool(seen) and stamp_ns < max(seen) - int(round(threshold_s * 1e9))
+    def detect_jump_back(self, topic: str, stamp_ns: int, threshold_s: float = 1.0) -> bool:
+        """True when stamp_ns is more than threshold_s older than the newest stamp seen on the
+        same topic since the last reset, i.e. the clock jumped back and `reset()` should be
+        called. Per topic, so a topic delivered late behind the others (a backlog of large
+        clouds) is not mistaken for a jump; a real jump shows on every topic at once."""
+        newest = self._newest[topic]
+        return newest is not None and stamp_ns < newest - int(round(threshold_s * 1e9))
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -474,7 +474,7 @@ class CompletionCore:
             if topic == 'camera_info' and not self._warmed_up and self._warmup_size is None:
                 self._warmup_size = (int(msg.height), int(msg.width))  # the worker warms up
             stamp_ns = stamp_to_ns(msg.header.stamp)
-            if self.matcher.detect_jump_back(stamp_ns):
+            if self.matcher.detect_jump_back(topic, stamp_ns):
                 self.log.warning('input stamps jumped back (bag loop or simulator restart): '
                                  'pairing restarted')
                 self.matcher.reset()
