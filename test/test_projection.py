@@ -154,6 +154,27 @@ def test_register_tilted_plane_matches_analytic_depth():
         register_depth(np.ones((30, 40), np.float32), tof, T_colour_from_tof, colour)
 
 
+@pytest.mark.parametrize('model, D', [('', []), ('plumb_bob', [0.1, -0.05, 0.001, 0.002, 0.01]),
+                                      ('equidistant', [0.05, -0.01, 0.002, -0.001])])
+def test_register_depth_torch_equals_numpy(model, D):
+    rng = np.random.default_rng()
+    tof = PinholeCamera(80, 60, [[70.0, 0, 39.5], [0, 70.0, 29.5], [0, 0, 1]], D, model)
+    colour = PinholeCamera(64, 48, [[50.0, 0, 31.5], [0, 50.0, 23.5], [0, 0, 1]], [], '')
+    depth = rng.uniform(0.3, 8.0, (60, 80)).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.2] = 0
+    depth[0, :5] = np.nan
+    transform = random_transform(rng)
+    expected = register_depth(depth, tof, transform, colour, min_depth=0.2, max_depth=7.0)
+    registered = register_depth(torch.from_numpy(depth), tof, transform, colour, min_depth=0.2,
+                                max_depth=7.0)
+    assert isinstance(registered, torch.Tensor) and (expected > 0).sum() > 100
+    np.testing.assert_array_equal(registered.numpy(), expected)
+    points, indices = tof.backproject(depth, stride=3)
+    points_t, indices_t = tof.backproject(torch.from_numpy(depth), stride=3)
+    np.testing.assert_array_equal(points_t.numpy(), points)
+    np.testing.assert_array_equal(indices_t.numpy(), indices)
+
+
 def test_depth_to_points_strides_and_colours():
     rng = np.random.default_rng()
     camera = PinholeCamera(20, 15, [[18.0, 0, 9.5], [0, 18.0, 7.0], [0, 0, 1]], [], '')

@@ -233,30 +233,41 @@ class PinholeCamera:
                 self._rays = np.stack([x, y], 1)
         return self._rays
 
-    def backproject(self, depth: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def backproject(self, depth: Any, stride: int = 1) -> tuple[Any, Any]:
         """(H,W) depth metres (0 / non-finite = missing) -> (N,3) float32 optical-frame points
         and (N,) int64 flat pixel indices (row * W + col) of the valid pixels.
 
-        `stride` keeps every stride-th row and column (starting at 0).
+        numpy in, numpy out; a torch tensor in gives tensors on its device, bit-identical to the
+        numpy result (the same float64 operations). `stride` keeps every stride-th row and
+        column (starting at 0).
         """
-        depth = np.asarray(depth)
-        if depth.shape != (self.height, self.width):
-            raise CameraError(f'depth image {depth.shape[::-1]} does not match the camera '
+        if not _is_torch(depth):
+            depth = np.asarray(depth)
+        if tuple(depth.shape) != (self.height, self.width):
+            raise CameraError(f'depth image {tuple(depth.shape)[::-1]} does not match the camera '
                               f'{self.width}x{self.height}')
         if stride < 1:
             raise ValueError(f'stride must be >= 1, got {stride}')
+        xp = array_module(depth)
         rows = np.arange(0, self.height, stride)
         cols = np.arange(0, self.width, stride)
         indices = (rows[:, None] * self.width + cols[None, :]).ravel()
-        z = depth.reshape(-1)[indices].astype(np.float64)
-        valid = np.isfinite(z) & (z > 0)
+        all_rays = self.pixel_rays()
+        if xp is not np:
+            indices = xp.from_numpy(indices).to(depth.device)
+            all_rays = xp.from_numpy(all_rays).to(depth.device)
+        z = as_float64(depth.reshape(-1)[indices])
+        valid = xp.isfinite(z) & (z > 0)
         indices, z = indices[valid], z[valid]
-        rays = self.pixel_rays()[indices]
+        rays = all_rays[indices]
         x, y = rays[:, 0] * z, rays[:, 1] * z
         if self.rectified:
             y = y - self.P[1, 3] / self.P[1, 1]
             x = x - (self.P[0, 3] + self.P[0, 1] * (y - rays[:, 1] * z)) / self.P[0, 0]
-        return np.stack([x, y, z], 1).astype(np.float32), indices.astype(np.int64)
+        points = xp.stack([x, y, z], 1)
+        if xp is np:
+            return points.astype(np.float32), indices.astype(np.int64)
+        return points.to(xp.float32), indices.to(xp.int64)
 
 
 def camera_info_fields(camera: PinholeCamera) -> dict[str, Any]:

@@ -103,12 +103,15 @@ def register_depth(depth_src: np.ndarray, src_camera: PinholeCamera, T_dst_from_
                    dst_camera: PinholeCamera, min_depth: float = 0.1,
                    max_depth: float = np.inf) -> np.ndarray:
     """ToF depth (h,w) metres in its own camera -> (H,W) float32 sparse depth in the colour
-    camera (0 = none), through the same z-buffer as LiDAR points."""
-    if np.shape(depth_src) != (src_camera.height, src_camera.width):
-        raise CameraError(f'depth image of shape {np.shape(depth_src)} does not match its '
-                          f'camera {src_camera.width}x{src_camera.height}')
+    camera (0 = none), through the same z-buffer as LiDAR points. A torch tensor in (e.g. on
+    the GPU) gives a tensor out, identical to the numpy result."""
+    if tuple(np.shape(depth_src)) != (src_camera.height, src_camera.width):
+        raise CameraError(f'depth image of shape {tuple(np.shape(depth_src))} does not match '
+                          f'its camera {src_camera.width}x{src_camera.height}')
     points, _ = src_camera.backproject(depth_src)
-    return project_to_sparse_depth(points, T_dst_from_src, dst_camera, min_depth, max_depth)
+    project = (project_to_sparse_depth if array_module(points) is np
+               else project_to_sparse_depth_torch)
+    return project(points, T_dst_from_src, dst_camera, min_depth, max_depth)
 
 
 def depth_to_points(depth: np.ndarray, camera: PinholeCamera, rgb: np.ndarray | None = None,
