@@ -252,30 +252,40 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sensor, model and QoS options bench_e2e and scripts/soak.py share."""
     parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
-    parser.add_argument('--size', type=parse_size, action='append',
-                        help='WxH, repeatable (default 1216x352)')
-    parser.add_argument('--rate', type=float, action='append',
-                        help='Hz, repeatable; 0 = as fast as the publisher can (default 30)')
     parser.add_argument('--beams', type=int, default=64, choices=(16, 32, 64))
     parser.add_argument('--depth-source', default='lidar', choices=('lidar', 'tof'))
     parser.add_argument('--warmup-s', type=float, default=5.0)
-    parser.add_argument('--duration-s', type=float, default=20.0)
     parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'bf16'))
     parser.add_argument('--no-cuda-graphs', action='store_true')
     parser.add_argument('--reliability', default='reliable', choices=('reliable', 'best_effort'))
     parser.add_argument('--model-config', default=FALLBACK_MODEL,
                         help='JSON model config used when the default checkpoint is missing')
+
+
+def finish_node_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """fp16 means nothing on the CPU: run fp32 there."""
+    if args.device == 'cpu' and args.precision == 'fp16':
+        args.precision = 'fp32'
+    return args
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_node_arguments(parser)
+    parser.add_argument('--size', type=parse_size, action='append',
+                        help='WxH, repeatable (default 1216x352)')
+    parser.add_argument('--rate', type=float, action='append',
+                        help='Hz, repeatable; 0 = as fast as the publisher can (default 30)')
+    parser.add_argument('--duration-s', type=float, default=20.0)
     parser.add_argument('--split-frames', type=int, default=100)
     parser.add_argument('--out', type=Path, help='default bench/results/e2e_<device>.json')
     args = parser.parse_args(argv)
     args.size = args.size or [(1216, 352)]
     args.rate = args.rate or [30.0]
-    if args.device == 'cpu' and args.precision == 'fp16':
-        args.precision = 'fp32'
-    return args
+    return finish_node_arguments(args)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

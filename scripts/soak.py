@@ -30,8 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / 'bench')]
 
-from bench_e2e import (DRAIN_S, FALLBACK_MODEL, Probe, device_name,  # noqa: E402
-                       latency_stats, parse_size, start_processes, wait_publisher)
+from bench_e2e import (DRAIN_S, Probe, add_node_arguments, device_name,  # noqa: E402
+                       finish_node_arguments, latency_stats, parse_size, start_processes,
+                       wait_publisher)
 
 MIB = 1024 * 1024
 
@@ -82,23 +83,13 @@ def per_minute(probe: Probe, start_ns: int, end_ns: int) -> list[dict[str, Any]]
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
+    add_node_arguments(parser)
     parser.add_argument('--size', type=parse_size, default=(1216, 352), help='WxH')
     parser.add_argument('--rate', type=float, default=30.0)
-    parser.add_argument('--beams', type=int, default=64, choices=(16, 32, 64))
-    parser.add_argument('--depth-source', default='lidar', choices=('lidar', 'tof'))
     parser.add_argument('--minutes', type=float, default=10.0)
     parser.add_argument('--sample-s', type=float, default=10.0)
-    parser.add_argument('--warmup-s', type=float, default=5.0)
-    parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'bf16'))
-    parser.add_argument('--no-cuda-graphs', action='store_true')
-    parser.add_argument('--reliability', default='reliable', choices=('reliable', 'best_effort'))
-    parser.add_argument('--model-config', default=FALLBACK_MODEL)
     parser.add_argument('--out', type=Path, help='default bench/results/soak_<device>.json')
-    args = parser.parse_args(argv)
-    if args.device == 'cpu' and args.precision == 'fp16':
-        args.precision = 'fp32'
-    return args
+    return finish_node_arguments(parser.parse_args(argv))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
