@@ -9,12 +9,13 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*', 'bench']),
-    package_data={PACKAGE: ['weights/*.safetensors', 'weights/*.json', 'config/*.yaml']},
+    package_data={PACKAGE: ['weights/*.safetensors', 'fastdds_large_data.xml']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
-        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')
+         + [f'{PACKAGE}/fastdds_large_data.xml']),
     ],
     install_requires=['setuptools'],
     extras_require={'test': ['pytest']},

@@ -39,6 +39,7 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from cspn_ros.demo import BackgroundNode, NodeProcess, completion_parameters  # noqa: E402
 from cspn_ros.model.completer import DEFAULT_CHECKPOINT  # noqa: E402
+from cspn_ros.nodes.transport import large_data_environment  # noqa: E402
 
 #: Untrained model used when the packaged default checkpoint is missing.
 FALLBACK_MODEL = '{"width": 16}'
@@ -290,6 +291,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    os.environ.update(large_data_environment())  # the probe here and every process started
     name = device_name(args.device)
     domain_id = 1 + os.getpid() % 101
     report: dict[str, Any] = {

@@ -25,6 +25,8 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from cspn_ros.nodes.transport import large_data_environment
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 #: Seconds the node may take after the last image before the demo stops waiting.
 DRAIN_S = 10.0
@@ -236,6 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         note = 'default checkpoint not trained yet: showing classical baseline as the model'
     scene = args.scene or ('outdoor' if args.depth_source == 'lidar' else 'indoor')
     domain_id = 1 + os.getpid() % 101
+    os.environ.update(large_data_environment())  # this process's collector and the nodes
     env = {**os.environ, 'ROS_DOMAIN_ID': str(domain_id),
            'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
     parameters = completion_parameters(args.depth_source, checkpoint, args.device)

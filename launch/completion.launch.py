@@ -8,7 +8,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -26,6 +26,11 @@ def generate_launch_description():
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='use /clock (bag replay, simulators)'),
         DeclareLaunchArgument('rviz', default_value='false', description='start rviz2'),
+        # Fast DDS: 32 MB shared-memory segments for MB-sized images and clouds (the 512 KB
+        # default drops and re-sends them: hundreds of ms), unless a profile file is already set.
+        *([] if os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') else [SetEnvironmentVariable(
+            'FASTDDS_DEFAULT_PROFILES_FILE',
+            os.path.join(share, 'config', 'fastdds_large_data.xml'))]),
         Node(package='cspn_ros', executable='completion_node', name='completion_node',
              output='screen',
              parameters=[os.path.join(share, 'config', 'completion.yaml'), {

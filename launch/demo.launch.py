@@ -8,7 +8,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -44,6 +44,11 @@ def generate_launch_description():
         DeclareLaunchArgument('use_sim_time', default_value='false', description='use /clock'),
         DeclareLaunchArgument('rviz', default_value='true', description='start rviz2'),
         DeclareLaunchArgument('rate', default_value='5.0', description='source frame rate (Hz)'),
+        # Fast DDS: 32 MB shared-memory segments for MB-sized images and clouds (the 512 KB
+        # default drops and re-sends them: hundreds of ms), unless a profile file is already set.
+        *([] if os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') else [SetEnvironmentVariable(
+            'FASTDDS_DEFAULT_PROFILES_FILE',
+            os.path.join(share, 'config', 'fastdds_large_data.xml'))]),
         Node(package='cspn_ros', executable='synthetic_source_node',
              name='synthetic_source_node', output='screen',
              parameters=[{'rate': LaunchConfiguration('rate'),

@@ -30,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / 'bench')]
 
+from cspn_ros.nodes.transport import large_data_environment  # noqa: E402
 from bench_e2e import (DRAIN_S, Probe, add_node_arguments, device_name,  # noqa: E402
                        finish_node_arguments, latency_stats, parse_size, start_processes,
                        wait_publisher)
@@ -94,6 +95,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    os.environ.update(large_data_environment())  # the probe here and every process started
     name = device_name(args.device)
     domain_id = 1 + os.getpid() % 101
     duration_s = args.minutes * 60
