@@ -53,6 +53,21 @@ def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def _rows_buffer(data: Any, height: int, width: int, item_bytes: int, row_bytes: int,
+                 what: str, row_name: str, item_text: str) -> np.ndarray:
+    """`data` as 1-D uint8 after checking it holds `height` rows of `row_bytes` (padding allowed)
+    that each fit `width` items of `item_bytes` (described by item_text in errors);
+    ConversionError naming the fields otherwise."""
+    if row_bytes < width * item_bytes:
+        raise ConversionError(f'{what} {row_name} {row_bytes} is smaller than width {width} x '
+                              f'{item_text}')
+    buffer = message_bytes(data)
+    if buffer.size != height * row_bytes:
+        raise ConversionError(f'{what} data has {buffer.size} bytes, expected height {height} x '
+                              f'{row_name} {row_bytes} = {height * row_bytes}')
+    return buffer
+
+
 def message_bytes(data: Any) -> np.ndarray:
     """A message's `data` as a 1-D uint8 array, a view of the same memory where possible.
 
@@ -100,13 +115,8 @@ def image_to_array(msg: Any) -> np.ndarray:
     dtype, channels = IMAGE_ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     pixel_bytes = dtype.itemsize * channels
-    if step < width * pixel_bytes:
-        raise ConversionError(f'{encoding} image step {step} is smaller than width {width} x '
-                              f'{pixel_bytes} bytes per pixel')
-    buffer = message_bytes(msg.data)
-    if buffer.size != height * step:
-        raise ConversionError(f'{encoding} image data has {buffer.size} bytes, expected height '
-                              f'{height} x step {step} = {height * step}')
+    buffer = _rows_buffer(msg.data, height, width, pixel_bytes, step, f'{encoding} image',
+                          'step', f'{pixel_bytes} bytes per pixel')
     wire_dtype = dtype.newbyteorder('>' if msg.is_bigendian else '<')
     array = _strided_view(buffer, wire_dtype, (height, width, channels),
                           (step, pixel_bytes, dtype.itemsize))
@@ -203,13 +213,8 @@ def pointcloud2_to_xyz(msg: Any) -> np.ndarray:
                               f'{sorted(fields)}')
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
-    if row_step < width * point_step:
-        raise ConversionError(f'PointCloud2 row_step {row_step} is smaller than width {width} x '
-                              f'point_step {point_step}')
-    buffer = message_bytes(msg.data)
-    if buffer.size != height * row_step:
-        raise ConversionError(f'PointCloud2 data has {buffer.size} bytes, expected height '
-                              f'{height} x row_step {row_step} = {height * row_step}')
+    buffer = _rows_buffer(msg.data, height, width, point_step, row_step, 'PointCloud2',
+                          'row_step', f'point_step {point_step}')
     xyz = np.empty((height, width, 3), dtype=np.float32)
     for axis, name in enumerate('xyz'):
         field = fields[name]
