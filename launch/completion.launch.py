@@ -13,6 +13,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from cspn_ros.nodes.transport import large_data_environment
+
 
 def generate_launch_description():
     share = get_package_share_directory('cspn_ros')
@@ -28,9 +30,8 @@ def generate_launch_description():
         DeclareLaunchArgument('rviz', default_value='false', description='start rviz2'),
         # Fast DDS: 32 MB shared-memory segments for MB-sized images and clouds (the 512 KB
         # default drops and re-sends them: hundreds of ms), unless a profile file is already set.
-        *([] if os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') else [SetEnvironmentVariable(
-            'FASTDDS_DEFAULT_PROFILES_FILE',
-            os.path.join(share, 'config', 'fastdds_large_data.xml'))]),
+        *(SetEnvironmentVariable(name, value) for name, value in
+          large_data_environment().items() if name not in os.environ),
         Node(package='cspn_ros', executable='completion_node', name='completion_node',
              output='screen',
              parameters=[os.path.join(share, 'config', 'completion.yaml'), {

@@ -13,6 +13,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from cspn_ros.nodes.transport import large_data_environment
+
 
 def completion_node(context):
     """completion_node with the extrinsic of the synthetic sensor chosen by depth_source."""
@@ -46,9 +48,8 @@ def generate_launch_description():
         DeclareLaunchArgument('rate', default_value='5.0', description='source frame rate (Hz)'),
         # Fast DDS: 32 MB shared-memory segments for MB-sized images and clouds (the 512 KB
         # default drops and re-sends them: hundreds of ms), unless a profile file is already set.
-        *([] if os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') else [SetEnvironmentVariable(
-            'FASTDDS_DEFAULT_PROFILES_FILE',
-            os.path.join(share, 'config', 'fastdds_large_data.xml'))]),
+        *(SetEnvironmentVariable(name, value) for name, value in
+          large_data_environment().items() if name not in os.environ),
         Node(package='cspn_ros', executable='synthetic_source_node',
              name='synthetic_source_node', output='screen',
              parameters=[{'rate': LaunchConfiguration('rate'),
