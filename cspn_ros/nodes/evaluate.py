@@ -30,7 +30,7 @@ from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.data.bags import BagError, add_bag_arguments, frames_from_args, holdout_split
 from cspn_ros.model.completer import DepthCompleter
-from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, mean_metrics
+from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, mean_metrics, scored_pixels
 
 LOGGER = logging.getLogger('evaluate')
 #: Width (metres) of the distance bins of the error-vs-distance plot.
@@ -134,8 +134,8 @@ class ConfidenceReport:
 
     def add(self, prediction: np.ndarray, confidence: np.ndarray, gt: np.ndarray) -> None:
         """prediction, gt (H,W) metres (gt 0 = not scored), confidence (H,W) in [0,1]."""
-        valid = np.isfinite(gt) & (gt > 0)  # the pixels compute_metrics scores
-        squared = (prediction[valid].astype(np.float64) - gt[valid]) ** 2
+        predicted, truth, valid = scored_pixels(prediction, gt)  # as compute_metrics scores
+        squared = (predicted - truth) ** 2
         self.scored += int(valid.sum())
         for index, threshold in enumerate(self.thresholds):
             kept = confidence[valid] >= threshold

@@ -17,6 +17,15 @@ METRIC_KEYS = ('rmse', 'mae', 'irmse', 'imae', 'rel', *DELTA_THRESHOLDS)
 MIN_PREDICTED_DEPTH_M = 1e-3
 
 
+def scored_pixels(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels every score uses and the values it sees: (prediction (N,) float64 metres, NaN
+    -> 0 and clamped to at least MIN_PREDICTED_DEPTH_M, ground truth (N,) float64 metres,
+    valid (H,W) bool = finite gt > 0)."""
+    valid = np.isfinite(gt) & (gt > 0)
+    p = np.nan_to_num(pred[valid].astype(np.float64), nan=0.0)
+    return np.maximum(p, MIN_PREDICTED_DEPTH_M), gt[valid].astype(np.float64), valid
+
+
 def compute_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Score a predicted depth map against ground truth.
 
@@ -29,13 +38,10 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     gt = np.asarray(gt)
     if pred.shape != gt.shape:
         raise ValueError(f'prediction shape {pred.shape} differs from ground truth {gt.shape}')
-    valid = np.isfinite(gt) & (gt > 0)
+    p, g, valid = scored_pixels(pred, gt)
     count = int(valid.sum())
     if count == 0:
         return {**{k: float('nan') for k in METRIC_KEYS}, 'count': 0}
-    g = gt[valid].astype(np.float64)
-    p = np.nan_to_num(pred[valid].astype(np.float64), nan=0.0)
-    p = np.maximum(p, MIN_PREDICTED_DEPTH_M)
     err = p - g
     inv_err_per_km = (1.0 / p - 1.0 / g) * 1000.0
     ratio = np.maximum(p / g, g / p)
