@@ -96,6 +96,7 @@ def node_parameters(args: argparse.Namespace,
     parameters.update(publish_sparse=False, publish_points=False, publish_colorized=False,
                       input_reliability=args.reliability, precision=args.precision,
                       cuda_graphs=args.device == 'cuda' and not args.no_cuda_graphs,
+                      compile=args.compile, channels_last=args.channels_last,
                       require_gpu=args.device == 'cuda', warmup_size=list(size))
     if not checkpoint:
         parameters['model_config'] = args.model_config
@@ -187,7 +188,8 @@ def split_in_process(args: argparse.Namespace, size: tuple[int, int],
     from e2e_publisher import render
     parameters = node_parameters(args, size)
     modes = dict(device=args.device, precision=args.precision,
-                 cuda_graphs=parameters['cuda_graphs'])
+                 cuda_graphs=parameters['cuda_graphs'], compile=args.compile,
+                 channels_last=args.channels_last)
     completer = (DepthCompleter.from_checkpoint(DEFAULT_CHECKPOINT, **modes)
                  if DEFAULT_CHECKPOINT.is_file()
                  else DepthCompleter.from_config(json.loads(args.model_config), **modes))
@@ -261,6 +263,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--warmup-s', type=float, default=5.0)
     parser.add_argument('--precision', default='fp16', choices=('fp32', 'fp16', 'bf16'))
     parser.add_argument('--no-cuda-graphs', action='store_true')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the network (node parameter compile)')
+    parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--reliability', default='reliable', choices=('reliable', 'best_effort'))
     parser.add_argument('--model-config', default=FALLBACK_MODEL,
                         help='JSON model config used when the default checkpoint is missing')
@@ -300,6 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   else f'untrained {args.model_config}'),
         'precision': args.precision,
         'cuda_graphs': args.device == 'cuda' and not args.no_cuda_graphs,
+        'compile': args.compile, 'channels_last': args.channels_last,
         'input_reliability': args.reliability,
         'note': 'latency = receipt of depth - image header stamp (wall clock, one machine); '
                 'inputs reliable because best-effort UDP loses fragments of MB-sized clouds',

@@ -39,8 +39,13 @@ def transform_from_translation_quaternion(translation: Any, quaternion_xyzw: Any
 
 def _pixel_hits(points: Any, T_cam_from_sensor: Any, camera: PinholeCamera, min_depth: float,
                 max_depth: float) -> tuple[Any, Any]:
-    """Points (N,3) in the sensor frame -> (flat pixel index (M,) int64, depth (M,) float32) of
-    the points that land in the image with min_depth < z <= max_depth (numpy or torch)."""
+    """Points (N,3) in the sensor frame -> (flat pixel index, depth float32) of the points that
+    land in the image with min_depth < z <= max_depth.
+
+    numpy: (M,) arrays of those points only. torch: (N,) tensors, one per input point, where a
+    dropped point has index H*W (a spare z-buffer slot): boolean indexing would make the device
+    wait for the host on every call.
+    """
     xp = array_module(points)
     transform = np.asarray(T_cam_from_sensor, dtype=np.float64).reshape(4, 4)
     sensor = as_float64(points)
@@ -53,18 +58,20 @@ def _pixel_hits(points: Any, T_cam_from_sensor: Any, camera: PinholeCamera, min_
         return x * a[0] + y * a[1] + z * a[2] + a[3]
 
     depth = transformed(2, sensor[:, 0], sensor[:, 1], sensor[:, 2])
-    in_range = (depth > min_depth) & (depth <= max_depth)
-    sensor, depth = sensor[in_range], depth[in_range]
+    keep = (depth > min_depth) & (depth <= max_depth)
+    if xp is np:  # on the host, project only the points in range
+        sensor, depth, keep = sensor[keep], depth[keep], True
     x, y, z = sensor[:, 0], sensor[:, 1], sensor[:, 2]
     u, v, projects = camera.project_columns(transformed(0, x, y, z), transformed(1, x, y, z),
                                             depth)
     col = xp.floor(u + 0.5)
     row = xp.floor(v + 0.5)
-    keep = projects & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
-    flat = row[keep] * camera.width + col[keep]
+    keep = keep & projects & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
+    flat = row * camera.width + col
     if xp is np:
-        return flat.astype(np.int64), depth[keep].astype(np.float32)
-    return flat.long(), depth[keep].float()
+        return flat[keep].astype(np.int64), depth[keep].astype(np.float32)
+    spare = float(camera.height * camera.width)
+    return xp.where(keep, flat, spare).long(), depth.float()
 
 
 def project_to_sparse_depth(points: np.ndarray, T_cam_from_sensor: np.ndarray,
@@ -92,11 +99,11 @@ def project_to_sparse_depth_torch(points: Any, T_cam_from_sensor: Any, camera: P
     if isinstance(T_cam_from_sensor, torch.Tensor):
         T_cam_from_sensor = T_cam_from_sensor.detach().cpu().numpy()
     flat, depth = _pixel_hits(points, T_cam_from_sensor, camera, min_depth, max_depth)
-    image = torch.full((camera.height * camera.width,), float('inf'), dtype=torch.float32,
-                       device=points.device)
+    pixels = camera.height * camera.width
+    image = torch.full((pixels + 1,), float('inf'), dtype=torch.float32, device=points.device)
     image.scatter_reduce_(0, flat, depth, reduce='amin')
-    image[torch.isinf(image)] = 0
-    return image.reshape(camera.height, camera.width)
+    image = image[:pixels]
+    return image.masked_fill_(torch.isinf(image), 0).reshape(camera.height, camera.width)
 
 
 def register_depth(depth_src: np.ndarray, src_camera: PinholeCamera, T_dst_from_src: np.ndarray,
