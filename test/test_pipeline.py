@@ -320,3 +320,22 @@ def test_pipeline_takes_the_device_path_when_the_completer_is_on_cuda():
     assert not CompletionPipeline(completer, on_device=False).on_device
     pipeline.completer = RecordingCompleter(0)  # e.g. moved to the CPU after CUDA OOM
     assert not pipeline.on_device
+
+
+def test_a_changed_camera_info_is_used_at_once():
+    """Cameras are cached per calibration: a new K must give the new projection, the old K the
+    old one again."""
+    rng = np.random.default_rng()
+    msgs, _, T = random_cloud_frame(rng, count=800)
+    pipeline = CompletionPipeline(small_completer(), 'lidar', T_cam_from_sensor=T)
+    first = pipeline.prepare(msgs['image'], msgs['camera_info'], msgs['points']).sparse
+    changed = camera_info_msg(dataclasses.replace(plane_camera(W, H),
+                                                  K=plane_camera(W, H).K * [[0.8], [0.8], [1]]),
+                              msgs['camera_info'].header)
+    second = pipeline.prepare(msgs['image'], changed, msgs['points']).sparse
+    fresh = CompletionPipeline(small_completer(), 'lidar', T_cam_from_sensor=T)
+    np.testing.assert_array_equal(second, fresh.prepare(msgs['image'], changed,
+                                                        msgs['points']).sparse)
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(
+        first, pipeline.prepare(msgs['image'], msgs['camera_info'], msgs['points']).sparse)

@@ -67,6 +67,7 @@ class PinholeCamera:
     R: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
     rectified: bool = False
     _rays: np.ndarray | None = dataclasses.field(default=None, init=False, repr=False)
+    _rays_by_device: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
     _max_radius: float = dataclasses.field(default=np.inf, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -233,6 +234,15 @@ class PinholeCamera:
                 self._rays = np.stack([x, y], 1)
         return self._rays
 
+    def _device_rays(self, device: Any) -> Any:
+        """`pixel_rays()` as a float64 tensor on `device`, copied there once per device."""
+        import torch
+        rays = self._rays_by_device.get(str(device))
+        if rays is None:
+            rays = torch.from_numpy(self.pixel_rays()).to(device)
+            self._rays_by_device[str(device)] = rays
+        return rays
+
     def backproject(self, depth: Any, stride: int = 1) -> tuple[Any, Any]:
         """(H,W) depth metres (0 / non-finite = missing) -> (N,3) float32 optical-frame points
         and (N,) int64 flat pixel indices (row * W + col) of the valid pixels.
@@ -249,13 +259,14 @@ class PinholeCamera:
         if stride < 1:
             raise ValueError(f'stride must be >= 1, got {stride}')
         xp = array_module(depth)
-        rows = np.arange(0, self.height, stride)
-        cols = np.arange(0, self.width, stride)
-        indices = (rows[:, None] * self.width + cols[None, :]).ravel()
-        all_rays = self.pixel_rays()
-        if xp is not np:
-            indices = xp.from_numpy(indices).to(depth.device)
-            all_rays = xp.from_numpy(all_rays).to(depth.device)
+        if xp is np:
+            rows, cols = np.arange(0, self.height, stride), np.arange(0, self.width, stride)
+            all_rays = self.pixel_rays()
+        else:
+            rows = xp.arange(0, self.height, stride, device=depth.device)
+            cols = xp.arange(0, self.width, stride, device=depth.device)
+            all_rays = self._device_rays(depth.device)
+        indices = (rows[:, None] * self.width + cols[None, :]).reshape(-1)
         z = as_float64(depth.reshape(-1)[indices])
         valid = xp.isfinite(z) & (z > 0)
         indices, z = indices[valid], z[valid]

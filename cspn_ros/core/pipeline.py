@@ -31,6 +31,8 @@ from cspn_ros.core.projection import (project_to_sparse_depth, project_to_sparse
                                       register_depth)
 
 DEPTH_SOURCES = ('lidar', 'tof')
+#: Calibrations remembered by a pipeline (a camera whose CameraInfo changes makes a new entry).
+MAX_CACHED_CAMERAS = 8
 
 
 class InputError(ValueError):
@@ -103,6 +105,7 @@ class CompletionPipeline:
         self.tof_registered = bool(tof_registered)
         self._on_device = on_device
         self._staging: Optional[HostStaging] = None
+        self._cameras: dict[tuple, PinholeCamera] = {}
 
     @property
     def on_device(self) -> bool:
@@ -169,7 +172,7 @@ class CompletionPipeline:
             host_depth = (message_bytes(depth_msg.data) if cloud is not None
                           else self._cloud_points(depth_msg))
         else:
-            host_depth = self._sparse_from_tof(depth_msg, depth_info_msg, camera)
+            host_depth = self._tof_depth(depth_msg)
         clock.mark('convert')
         rgb_t = self._staging.upload('rgb', rgb)
         depth_t = self._staging.upload('depth', host_depth)
@@ -182,7 +185,7 @@ class CompletionPipeline:
                                  f'({int(depth_msg.width) * int(depth_msg.height)} points; '
                                  'check the extrinsic and the depth range)')
         else:
-            sparse_t = depth_t
+            sparse_t = self._register_tof(depth_t, depth_info_msg, camera)
         clock.mark('project')
         depth_t, confidence_t = self.completer.complete_tensor(rgb_t, sparse_t)
         if tuple(depth_t.shape) != tuple(sparse_t.shape):
@@ -260,15 +263,27 @@ class CompletionPipeline:
         except CameraError as error:
             raise InputError(f'point cloud: {error}') from error
 
-    @staticmethod
-    def _camera(info_msg: Any, width: int, height: int, topic: str) -> PinholeCamera:
-        """The CameraInfo as a camera for a width x height image (scaled if sizes differ)."""
+    def _camera(self, info_msg: Any, width: int, height: int, topic: str) -> PinholeCamera:
+        """The CameraInfo as a camera for a width x height image (scaled if sizes differ).
+
+        Cameras are kept per calibration, so their pixel rays (an undistortion solve for
+        distorted cameras) are computed once, not every frame."""
         if info_msg is None:
             raise InputError(f'{topic}: missing')
-        try:
-            return PinholeCamera.from_camera_info(info_msg).scaled(width, height)
-        except CameraError as error:
-            raise InputError(f'{topic}: {error}') from error
+        key = (topic, width, height, int(info_msg.width), int(info_msg.height),
+               str(info_msg.distortion_model),
+               *(np.asarray(values, dtype=np.float64).tobytes()
+                 for values in (info_msg.k, info_msg.d, info_msg.r, info_msg.p)))
+        camera = self._cameras.get(key)
+        if camera is None:
+            try:
+                camera = PinholeCamera.from_camera_info(info_msg).scaled(width, height)
+            except CameraError as error:
+                raise InputError(f'{topic}: {error}') from error
+            if len(self._cameras) >= MAX_CACHED_CAMERAS:
+                self._cameras.clear()
+            self._cameras[key] = camera
+        return camera
 
     @staticmethod
     def _cloud_points(cloud_msg: Any) -> np.ndarray:
@@ -296,27 +311,37 @@ class CompletionPipeline:
                              '(check the extrinsic and the depth range)')
         return sparse
 
-    def _sparse_from_tof(self, depth_msg: Any, depth_info_msg: Any,
-                         camera: PinholeCamera) -> np.ndarray:
+    @staticmethod
+    def _tof_depth(depth_msg: Any) -> np.ndarray:
+        """ToF depth Image -> (h,w) float32 metres, 0 = missing (a view where possible)."""
         try:
-            depth = image_to_depth(depth_msg)
+            return image_to_depth(depth_msg)
         except ConversionError as error:
             raise InputError(f'ToF depth: {error}') from error
+
+    def _sparse_from_tof(self, depth_msg: Any, depth_info_msg: Any,
+                         camera: PinholeCamera) -> np.ndarray:
+        return self._register_tof(self._tof_depth(depth_msg), depth_info_msg, camera)
+
+    def _register_tof(self, depth: Any, depth_info_msg: Any, camera: PinholeCamera) -> Any:
+        """(h,w) ToF metres (numpy, or a torch tensor on any device) -> (H,W) sparse depth in
+        the colour camera within [min_depth, max_depth], of the same kind."""
+        xp = array_module(depth)
+        height, width = depth.shape
         if self.tof_registered:
-            if depth.shape != (camera.height, camera.width):
-                raise InputError(f'registered ToF depth is {depth.shape[1]}x{depth.shape[0]} but '
-                                 f'the image is {camera.width}x{camera.height}')
-            sparse = np.where((depth >= self.min_depth) & (depth <= self.max_depth), depth, 0)
-            sparse = sparse.astype(np.float32)
+            if (height, width) != (camera.height, camera.width):
+                raise InputError(f'registered ToF depth is {width}x{height} but the image is '
+                                 f'{camera.width}x{camera.height}')
+            in_range = (depth >= self.min_depth) & (depth <= self.max_depth)
+            sparse = xp.where(in_range, depth, xp.zeros_like(depth))
         else:
-            tof_camera = self._camera(depth_info_msg, depth.shape[1], depth.shape[0],
-                                      'tof/camera_info')
+            tof_camera = self._camera(depth_info_msg, width, height, 'tof/camera_info')
             try:
                 sparse = register_depth(depth, tof_camera, self.T_cam_from_sensor, camera,
                                         min_depth=self.min_depth, max_depth=self.max_depth)
             except CameraError as error:
                 raise InputError(f'ToF depth: {error}') from error
-        if not np.any(sparse > 0):
+        if not bool((sparse > 0).any()):
             raise InputError(f'ToF depth has no valid pixel within [{self.min_depth}, '
                              f'{self.max_depth}] m (all zero, NaN or inf)')
         return sparse
