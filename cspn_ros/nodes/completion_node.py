@@ -632,9 +632,15 @@ class CompletionNode(Node):
         super().destroy_node()
 
 
+#: Seconds a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
+#: worker gives the GIL up at every CUDA synchronisation; under input overload the executor
+#: thread (deserialising MB-sized messages) then kept it for up to 5 ms each time.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def main(args: Optional[list[str]] = None) -> int:
     """Entry point of `completion_node`."""
-    return run(CompletionNode, 'completion_node', args)
+    return run(CompletionNode, 'completion_node', args, GIL_SWITCH_INTERVAL_S)
 
 
 if __name__ == '__main__':
