@@ -3,11 +3,15 @@
 Thin wiring around `core.pipeline.CompletionPipeline`. `CompletionCore` owns everything a node
 needs (model, matcher, worker thread, publishers, subscriptions, diagnostics) in four steps,
 configure / activate / deactivate / cleanup, so the plain `CompletionNode` (all four at start)
-and the managed `LifecycleCompletionNode` share one implementation. Subscription callbacks only
-feed the stamp matcher (`core.sync`) and put matched sets into a drop-oldest slot of size one; a
-single worker thread owns the model and runs prepare + complete + publish, so under overload the
-newest pair is processed and stale ones are dropped and counted. Bad frames are logged
-(throttled per problem) and skipped; the node keeps running.
+and the managed `LifecycleCompletionNode` share one implementation. One worker thread owns the
+model and the input subscriptions: they live on a hidden helper node (`_<name>_inputs`, same
+namespace and remappings) that the worker spins itself between frames, so the node's executor
+(parameters, lifecycle services, the diagnostics timer) never deserialises MB-sized inputs, and
+inputs that arrive while a frame is being processed wait in DDS, where a faster publisher's
+older samples are overwritten (QoS history) at no cost. Before each frame the worker takes
+every waiting message, feeds the stamp matcher (`core.sync`) and completes only the newest
+matched set; older sets are dropped and counted. Bad frames are logged (throttled per problem)
+and skipped; the node keeps running.
 
 Topics (relative): in `image`, `camera_info`, and `points` (depth_source=lidar) or `tof/depth`
 (+ `tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
@@ -28,6 +32,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.clock import Clock, ClockType
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -139,7 +144,7 @@ class StartupError(RuntimeError):
 
 
 class LatestSlot:
-    """A drop-oldest queue of size one between the callbacks and the worker thread."""
+    """A drop-oldest queue of size one for matched sets (thread-safe)."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
@@ -225,7 +230,11 @@ class CompletionCore:
         self.slot = LatestSlot()
         self.frames_processed = 0
         self.active = False
-        self._subscriptions: list[Any] = []
+        self._inputs_node: Optional[Node] = None
+        self._inputs_executor: Optional[SingleThreadedExecutor] = None
+        self._messages_taken = 0
+        self.images_skipped = 0  # reference images never taken (publisher sequence gaps)
+        self._last_image_sequence: dict[str, int] = {}
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards diagnostics (callbacks, worker and timer)
@@ -283,6 +292,7 @@ class CompletionCore:
                                               queue_size=self._value('queue_size'),
                                               reference='image')
         self._resolved = {topic: self.node.resolve_topic_name(topic) for topic in self.inputs}
+        self._inputs_name = f'_{self.node.get_name()}_inputs'
         self.diagnostics = CompletionDiagnostics(tuple(self._resolved.values()),
                                                  timeout_s=self._value('input_timeout'))
         self._last_match = time.monotonic()
@@ -302,9 +312,16 @@ class CompletionCore:
         input_qos = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in (
             'history', 'depth', 'durability')}, reliability=RELIABILITIES[self._choice(
                 'input_reliability', tuple(RELIABILITIES))])
-        self._subscriptions = [self.node.create_subscription(msg_type, topic,
-                                                             self._callback_for(topic), input_qos)
-                               for topic, msg_type in self.inputs.items()]
+        # Local arguments win over the process's: the helper keeps its own name under a global
+        # `__node` remap (launch's name=...), and takes every global topic remapping.
+        self._inputs_node = Node(self._inputs_name, namespace=self.node.get_namespace(),
+                                 context=self.node.context, start_parameter_services=False,
+                                 cli_args=['--ros-args', '-r', f'__node:={self._inputs_name}'])
+        for topic, msg_type in self.inputs.items():
+            self._inputs_node.create_subscription(msg_type, topic, self._callback_for(topic),
+                                                  input_qos)
+        self._inputs_executor = SingleThreadedExecutor(context=self.node.context)
+        self._inputs_executor.add_node(self._inputs_node)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name='completion_worker', daemon=True)
         self._worker.start()
@@ -317,11 +334,11 @@ class CompletionCore:
         if not self.active:
             return
         self.active = False
-        for subscription in self._subscriptions:
-            self.node.destroy_subscription(subscription)
-        self._subscriptions = []
         self._stop.set()
         self._worker.join(timeout=10.0)
+        self._inputs_executor.shutdown(timeout_sec=1.0)
+        self._inputs_node.destroy_node()
+        self._inputs_node = self._inputs_executor = None
         self.slot.take(timeout=0)
         self._free_device_memory()
 
@@ -331,8 +348,9 @@ class CompletionCore:
         if self.completer is None:
             return
         self.log.info(f'processed {self.frames_processed} frames, skipped '
-                      f'{self.diagnostics.failed} bad ones, dropped {self.slot.dropped} stale '
-                      f'ones; pairing {self.matcher.stats}')
+                      f'{self.diagnostics.failed} bad ones, dropped '
+                      f'{self.slot.dropped + self.images_skipped} stale ones; pairing '
+                      f'{self.matcher.stats}')
         self.node.destroy_timer(self._timer)
         for publisher in self.publishers_by_topic.values():
             self.node.destroy_publisher(publisher)
@@ -468,7 +486,10 @@ class CompletionCore:
     def _callback_for(self, topic: str):
         resolved = self._resolved[topic]
 
-        def callback(msg: Any) -> None:
+        def callback(msg: Any, info: Mapping[str, Any]) -> None:
+            self._messages_taken += 1
+            if topic == 'image':
+                self._count_skipped_images(info)
             with self._lock:
                 self.diagnostics.received(resolved, time.monotonic())
             if topic == 'camera_info' and not self._warmed_up and self._warmup_size is None:
@@ -483,6 +504,18 @@ class CompletionCore:
                 self.slot.put(matched)
         return callback
 
+    def _count_skipped_images(self, info: Mapping[str, Any]) -> None:
+        """Count images overwritten in DDS while the worker was busy (or lost in transport):
+        gaps in their publisher's sequence numbers (where the RMW reports them)."""
+        sequence = info.get('publication_sequence_number')
+        if sequence is None:
+            return
+        publisher = repr(info.get('publisher_gid'))
+        last = self._last_image_sequence.get(publisher)
+        if last is not None and sequence > last + 1:
+            self.images_skipped += sequence - last - 1
+        self._last_image_sequence[publisher] = sequence
+
     def _report(self) -> None:
         """1 Hz: publish /diagnostics; log (throttled) when the level is not OK."""
         now = time.monotonic()
@@ -490,11 +523,13 @@ class CompletionCore:
                  'propagation': self.completer.config.propagation,
                  'propagation steps': self.completer.steps,
                  'checkpoint': self.model_source,
+                 'stale images never taken (DDS)': self.images_skipped,
                  'state': 'active' if self.active else 'inactive'}
         stats = self.matcher.stats
         stats['received'] = {self._resolved[t]: n for t, n in stats['received'].items()}
         with self._lock:
-            level, message, values = self.diagnostics.report(now, stats, self.slot.dropped,
+            level, message, values = self.diagnostics.report(now, stats, self.slot.dropped
+                                                             + self.images_skipped,
                                                              extra)
         if not self.active:
             level, message = OK, 'inactive'
@@ -516,12 +551,29 @@ class CompletionCore:
 
     # ---------------------------------------------------------------- worker thread
     def _work(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.node.context.ok():
             if self._warmup_size is not None and not self._warmed_up:
                 self._warm_up(*self._warmup_size)
-            matched = self.slot.take(timeout=0.1)
+            try:
+                self._take_inputs(first_wait_s=0.1)
+            except Exception as error:  # the context went down under us: shutting down
+                if self.node.context.ok():
+                    raise
+                self.log.debug(f'worker stops: {error}')
+                return
+            matched = self.slot.take(timeout=0)
             if matched is not None:
                 self._process(matched)
+
+    def _take_inputs(self, first_wait_s: float) -> None:
+        """Wait up to first_wait_s for an input message, then take every message already
+        waiting (their callbacks feed the matcher and the slot)."""
+        self._inputs_executor.spin_once(timeout_sec=first_wait_s)
+        while True:
+            taken = self._messages_taken
+            self._inputs_executor.spin_once(timeout_sec=0)
+            if self._messages_taken == taken:
+                return
 
     def _process(self, matched: MatchedSet) -> None:
         messages = matched.messages
@@ -632,15 +684,9 @@ class CompletionNode(Node):
         super().destroy_node()
 
 
-#: Seconds a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
-#: worker gives the GIL up at every CUDA synchronisation; under input overload the executor
-#: thread (deserialising MB-sized messages) then kept it for up to 5 ms each time.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
-
 def main(args: Optional[list[str]] = None) -> int:
     """Entry point of `completion_node`."""
-    return run(CompletionNode, 'completion_node', args, GIL_SWITCH_INTERVAL_S)
+    return run(CompletionNode, 'completion_node', args)
 
 
 if __name__ == '__main__':

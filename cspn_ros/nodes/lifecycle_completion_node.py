@@ -12,8 +12,7 @@ from typing import Any, Optional
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from cspn_ros.nodes.completion_node import (GIL_SWITCH_INTERVAL_S, CompletionCore,
-                                            declare_parameters)
+from cspn_ros.nodes.completion_node import CompletionCore, declare_parameters
 from cspn_ros.nodes.spin import run
 
 
@@ -62,7 +61,7 @@ class LifecycleCompletionNode(LifecycleNode):
 
 def main(args: Optional[list[str]] = None) -> int:
     """Entry point of `lifecycle_completion_node`."""
-    return run(LifecycleCompletionNode, 'completion_node', args, GIL_SWITCH_INTERVAL_S)
+    return run(LifecycleCompletionNode, 'completion_node', args)
 
 
 if __name__ == '__main__':

@@ -1,22 +1,15 @@
 """The one way every cspn_ros executable starts, spins and stops."""
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
 
 
-def run(node_class: type, name: str, args: Optional[list[str]] = None,
-        gil_switch_interval_s: Optional[float] = None) -> int:
+def run(node_class: type, name: str, args: Optional[list[str]] = None) -> int:
     """Init rclpy, construct node_class, spin until Ctrl-C or shutdown; exit code 0, or 1 with
-    one clear line (no traceback) when the node cannot start.
-
-    gil_switch_interval_s: sys.setswitchinterval for the process (Python's default is 5 ms).
-    """
-    if gil_switch_interval_s is not None:
-        sys.setswitchinterval(gil_switch_interval_s)
+    one clear line (no traceback) when the node cannot start."""
     rclpy.init(args=args)
     try:
         node = node_class()
