@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cspn_ros.config import ModelConfig  # noqa: E402
 from cspn_ros.model.propagation import cspn, fused, nlspn  # noqa: E402
-from cspn_ros.model.propagation.fused import LocalLaunch  # noqa: E402
+from cspn_ros.model.propagation.fused import LocalLaunch, SharedLaunch  # noqa: E402
 
 HEIGHT, WIDTH, STEPS = 352, 1216, 24
 INPUT_SETS = 4
@@ -39,6 +40,19 @@ def time_ms(run, input_sets, warmup=3, repeats=30) -> float:
         end.record()
         end.synchronize()
         times.append(begin.elapsed_time(end))
+    return statistics.median(times)
+
+
+def host_ms(run, input_sets, repeats=30) -> float:
+    """Median milliseconds the host spends in run(*inputs) (launches only; the GPU is idle
+    before each call): the eager floor when it exceeds the GPU time."""
+    times = []
+    for i in range(repeats):
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        run(*input_sets[i % len(input_sets)])
+        times.append((time.perf_counter() - begin) * 1e3)
+    torch.cuda.synchronize()
     return statistics.median(times)
 
 
@@ -86,12 +100,18 @@ def local_floor_bytes(kernel_size, dtype) -> int:
     return per_pixel * HEIGHT * WIDTH
 
 
+#: 3x3 tilings timed: the previous default (global-memory scratch), then the shared-memory
+#: kernel's (docs/kernels.md).
+LOCAL_CANDIDATES = [LocalLaunch(8, 64, 64, 16, True)]
+SHARED_CANDIDATES = [SharedLaunch(*c) for c in [
+    (8, 64, 64, 2, 2, 16, False), (8, 64, 64, 4, 2, 16, False), (8, 64, 64, 8, 2, 8, False),
+    (8, 64, 64, 2, 2, 16), (8, 64, 64, 4, 2, 16), (8, 64, 64, 8, 2, 8), (8, 64, 64, 1, 1, 16),
+    (6, 64, 64, 4, 2, 16), (12, 64, 64, 4, 2, 16)]]
+
+
 def bench_local(generator, bandwidth, rows) -> None:
-    # CSPN 3x3, 24 steps: reference, then fused tilings (steps per launch, region, warps).
-    candidates = [LocalLaunch(*c) for c in [
-        (4, 32, 64, 8, False), (6, 64, 64, 16, False),
-        (3, 32, 64, 4, True), (4, 32, 64, 4, True), (4, 32, 64, 8, True), (6, 32, 64, 8, True),
-        (6, 64, 64, 8, True), (6, 64, 64, 16, True), (8, 64, 64, 16, True), (12, 64, 128, 16, True)]]
+    # CSPN 3x3, 24 steps: reference, then fused tilings (eager, host-only and CUDA-graph times).
+    candidates = LOCAL_CANDIDATES + (SHARED_CANDIDATES if fused.shared_kernel_available() else [])
     for dtype in (torch.float32, torch.float16):
         sets = local_inputs(3, dtype, generator)
         floor_ms = local_floor_bytes(3, dtype) / bandwidth * 1e3
@@ -102,23 +122,42 @@ def bench_local(generator, bandwidth, rows) -> None:
                              floor_ms=floor_ms))
             rows.append(dict(name='cspn3 24 steps reference (CUDA graph)', dtype='float32',
                              ms=ref_graph, floor_ms=floor_ms))
-        best = None
         for launch in candidates:
+            def run(i, a, m, s, launch=launch):
+                fused.cspn_propagate(i, a, m, s, STEPS, launch)
             try:
-                ms = time_ms(lambda i, a, m, s: fused.cspn_propagate(i, a, m, s, STEPS, launch), sets)
+                ms = time_ms(run, sets)
             except Exception as error:  # a tiling that does not compile (registers) is skipped
                 rows.append(dict(name=f'cspn3 fused {launch}', dtype=str(dtype), error=repr(error)[:200]))
                 continue
             rows.append(dict(name=f'cspn3 fused {launch}', dtype=str(dtype), ms=ms,
-                             floor_ms=floor_ms))
-            if best is None or ms < best[1]:
-                best = (launch, ms)
-        if best:
-            launch = best[0]
-            ms = time_graph_ms(lambda i, a, m, s: fused.cspn_propagate(i, a, m, s, STEPS, launch), sets)
-            rows.append(dict(name=f'cspn3 fused best, CUDA graph {launch}', dtype=str(dtype),
-                             ms=ms, floor_ms=floor_ms, best=True))
-    # CSPN++ branches 5x5 and 7x7 (counts 6, 12, 24): reference vs fused tilings.
+                             host_ms=host_ms(run, sets), floor_ms=floor_ms))
+            rows.append(dict(name=f'cspn3 fused {launch} (CUDA graph)', dtype=str(dtype),
+                             ms=time_graph_ms(run, sets), floor_ms=floor_ms))
+    if fused.shared_kernel_available():
+        bench_phases(generator, bandwidth, rows)
+
+
+def bench_phases(generator, bandwidth, rows) -> None:
+    """One launch (a propagation's first) of the default shared-memory tiling with 0, 1 and
+    all its steps (CUDA graph, float32): the first is the per-launch cost of loading, folding
+    and storing, the difference of the others the cost of a step."""
+    launch = fused.DEFAULT_SHARED_LAUNCH
+    sets = []
+    for init, affinity, mask, sparse in local_inputs(3, torch.float32, generator):
+        start, affinity, sparse = init.contiguous(), affinity.contiguous(), sparse.contiguous()
+        sets.append((start, affinity, sparse, fused._mask_bytes(mask, start),
+                     torch.empty_like(start)))
+    floor_ms = local_floor_bytes(3, torch.float32) / bandwidth * 1e3
+    for steps in (0, 1, launch.steps_per_launch):
+        def run(start, affinity, sparse, mask, out, steps=steps):
+            fused._shared_stepper(launch, 3, start, affinity, sparse, mask, True)(start, out, steps)
+        rows.append(dict(name=f'cspn3 shared one launch of {steps} steps (CUDA graph) {launch}',
+                         dtype='torch.float32', ms=time_graph_ms(run, sets), floor_ms=floor_ms))
+
+
+def bench_cspnpp_branches(generator, bandwidth, rows) -> None:
+    """CSPN++ branches 5x5 and 7x7 (counts 6, 12, 24): reference vs fused tilings."""
     for kernel_size, launches in ((5, [LocalLaunch(s, h, w, nw, False) for s, h, w, nw in [
             (2, 32, 64, 8), (3, 32, 64, 8)]]),
                                   (7, [LocalLaunch(s, h, w, nw, False) for s, h, w, nw in [
@@ -169,24 +208,33 @@ def main() -> int:
     bandwidth = copy_bandwidth()
     rows: list[dict] = []
     bench_local(generator, bandwidth, rows)
+    bench_cspnpp_branches(generator, bandwidth, rows)
     bench_nlspn(generator, bandwidth, rows)
     reference = next(r['ms'] for r in rows if r['name'] == 'cspn3 24 steps reference')
+    reference_graph = next(r['ms'] for r in rows
+                           if r['name'] == 'cspn3 24 steps reference (CUDA graph)')
     for row in rows:
         if 'ms' in row:
-            row['speedup_vs_reference'] = reference / row['ms'] if row['name'].startswith('cspn3') else None
+            cspn3 = row['name'].startswith('cspn3')
+            row['speedup_vs_reference'] = reference / row['ms'] if cspn3 else None
+            row['speedup_vs_graph_reference'] = reference_graph / row['ms'] if cspn3 else None
             row['measured_over_floor'] = row['ms'] / row['floor_ms']
     args.json.write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
                                          copy_bandwidth_bytes_per_s=bandwidth,
                                          size=[HEIGHT, WIDTH], steps=STEPS, rows=rows), indent=1))
     print(f'\n{torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, '
           f'{WIDTH}x{HEIGHT}, batch 1\n')
-    print('| variant | dtype | ms (median) | floor ms | measured/floor |\n|---|---|---|---|---|')
+    print('| variant | dtype | ms (median) | host ms | x eager ref | x graph ref | floor ms '
+          '| measured/floor |\n|---|---|---|---|---|---|---|---|')
     for row in rows:
         if 'ms' in row:
+            speedups = ' | '.join(f'{row[k]:.1f}' if row[k] else ''
+                                  for k in ('speedup_vs_reference', 'speedup_vs_graph_reference'))
+            host = f"{row['host_ms']:.4f}" if 'host_ms' in row else ''
             print(f"| {row['name']} | {row['dtype'].replace('torch.', '')} | {row['ms']:.4f} | "
-                  f"{row['floor_ms']:.4f} | {row['measured_over_floor']:.0f} |")
+                  f"{host} | {speedups} | {row['floor_ms']:.4f} | {row['measured_over_floor']:.0f} |")
         else:
-            print(f"| {row['name']} | {row['dtype']} | failed: {row['error'][:60]} | | |")
+            print(f"| {row['name']} | {row['dtype']} | failed: {row['error'][:60]} | | | | | |")
     return 0
 
 

@@ -10,6 +10,7 @@ Also checks that gradients through the fused path equal the reference's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cspn_ros.config import ModelConfig  # noqa: E402
 from cspn_ros.model.propagation import cspn, fused, nlspn  # noqa: E402
 from cspn_ros.model.propagation.cspnpp import CSPNPlusPlusPropagation  # noqa: E402
+from cspn_ros.model.propagation.fused import SharedLaunch  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-5}  # both compute in float32; see docs
 SIZES = [(1, 352, 1216), (1, 480, 640), (2, 37, 91), (1, 101, 257), (3, 5, 7)]
@@ -46,10 +48,27 @@ def random_inputs(batch, height, width, channels, device, generator):
     return init, guidance, sparse
 
 
+def local_launches(kernel_size):
+    """Tilings checked per window size: the default, and for 3x3 also the global-memory
+    kernel's (the fallback) and shared-memory tilings of every thread arrangement."""
+    if kernel_size != 3:
+        return [None]
+    launches = [None, fused.DEFAULT_LAUNCH[3]]
+    if fused.shared_kernel_available():
+        launches += [SharedLaunch(*c) for c in [(8, 64, 64, 1, 1, 16), (5, 64, 64, 8, 2, 8)]]
+    return launches
+
+
+def label(launch) -> str:
+    """Short name of a tiling: its class and field values."""
+    values = ','.join(str(int(v)) for v in dataclasses.astuple(launch))
+    return f'{type(launch).__name__}({values})'
+
+
 def check_local(device, generator, results) -> None:
     for batch, height, width in SIZES:
         for kernel_size in (3, 5, 7):
-            counts = [24] if kernel_size == 3 else [6, 12, 24]
+            counts = [3, 24] if kernel_size == 3 else [6, 12, 24]
             if kernel_size > 3 and height * width > 500_000:
                 counts = [6, 12]
             init, guidance, sparse = random_inputs(batch, height, width, kernel_size ** 2 - 1,
@@ -61,17 +80,21 @@ def check_local(device, generator, results) -> None:
                     mask = inputs[2] > 0 if preserve else None
                     refs = [cspn.cspn_propagate(inputs[0].double(), inputs[1].double(), mask,
                                                 inputs[2].double(), c) for c in counts]
-                    poison_allocator(init.shape, device)
-                    outs = fused.cspn_propagate_at(inputs[0], inputs[1], mask, inputs[2], counts)
-                    torch.cuda.synchronize()
-                    for count, out, ref in zip(counts, outs, refs):
-                        error = relative_error(out, ref)
-                        ok = bool(torch.isfinite(out).all()) and error < TOLERANCE[dtype]
-                        if preserve:
-                            ok = ok and bool((out[mask] == inputs[2][mask].float()).all())
-                        results.append(dict(kernel='local', k=kernel_size, steps=count,
-                                            size=[batch, height, width], dtype=str(dtype),
-                                            preserve=preserve, rel_error=error, ok=ok))
+                    for launch in local_launches(kernel_size):
+                        name = label(launch or fused.default_launch(kernel_size))
+                        poison_allocator(init.shape, device)
+                        outs = fused.cspn_propagate_at(inputs[0], inputs[1], mask, inputs[2],
+                                                       counts, launch)
+                        torch.cuda.synchronize()
+                        for count, out, ref in zip(counts, outs, refs):
+                            error = relative_error(out, ref)
+                            ok = bool(torch.isfinite(out).all()) and error < TOLERANCE[dtype]
+                            if preserve:
+                                ok = ok and bool((out[mask] == inputs[2][mask].float()).all())
+                            results.append(dict(kernel='local', k=kernel_size, steps=count,
+                                                size=[batch, height, width], dtype=str(dtype),
+                                                preserve=preserve, launch=name,
+                                                rel_error=error, ok=ok))
 
 
 def check_cspnpp_module(device, generator, results) -> None:
@@ -120,6 +143,29 @@ def check_nlspn(device, generator, results) -> None:
                                     rel_error=error, limit=limit, ok=ok))
 
 
+def check_graph_replay(device, generator, results) -> None:
+    """The default 3x3 path captured in a CUDA graph (chained, programmatic launches) and replayed
+    on new inputs copied in place gives what eager calls give, bit for bit."""
+    batch, height, width = 1, 352, 1216
+    static = list(random_inputs(batch, height, width, 8, device, generator))
+    static[1] = cspn.normalize_affinity(static[1])
+    graph = torch.cuda.CUDAGraph()
+    fused.cspn_propagate(static[0], static[1], static[2] > 0, static[2], 24)  # compile first
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        out = fused.cspn_propagate(static[0], static[1], static[2] > 0, static[2], 24)
+    errors = []
+    for _ in range(3):
+        init, guidance, sparse = random_inputs(batch, height, width, 8, device, generator)
+        for target, source in zip(static, (init, cspn.normalize_affinity(guidance), sparse)):
+            target.copy_(source)
+        graph.replay()
+        eager = fused.cspn_propagate(init, static[1], sparse > 0, sparse, 24)
+        errors.append((out - eager).abs().max().item())
+    results.append(dict(kernel='local_graph_replay', rel_error=max(errors),
+                        ok=max(errors) == 0.0))
+
+
 def check_gradients(device, generator, results) -> None:
     batch, height, width = 1, 33, 47
     init, guidance, sparse = random_inputs(batch, height, width, 8, device, generator)
@@ -147,7 +193,8 @@ def main() -> int:
     device = torch.device('cuda')
     generator = torch.Generator(device=device).manual_seed(torch.seed() % 2 ** 31)
     results: list[dict] = []
-    for check in (check_local, check_cspnpp_module, check_nlspn, check_gradients):
+    for check in (check_local, check_cspnpp_module, check_nlspn, check_graph_replay,
+                  check_gradients):
         check(device, generator, results)
     failures = [r for r in results if not r['ok']]
     if args.json:
@@ -156,6 +203,8 @@ def main() -> int:
     worst: dict[str, float] = {}
     for r in results:
         key = r['kernel'] + (' ' + r['dtype'] if 'dtype' in r else '')
+        if r.get('k') == 3:
+            key += ' ' + r['launch']
         worst[key] = max(worst.get(key, 0.0), r['rel_error'])
     print(f'| check | worst rel. error | ({torch.cuda.get_device_name()}) |\n|---|---|---|')
     for key, value in worst.items():

@@ -4,6 +4,7 @@ The kernels themselves are checked on a GPU by bench/gpu_check_propagation.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -148,3 +149,33 @@ def test_default_launches_leave_a_tile():
         for size in (launch.region_height, launch.region_width):
             assert size - 2 * launch.halo(kernel_size) > 0
             assert size & (size - 1) == 0  # Triton blocks are powers of two
+    shared = fused.DEFAULT_SHARED_LAUNCH
+    assert fused.SharedLaunch(*dataclasses.astuple(shared)) == shared  # passes its own checks
+    assert shared.region_height - 2 * shared.halo(3) > 0
+
+
+@pytest.mark.parametrize('fields', [
+    (8, 64, 48, 4, 2, 16),   # region width not a power of two
+    (8, 64, 64, 4, 4, 16),   # four column warps of 32 threads are wider than the region
+    (8, 32, 64, 4, 2, 16),   # eight row warps of 4 rows fill 32 rows: no second half
+    (32, 64, 64, 4, 2, 16),  # the halo eats the region
+])
+def test_shared_launch_rejects_tilings_the_kernel_cannot_take(fields):
+    with pytest.raises(ValueError):
+        fused.SharedLaunch(*fields)
+
+
+def test_without_the_shared_kernel_the_3x3_default_is_the_global_memory_kernel():
+    assert not fused.shared_kernel_available()  # CPU-only here
+    assert fused.default_launch(3) == fused.DEFAULT_LAUNCH[3]
+    assert fused.default_launch(5) == fused.DEFAULT_LAUNCH[5]
+
+
+def test_mask_bytes_are_the_mask_as_uint8_without_a_copy():
+    init, _, sparse = random_case()
+    mask = sparse > 0
+    as_bytes = fused._mask_bytes(mask, init)
+    assert as_bytes.dtype == torch.uint8 and torch.equal(as_bytes.bool(), mask)
+    assert as_bytes.data_ptr() == mask.data_ptr()
+    strided = fused._mask_bytes(mask.transpose(2, 3).contiguous().transpose(2, 3), init)
+    assert torch.equal(strided.bool(), mask) and strided.is_contiguous()

@@ -2,7 +2,8 @@
 
 Each public function computes exactly what its reference loop computes (`cspn.cspn_propagate`,
 the branch loop of `cspnpp.py`, the step loop of `nlspn.py`): on CUDA tensors with Triton
-installed it runs the fused kernels of `fused_kernels.py`, elsewhere (CPU, no Triton, ONNX
+installed it runs the fused kernels of `fused_kernels.py` (and, for the 3x3 CSPN on NVIDIA GPUs
+with Triton's Gluon dialect, `fused_shared_kernels.py`), elsewhere (CPU, no Triton, ONNX
 export, float64) the reference. Where gradients are needed the forward is fused and the
 backward recomputes the reference loop under autograd (a documented fallback, not a kernel).
 
@@ -42,15 +43,59 @@ class LocalLaunch:
         return self.steps_per_launch * (kernel_size // 2)
 
 
-#: Per kernel size, chosen with bench/bench_propagation.py (see docs/kernels.md).
+@dataclasses.dataclass(frozen=True)
+class SharedLaunch:
+    """Tiling of the 3x3 shared-memory kernel (`fused_shared_kernels.cspn3_shared_kernel`).
+
+    steps_per_launch steps per launch over a region_height x region_width region (powers of
+    two) whose inner (region - 2 * steps_per_launch) pixels are written; num_warps warps,
+    column_warps of them side by side, each thread holding rows_per_thread pixels of a column
+    per repeat. programmatic: on sm_90+, launch as programmatic dependent launches, so that a
+    launch reads and folds its weights while the previous one finishes. Raises ValueError for
+    a tiling the kernel cannot take.
+    """
+
+    steps_per_launch: int
+    region_height: int
+    region_width: int
+    rows_per_thread: int
+    column_warps: int
+    num_warps: int
+    programmatic: bool = True
+
+    def __post_init__(self) -> None:
+        sizes = (self.region_height, self.region_width, self.rows_per_thread, self.column_warps,
+                 self.num_warps)
+        row_warps = self.num_warps // max(self.column_warps, 1)
+        if (any(v < 1 or v & (v - 1) for v in sizes) or row_warps < 1
+                or self.region_width % (32 * self.column_warps)
+                or self.region_height % (2 * self.rows_per_thread * row_warps)
+                or 2 * (self.region_width + 1) > self.region_height * self.region_width
+                or min(self.region_height, self.region_width) <= 2 * self.steps_per_launch
+                or self.steps_per_launch < 1):
+            raise ValueError(f'{self} is not a tiling the shared-memory kernel takes')
+
+    def halo(self, kernel_size: int) -> int:
+        return self.steps_per_launch * (kernel_size // 2)
+
+
+#: Per kernel size, chosen with bench/bench_propagation.py (see docs/kernels.md); the 3x3
+#: entry is the fallback where the shared-memory kernel is unavailable.
 DEFAULT_LAUNCH = {
     3: LocalLaunch(8, 64, 64, 16, True),
     5: LocalLaunch(3, 32, 64, 8, False),
     7: LocalLaunch(2, 32, 64, 8, False),
 }
 
+#: The 3x3 default where `shared_kernel_available()`.
+DEFAULT_SHARED_LAUNCH = SharedLaunch(8, 64, 64, 4, 2, 16)
+
 
 _AVAILABLE: bool | None = None  # decided once per process by available()
+_SHARED_AVAILABLE: bool | None = None  # decided once per process by shared_kernel_available()
+#: Compiled shared-memory kernels by (constants, device, input dtypes). The kernel does not
+#: specialise on argument values or alignment: one compilation serves all calls alike.
+_SHARED_COMPILED: dict = {}
 
 
 def available() -> bool:
@@ -66,6 +111,28 @@ def available() -> bool:
     return _AVAILABLE
 
 
+def shared_kernel_available() -> bool:
+    """True when the 3x3 shared-memory kernel runs here: available(), an NVIDIA GPU (its
+    layouts assume 32-thread warps) and a Triton with the Gluon dialect it is written in."""
+    global _SHARED_AVAILABLE
+    if _SHARED_AVAILABLE is None:
+        _SHARED_AVAILABLE = False
+        if available() and torch.version.hip is None:
+            try:
+                from cspn_ros.model.propagation import fused_shared_kernels  # noqa: F401
+                _SHARED_AVAILABLE = True
+            except (ImportError, AttributeError):
+                pass
+    return _SHARED_AVAILABLE
+
+
+def default_launch(kernel_size: int) -> LocalLaunch | SharedLaunch:
+    """The tiling `cspn_propagate_at` uses for this window size when given none."""
+    if kernel_size == 3 and shared_kernel_available():
+        return DEFAULT_SHARED_LAUNCH
+    return DEFAULT_LAUNCH.get(kernel_size) or LocalLaunch(1, 32, 64, 8, False)
+
+
 def can_fuse(*tensors: torch.Tensor | None) -> bool:
     """True when the fused kernels can take these tensors (None entries are ignored)."""
     if not available() or torch.onnx.is_in_onnx_export() or torch.jit.is_scripting():
@@ -75,7 +142,7 @@ def can_fuse(*tensors: torch.Tensor | None) -> bool:
 
 def cspn_propagate(init: torch.Tensor, affinity: torch.Tensor, sparse_mask: torch.Tensor | None,
                    sparse: torch.Tensor, steps: int,
-                   launch: LocalLaunch | None = None) -> torch.Tensor:
+                   launch: LocalLaunch | SharedLaunch | None = None) -> torch.Tensor:
     """Drop-in for `cspn.cspn_propagate` (same arguments, same result); fused where possible.
 
     init, sparse (B,1,H,W) metres; affinity (B,k*k-1,H,W) normalised; sparse_mask (B,1,H,W)
@@ -86,11 +153,13 @@ def cspn_propagate(init: torch.Tensor, affinity: torch.Tensor, sparse_mask: torc
 
 def cspn_propagate_at(init: torch.Tensor, affinity: torch.Tensor,
                       sparse_mask: torch.Tensor | None, sparse: torch.Tensor,
-                      counts: Sequence[int], launch: LocalLaunch | None = None) -> list[torch.Tensor]:
+                      counts: Sequence[int],
+                      launch: LocalLaunch | SharedLaunch | None = None) -> list[torch.Tensor]:
     """CSPN depths after each of `counts` steps (one run of max(counts) steps): a CSPN++ branch.
 
     Same math and arguments as `cspn.cspn_propagate`; counts in any order, results in that
-    order. Each result is (B,1,H,W).
+    order. Each result is (B,1,H,W). launch: the kernel tiling (default_launch(k) if None; a
+    SharedLaunch is for the 3x3 window where shared_kernel_available()).
     """
     counts = [int(c) for c in counts]
     if min(counts, default=0) < 0:
@@ -191,7 +260,10 @@ def _planes(tensor: torch.Tensor) -> torch.Tensor:
 def _mask_bytes(sparse_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     if sparse_mask is None:
         return like  # never read (REPLACE is off)
-    return sparse_mask.expand_as(like).to(torch.uint8).contiguous()  # bool -> 0/1 bytes
+    mask = sparse_mask if sparse_mask.shape == like.shape else sparse_mask.expand_as(like)
+    if mask.dtype == torch.bool and mask.is_contiguous():
+        return mask.view(torch.uint8)  # the same bytes, 0/1, no copy
+    return mask.to(torch.uint8).contiguous()
 
 
 def _replaced(depth, sparse_mask, sparse):
@@ -199,11 +271,34 @@ def _replaced(depth, sparse_mask, sparse):
 
 
 def _cspn_fused_at(init, affinity, sparse_mask, sparse, counts, launch):
-    from cspn_ros.model.propagation import fused_kernels
-
     batch, neighbours, height, width = affinity.shape
     kernel_size = round((neighbours + 1) ** 0.5)
-    launch = launch or DEFAULT_LAUNCH.get(kernel_size) or LocalLaunch(1, 32, 64, 8, False)
+    launch = launch or default_launch(kernel_size)
+    start = _planes(init)
+    affinity, sparse = _planes(affinity), _planes(sparse)
+    mask = _mask_bytes(sparse_mask, start)
+    if isinstance(launch, SharedLaunch):
+        advance = _shared_stepper(launch, kernel_size, start, affinity, sparse, mask,
+                                  sparse_mask is not None)
+    else:
+        advance = _local_stepper(launch, kernel_size, start, affinity, sparse, mask,
+                                 sparse_mask is not None)
+    results, depth, done = {}, start, 0
+    for count in sorted(set(counts)):
+        while done < count:
+            steps = min(launch.steps_per_launch, count - done)
+            out = torch.empty(start.shape, device=start.device, dtype=torch.float32)
+            advance(depth, out, steps)
+            depth, done = out, done + steps
+        results[count] = depth if done else _replaced(start, sparse_mask, sparse).float()
+    return [results[c] for c in counts]
+
+
+def _local_stepper(launch, kernel_size, start, affinity, sparse, mask, replace):
+    """advance(depth, out, steps) running `fused_kernels.local_steps_kernel`."""
+    from cspn_ros.model.propagation import fused_kernels
+
+    batch, _, height, width = affinity.shape
     halo = launch.halo(kernel_size)
     tile_h, tile_w = launch.region_height - 2 * halo, launch.region_width - 2 * halo
     if tile_h <= 0 or tile_w <= 0:
@@ -212,25 +307,54 @@ def _cspn_fused_at(init, affinity, sparse_mask, sparse, counts, launch):
         raise ValueError('weights_resident is for the 3x3 kernel only')
     grid = (_cdiv(width, tile_w), _cdiv(height, tile_h), batch)
     block = launch.region_height * launch.region_width
-    scratch = torch.empty(grid[0] * grid[1] * batch * 2 * block, device=init.device,
+    scratch = torch.empty(grid[0] * grid[1] * batch * 2 * block, device=start.device,
                           dtype=torch.float32)
-    start = _planes(init)
-    affinity, sparse = _planes(affinity), _planes(sparse)
-    mask = _mask_bytes(sparse_mask, start)
-    results, depth, done = {}, start, 0
-    for count in sorted(set(counts)):
-        while done < count:
-            steps = min(launch.steps_per_launch, count - done)
-            out = torch.empty(start.shape, device=start.device, dtype=torch.float32)
-            fused_kernels.local_steps_kernel[grid](
-                depth, start, affinity, sparse, mask, out, scratch, height, width, steps,
-                K=kernel_size, HALO=halo, REG_H=launch.region_height,
-                REG_W=launch.region_width,
-                WEIGHTS_RESIDENT=launch.weights_resident, REPLACE=sparse_mask is not None,
-                num_warps=launch.num_warps)
-            depth, done = out, done + steps
-        results[count] = depth if done else _replaced(start, sparse_mask, sparse).float()
-    return [results[c] for c in counts]
+
+    def advance(depth, out, steps):
+        fused_kernels.local_steps_kernel[grid](
+            depth, start, affinity, sparse, mask, out, scratch, height, width, steps,
+            K=kernel_size, HALO=halo, REG_H=launch.region_height, REG_W=launch.region_width,
+            WEIGHTS_RESIDENT=launch.weights_resident, REPLACE=replace,
+            num_warps=launch.num_warps)
+    return advance
+
+
+def _shared_stepper(launch, kernel_size, start, affinity, sparse, mask, replace):
+    """advance(depth, out, steps) running `fused_shared_kernels.cspn3_shared_kernel`; launches
+    after the first of a stepper are chained (their depth is the previous launch's output)."""
+    from cspn_ros.model.propagation import fused_shared_kernels
+
+    if kernel_size != 3:
+        raise ValueError('the shared-memory kernel is for the 3x3 window only')
+    batch, _, height, width = affinity.shape
+    halo = launch.halo(kernel_size)
+    grid = (_cdiv(width, launch.region_width - 2 * halo),
+            _cdiv(height, launch.region_height - 2 * halo), batch)
+    pdl = launch.programmatic and _compute_capability(start.device) >= (9, 0)
+    chained = False
+
+    def advance(depth, out, steps):
+        nonlocal chained
+        args = (depth, start, affinity, sparse, mask, out, height, width, steps)
+        constants = (halo, launch.region_height, launch.region_width, launch.rows_per_thread,
+                     launch.column_warps, replace, chained, pdl, launch.num_warps)
+        key = (constants, start.device, *(t.dtype for t in args[:5]))
+        compiled = _SHARED_COMPILED.get(key)
+        if compiled is None:  # the JIT compiles (or loads) it; its run returns the kernel
+            names = ('HALO', 'REG_H', 'REG_W', 'ROWS_PER_THREAD', 'COLUMN_WARPS', 'REPLACE',
+                     'CHAINED', 'PDL', 'NUM_WARPS')
+            _SHARED_COMPILED[key] = fused_shared_kernels.cspn3_shared_kernel[grid](
+                *args, **dict(zip(names, constants)), num_warps=launch.num_warps,
+                launch_pdl=pdl)
+        else:  # relaunch the compiled kernel: the JIT's per-call argument binding costs ~10 us
+            compiled[grid](*args, *constants)
+        chained = True
+    return advance
+
+
+@functools.cache
+def _compute_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 def _nlspn_fused(init, affinity, grid, sparse_mask, sparse, steps, block=256, num_warps=4):
