@@ -2,6 +2,10 @@
 # How the packaged default checkpoint (cspn_ros/weights/default.safetensors) is made, on a GPU
 # machine: synthetic bags (varied scenes, LiDAR 16/32/64 beams + ToF, ground truth) -> training_node
 # (dense supervision, both depth sources) -> evaluate on held-out bags for each depth source.
+# Loss: each sample's RMSE (--depth-loss frame_rmse), so indoor ToF frames pull as hard as
+# outdoor LiDAR ones and depth edges / occlusion shadows pull hardest. No left-right flips: a flip
+# moves the ToF camera (5 cm right of the colour camera) to its left, and with it the side of its
+# occlusion shadows, which the model can then no longer learn (bench/tof_error_breakdown.py).
 # Usage: bash scripts/train_default.sh OUT_DIR [EPOCHS] [TRAIN_BAGS] [FRAMES_PER_BAG]
 # On the device machine: `source bench/gpu_env.sh` first (python3 there has CUDA torch).
 set -euo pipefail
@@ -17,8 +21,9 @@ time $python scripts/make_synthetic_bags.py --out "$work/heldout" --bags 6 --fra
 bags=(); for b in "$work"/train/*; do bags+=(--bag "$b"); done
 config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological"}'}
 time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/run" --epochs "$epochs" \
-  --depth-source both --supervision dense --config "$config" --batch-size 8 --crop 256x320 \
-  --max-scale 1.5 --workers $((jobs - 2)) --device "$device" --no-progress --val-fraction 0.1 \
+  --depth-source both --supervision dense --config "$config" --batch-size 8 \
+  --crop 256x320 --max-scale 1.5 --depth-loss frame_rmse --no-flip \
+  --workers $((jobs - 2)) --device "$device" --no-progress --val-fraction 0.1 \
   2>&1 | tee "$out/train.log" | grep -v ' INFO '
 cp "$work/run/best.safetensors" "$out/default.safetensors"
 for source in lidar tof; do

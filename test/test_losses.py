@@ -6,8 +6,8 @@ import torch
 import math
 
 from cspn_ros.train.losses import (CONFIDENCE_EPS, confidence_loss, depth_loss,
-                                   edge_aware_smoothness, good_pixels, masked_l1, masked_l2,
-                                   photometric_error, photometric_loss, warp_to_target)
+                                   edge_aware_smoothness, frame_rmse, good_pixels, masked_l1,
+                                   masked_l2, photometric_error, photometric_loss, warp_to_target)
 
 
 def test_masked_l1_l2_match_loop_reference_and_ignore_missing_targets():
@@ -32,11 +32,49 @@ def test_masked_l1_l2_match_loop_reference_and_ignore_missing_targets():
     assert masked_l1(changed, target).item() == pytest.approx(masked_l1(pred, target).item())
 
 
+def test_frame_rmse_is_the_mean_of_per_frame_rmses_over_frames_with_targets():
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    pred = torch.rand(4, 1, 6, 8, generator=g, dtype=torch.float64) * 10
+    target = torch.rand(4, 1, 6, 8, generator=g, dtype=torch.float64) * 10
+    target[torch.rand(target.shape, generator=g) < 0.4] = 0
+    target[2] = 0  # a frame without any target is left out, not counted as 0
+    extra = torch.rand(target.shape, generator=g) < 0.7
+    for mask in (None, extra):
+        keep = (target > 0) if mask is None else (target > 0) & extra
+        rmses = []
+        for frame in range(4):
+            errors = [(p - t) ** 2 for p, t, k in zip(pred[frame].flatten().tolist(),
+                                                      target[frame].flatten().tolist(),
+                                                      keep[frame].flatten().tolist()) if k]
+            if errors:
+                rmses.append(math.sqrt(sum(errors) / len(errors)))
+        assert len(rmses) == 3
+        assert frame_rmse(pred, target, mask).item() == pytest.approx(sum(rmses) / 3, rel=1e-6)
+
+
+def test_frame_rmse_pulls_each_frame_equally_whatever_its_depth_range():
+    # A room (metres) and a street 20 x farther with 20 x larger errors: the same gradient norm
+    # per frame, where the pooled L2 gives the street 20 x more.
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    room = 1 + 3 * torch.rand(1, 1, 8, 8, generator=g, dtype=torch.float64)
+    error = 0.1 * torch.randn(1, 1, 8, 8, generator=g, dtype=torch.float64)
+    target = torch.cat([room, 20 * room])
+    for loss, street_over_room in ((frame_rmse, 1.0), (masked_l2, 20.0)):
+        pred = torch.cat([room + error, 20 * (room + error)]).requires_grad_(True)
+        loss(pred, target).backward()
+        norms = pred.grad.flatten(1).norm(dim=1)
+        assert (norms[1] / norms[0]).item() == pytest.approx(street_over_room, rel=1e-6)
+    perfect = target.clone().requires_grad_(True)
+    frame_rmse(perfect, target).backward()
+    assert torch.all(torch.isfinite(perfect.grad))
+
+
 def test_masked_loss_without_targets_is_zero_with_gradient():
-    pred = torch.rand(1, 1, 4, 4, requires_grad=True)
-    loss = masked_l1(pred, torch.zeros(1, 1, 4, 4))
-    loss.backward()
-    assert loss.item() == 0 and torch.all(pred.grad == 0)
+    for loss_function in (masked_l1, frame_rmse):
+        pred = torch.rand(1, 1, 4, 4, requires_grad=True)
+        loss = loss_function(pred, torch.zeros(1, 1, 4, 4))
+        loss.backward()
+        assert loss.item() == 0 and torch.all(pred.grad == 0)
 
 
 def test_edge_aware_smoothness_is_cheaper_across_image_edges():

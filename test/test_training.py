@@ -80,6 +80,7 @@ from cspn_ros.data.synthetic_bag import write_synthetic_bag  # noqa: E402
 from cspn_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from cspn_ros.model.completer import DepthCompleter  # noqa: E402
 from cspn_ros.model.network import CompletionNet  # noqa: E402
+from cspn_ros.nodes.training_node import build_parser, training_augmenter  # noqa: E402
 from cspn_ros.nodes.training_node import main as training_main  # noqa: E402
 
 TINY = json.dumps({'width': 8, 'steps': 2})
@@ -126,6 +127,35 @@ def test_training_writes_loadable_checkpoints_and_resumes(supervision, lidar_bag
     assert any(not torch.equal(state[k], resumed_state[k]) for k in state)
     saved = torch.load(out / 'last_state.pt', weights_only=True)
     assert saved['step'] == 4 and saved['scheduler']['last_epoch'] == 4
+
+
+def _window_of(part, whole):
+    """Whether `part` (h,w) is a window of `whole`."""
+    h, w = part.shape
+    return any(np.array_equal(part, whole[top:top + h, left:left + w])
+               for top in range(whole.shape[0] - h + 1) for left in range(whole.shape[1] - w + 1))
+
+
+def test_no_flip_keeps_the_sensor_on_its_side_of_the_camera():
+    # With --no-flip every training crop is a window of the frame as recorded; by default about
+    # half of them are mirrored (a ToF camera right of the colour camera moved to its left).
+    rng = np.random.default_rng()
+    sample = _random_sample(rng, 20, 24)
+    for flag, expect_mirrored in (([], True), (['--no-flip'], False)):
+        args = build_parser().parse_args(['--crop', '12x16', *flag])
+        augment = training_augmenter(args)
+        mirrored = [not _window_of(augment(sample, np.random.default_rng(seed))['sparse'],
+                                   sample['sparse']) for seed in rng.integers(1 << 31, size=24)]
+        assert any(mirrored) == expect_mirrored
+
+
+def test_frame_rmse_depth_loss_trains_from_the_cli(lidar_bag, tmp_path, capsys):
+    out = tmp_path / 'frame_rmse'
+    assert training_main(_args(lidar_bag, out, 'dense', '--depth-loss', 'frame_rmse')) == 0
+    _assert_trained(out, 2)
+    with pytest.raises(SystemExit):
+        training_main(_args(lidar_bag, tmp_path / 'x', 'dense', '--depth-loss', 'l3'))
+    assert "invalid choice: 'l3'" in capsys.readouterr().err
 
 
 def test_training_fails_clearly_without_usable_samples(lidar_bag, tmp_path, capsys):
@@ -209,7 +239,10 @@ def test_lidar_holdout_trains_with_accumulated_sweeps_given_odometry(lidar_bag, 
 
 from cspn_ros.config import ModelConfig  # noqa: E402
 from cspn_ros.model.checkpoint import save_checkpoint  # noqa: E402
-from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions  # noqa: E402
+from cspn_ros.train.losses import confidence_loss, frame_rmse  # noqa: E402
+from cspn_ros.train.losses import depth_loss as depth_loss_l1_l2  # noqa: E402
+from cspn_ros.train.trainer import (Trainer, TrainingError, TrainOptions,  # noqa: E402
+                                    collate_samples)
 
 
 def _random_samples(rng, count, height=32, width=48):
@@ -251,6 +284,27 @@ def test_trainable_confidence_head_keeps_the_depth_bit_identical(tmp_path):
         assert torch.equal(value, state_after[name]) != name.startswith('confidence_head.'), name
     _, _, meta = load_checkpoint(tmp_path / 'run' / 'last.safetensors')
     assert meta['trainable'] == 'confidence_head'
+
+
+def test_trainer_loss_follows_the_depth_loss_option(tmp_path):
+    rng = np.random.default_rng()
+    torch.manual_seed(int(rng.integers(1000)))
+    batch = collate_samples(_random_samples(rng, 3))[0]
+    for depth_loss in ('l1_l2', 'frame_rmse'):
+        options = TrainOptions(device='cpu', progress=False, depth_loss=depth_loss,
+                               confidence_weight=0.5)
+        trainer = Trainer(ModelConfig(width=8, steps=2), options, _random_samples(rng, 1), None,
+                          tmp_path / depth_loss)
+        outputs = trainer.model(batch['rgb'], batch['sparse'])
+        depth, init, target = outputs['depth'], outputs['depth_init'], batch['target']
+        measure = frame_rmse if depth_loss == 'frame_rmse' else depth_loss_l1_l2
+        expected = (measure(depth, target) + 0.2 * measure(init, target)
+                    + 0.5 * confidence_loss(outputs['confidence'], depth, target))
+        torch.testing.assert_close(trainer.loss(outputs, batch), expected)
+        trainer.close()
+    with pytest.raises(TrainingError, match="depth_loss must be one of"):
+        Trainer(ModelConfig(width=8, steps=2), TrainOptions(device='cpu', depth_loss='l3'),
+                _random_samples(rng, 1), None, tmp_path / 'bad')
 
 
 @pytest.mark.parametrize('pattern, message', [('no_such_layer', 'matches no parameter'),

@@ -579,9 +579,16 @@ class SyntheticScene:
         ranges = t[hit] + rng.normal(0, 0.02, int(hit.sum())).astype(np.float32)
         return (self._lidar_rays.directions[:, hit] * ranges).T.copy()
 
-    def _render_tof(self, pose: np.ndarray, objects: list, rng: np.random.Generator):
-        """(h,w) float32 ToF depth: 1 % noise, holes beyond range, on dark surfaces (albedo
-        luminance < 0.12) and at depth edges (flying pixels removed), 0 = missing."""
+    def tof_view(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ToF camera's noise-free view of frame `index`: (t (h,w) float32 metres, inf =
+        nothing within range; dark (h,w) bool; edge (h,w) bool), the holes `frame` cuts."""
+        world_from_cam = self.world_from_camera(index)
+        return self._tof_view(world_from_cam @ self.T_cam_from_tof,
+                              self._objects_near(world_from_cam[:3, 3]))
+
+    def _tof_view(self, pose: np.ndarray, objects: list):
+        """(t, dark, edge) of `tof_view` from the ToF pose: dark = albedo luminance < 0.12,
+        edge = depth edges (flying pixels, removed)."""
         t, ids, d = self._cast(self._tof_rays, pose, objects, self.tof_max_range)
         luminance = np.zeros(t.size, np.float32)
         weights = np.array([0.299, 0.587, 0.114], np.float32)
@@ -590,7 +597,13 @@ class SyntheticScene:
         depth = np.where(np.isfinite(t), t, 0).astype(np.float32)
         kernel = np.ones((3, 3), np.uint8)
         edge = cv2.dilate(depth, kernel) - cv2.erode(depth, kernel) > 0.05 * depth + 0.02
-        dark = luminance.reshape(depth.shape) < 0.12
+        return t, luminance.reshape(depth.shape) < 0.12, edge
+
+    def _render_tof(self, pose: np.ndarray, objects: list, rng: np.random.Generator):
+        """(h,w) float32 ToF depth: 1 % noise, holes beyond range, on dark surfaces and at depth
+        edges (`_tof_view`), 0 = missing."""
+        t, dark, edge = self._tof_view(pose, objects)
+        depth = np.where(np.isfinite(t), t, 0).astype(np.float32)
         depth *= 1 + rng.normal(0, 0.01, depth.shape).astype(np.float32)
         depth[dark | edge] = 0
         return depth

@@ -3,7 +3,8 @@
     training_node --bag PATH [--bag PATH ...] --out DIR [--epochs N]
                   [--supervision dense|tof|lidar-holdout|photometric] [--config MODEL_CONFIG]
                   [--depth-source lidar|tof|both] [--batch-size B] [--crop HxW] [--resume]
-                  [--init CHECKPOINT] [--trainable REGEX] [--confidence-weight W] ...
+                  [--init CHECKPOINT] [--trainable REGEX] [--confidence-weight W]
+                  [--depth-loss l1_l2|frame_rmse] [--no-flip] ...
 
 Frames are paired and converted exactly as the completion node does it (same topics, matcher
 and `CompletionPipeline.prepare`). Supervision: dense (a ground-truth depth topic), tof (the
@@ -49,7 +50,8 @@ from cspn_ros.data.bags import (DEPTH_SOURCES, SUPERVISIONS, BagError, BagTraini
                                 ConcatenatedSamples, SupervisionOptions, add_bag_arguments,
                                 frames_from_args)
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
-from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions, is_main_process
+from cspn_ros.train.trainer import (DEPTH_LOSSES, Trainer, TrainingError, TrainOptions,
+                                    is_main_process)
 
 LOGGER = logging.getLogger('training_node')
 #: argparse dest -> ROS parameter name, where the completion node spells it differently.
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--crop', default='', help="random training crop 'HxW' ('' = none)")
     parser.add_argument('--max-scale', type=float, default=1.0,
                         help='random rescale in [1, max-scale] before cropping')
+    parser.add_argument('--no-flip', action='store_true',
+                        help='no random left-right flips: a flip moves a sensor mounted beside '
+                             'the camera to its other side, and its occlusion shadows with it')
     parser.add_argument('--resume', action='store_true', help='continue from DIR/last.*')
     parser.add_argument('--init', default='',
                         help='fine-tune: start from the weights and model config of this '
@@ -82,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "'confidence_head' ('' = all)")
     parser.add_argument('--confidence-weight', type=float, default=0.1,
                         help='weight of the confidence loss (dense, tof, lidar-holdout)')
+    parser.add_argument('--depth-loss', choices=DEPTH_LOSSES, default='l1_l2',
+                        help='dense, tof, lidar-holdout: l1_l2 = --l1-weight x L1 + --l2-weight '
+                             'x L2 over all pixels of a batch; frame_rmse = the mean of the '
+                             "samples' RMSEs (what evaluate scores; every sample pulls equally, "
+                             'a 3 m room as hard as a 60 m street)')
+    parser.add_argument('--l1-weight', type=float, default=1.0, help='with --depth-loss l1_l2')
+    parser.add_argument('--l2-weight', type=float, default=1.0, help='with --depth-loss l1_l2')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--weight-decay', type=float, default=1e-2)
@@ -118,6 +130,13 @@ def _crop(text: str) -> Optional[tuple[int, int]]:
     return height, width
 
 
+def training_augmenter(args: argparse.Namespace) -> Augmenter:
+    """The training samples' augmentation from parsed options: random rescale in [1,
+    --max-scale], random --crop, colour jitter and, unless --no-flip, left-right flips."""
+    return Augmenter(_crop(args.crop), (1.0, max(1.0, args.max_scale)), flip=not args.no_flip,
+                     jitter=0.2)
+
+
 def _model_config(text: str) -> ModelConfig:
     if text.strip().startswith('{'):
         return ModelConfig.from_dict(json.loads(text))
@@ -145,7 +164,7 @@ def train(args: argparse.Namespace,
                                pose=args.pose_topic or None)
     options = SupervisionOptions(supervision, args.holdout, args.tof_input_points,
                                  args.slop, np.eye(4), args.accumulate_sweeps)
-    augment = Augmenter(crop, (1.0, max(1.0, args.max_scale)), flip=True, jitter=0.2)
+    augment = training_augmenter(args)
     train_parts, val_parts = [], []
     for part, (frames, pipeline_options) in enumerate(sources.values()):
         pipeline = CompletionPipeline(None, **pipeline_options)  # prepare only: no completer
@@ -171,7 +190,9 @@ def train(args: argparse.Namespace,
         TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                      weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm,
                      checkpoint_every=args.checkpoint_every, supervision=supervision,
-                     confidence_weight=args.confidence_weight, trainable=args.trainable,
+                     confidence_weight=args.confidence_weight, depth_loss=args.depth_loss,
+                     l1_weight=args.l1_weight, l2_weight=args.l2_weight,
+                     trainable=args.trainable,
                      amp=not args.no_amp, num_workers=args.workers, seed=args.seed,
                      device=args.device, progress=not args.no_progress),
         train_set, val_set, args.out, resume=args.resume, on_progress=on_progress)

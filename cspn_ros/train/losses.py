@@ -1,6 +1,6 @@
-"""Training losses on torch tensors: masked L1/L2, their weighted combination, the confidence
-loss (BCE to a 'good pixel' indicator), edge-aware smoothness and the self-supervised
-photometric loss (view warping + SSIM/L1).
+"""Training losses on torch tensors: masked L1/L2, their weighted combination, the per-frame RMSE
+(the score evaluate reports, as a loss), the confidence loss (BCE to a 'good pixel' indicator),
+edge-aware smoothness and the self-supervised photometric loss (view warping + SSIM/L1).
 
 Shapes: depth (B,1,H,W) metres with 0 = no target; images (B,3,H,W) floats in [0,1];
 intrinsics K (B,3,3) pixels; poses (B,4,4) rigid transforms in the camera optical frame.
@@ -40,6 +40,31 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float = 1.0,
     """l1_weight * masked L1 + l2_weight * masked L2 (the NLSPN / CSPN training objective)."""
     return (l1_weight * masked_l1(pred, target, mask)
             + l2_weight * masked_l2(pred, target, mask))
+
+
+#: Floor (square metres) under a frame's mean squared error before the square root of
+#: `frame_rmse`, so a perfect frame has a finite gradient.
+FRAME_RMSE_EPS_M2 = 1e-8
+
+
+def frame_rmse(pred: torch.Tensor, target: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the frames of a batch of each frame's RMSE (metres) over its pixels with
+    target > 0 (and `mask`); frames without such pixels are left out (0, still attached to the
+    graph, when no frame has any).
+
+    The score evaluate reports (RMSE per frame, averaged over frames) as a loss. Its gradient
+    with respect to a frame's errors has the norm 1 / sqrt(pixels) whatever the frame's depth
+    range, so a 3 m room seen by a ToF camera pulls as hard as a 60 m street seen by a LiDAR,
+    and within a frame the largest errors (depth edges, occlusion shadows) pull hardest.
+    """
+    valid = _valid_mask(target, mask).expand_as(pred)
+    squared = torch.where(valid, (pred - target) ** 2, torch.zeros_like(pred)).flatten(1)
+    count = valid.flatten(1).sum(dim=1)
+    mean_squared = squared.sum(dim=1) / count.clamp(min=1)
+    rmse = torch.sqrt(mean_squared + FRAME_RMSE_EPS_M2)
+    scored = count > 0
+    return torch.where(scored, rmse, torch.zeros_like(rmse)).sum() / scored.sum().clamp(min=1)
 
 
 #: A predicted depth is 'good' where |depth - target| <= max(GOOD_RELATIVE_ERROR * target,

@@ -34,12 +34,14 @@ from cspn_ros.config import ModelConfig
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cspn_ros.model.network import CompletionNet
-from cspn_ros.train.losses import (confidence_loss, depth_loss, edge_aware_smoothness, masked_l1,
-                                   photometric_loss)
+from cspn_ros.train.losses import (confidence_loss, depth_loss, edge_aware_smoothness,
+                                   frame_rmse, masked_l1, photometric_loss)
 from cspn_ros.train.metrics import compute_metrics, mean_metrics
 
 LOGGER = logging.getLogger(__name__)
 STATE_FILE = 'last_state.pt'
+#: Depth losses of the supervised modes (TrainOptions.depth_loss).
+DEPTH_LOSSES = ('l1_l2', 'frame_rmse')
 
 
 class TrainingError(RuntimeError):
@@ -49,10 +51,12 @@ class TrainingError(RuntimeError):
 @dataclasses.dataclass
 class TrainOptions:
     """epochs, batch_size (per process), AdamW learning_rate / weight_decay, warmup_fraction of
-    the steps, clip_grad_norm (0 = off), checkpoint_every (steps), loss weights (l1/l2 on the
-    final depth, init_weight on depth_init, confidence_weight on the confidence's BCE to the
-    good-pixel indicator (supervised modes); photometric mode: smoothness_weight, sparse_weight
-    on the input points), trainable (regex searched in parameter names: only matching ones are
+    the steps, clip_grad_norm (0 = off), checkpoint_every (steps), depth_loss of the supervised
+    modes ('l1_l2': l1_weight x L1 + l2_weight x L2 pooled over the batch's pixels;
+    'frame_rmse': the mean of each sample's RMSE, see losses.frame_rmse), init_weight x the
+    same loss on depth_init, confidence_weight on the confidence's BCE to the good-pixel
+    indicator (supervised modes); photometric mode: smoothness_weight, sparse_weight on the
+    input points; trainable (regex searched in parameter names: only matching ones are
     trained; '' = all), amp (CUDA only), device ('auto' | 'cpu' | 'cuda[:i]')."""
 
     epochs: int = 10
@@ -62,6 +66,7 @@ class TrainOptions:
     warmup_fraction: float = 0.05
     clip_grad_norm: float = 1.0
     checkpoint_every: int = 500
+    depth_loss: str = 'l1_l2'
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     init_weight: float = 0.2
@@ -149,6 +154,9 @@ class Trainer:
                  on_progress: Optional[Callable[[dict], None]] = None) -> None:
         if len(train_set) == 0:
             raise TrainingError('the training set is empty: 0 samples')
+        if options.depth_loss not in DEPTH_LOSSES:
+            raise TrainingError(f'depth_loss must be one of {DEPTH_LOSSES}, got '
+                                f'{options.depth_loss!r}')
         self.options, self.train_set, self.val_set = options, train_set, val_set
         self.out_dir = Path(out_dir)
         self.on_progress = on_progress or (lambda _: None)
@@ -264,6 +272,10 @@ class Trainer:
                 val = self._from_rank_zero(self.validate() if self.rank == 0 else None)
             score = val['rmse'] if val is not None and val['frames'] else mean_loss
             summary['epoch_seconds'].append(time.perf_counter() - start)
+            if self.rank == 0:
+                LOGGER.info('epoch %d: mean loss %.5f, validation RMSE %s m, %.1f s', self.epoch,
+                            mean_loss, f'{val["rmse"]:.4f}' if val and val['frames'] else '-',
+                            summary['epoch_seconds'][-1])
             summary['val'] = val
             improved = score < self.best_rmse  # the same in every process
             self.best_rmse = min(score, self.best_rmse)
@@ -362,22 +374,27 @@ class Trainer:
 
     def loss(self, outputs: dict[str, torch.Tensor],
              batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Supervised: weighted L1+L2 on depth (and init_weight x on depth_init) against target,
-        + confidence_weight x the confidence's BCE to the good-pixel indicator of the (detached)
-        depth. Photometric: min-reprojection photometric loss over the source views +
-        edge-aware smoothness + L1 to the input points."""
+        """Supervised: the depth loss (options.depth_loss) on depth (and init_weight x on
+        depth_init) against target, + confidence_weight x the confidence's BCE to the
+        good-pixel indicator of the (detached) depth. Photometric: min-reprojection photometric
+        loss over the source views + edge-aware smoothness + L1 to the input points."""
         o = self.options
         depth, init = outputs['depth'].float(), outputs['depth_init'].float()
         if o.supervision != 'photometric':
             target = batch['target']
-            return (depth_loss(depth, target, o.l1_weight, o.l2_weight)
-                    + o.init_weight * depth_loss(init, target, o.l1_weight, o.l2_weight)
+            return (self._depth_loss(depth, target) + o.init_weight * self._depth_loss(init, target)
                     + o.confidence_weight * confidence_loss(outputs['confidence'], depth, target))
         sources = batch['source_rgbs'].unbind(1)
         poses = batch['T_sources_from_target'].unbind(1)
         return (photometric_loss(batch['rgb'], list(sources), depth, batch['K'], list(poses))
                 + o.smoothness_weight * edge_aware_smoothness(depth, batch['rgb'])
                 + o.sparse_weight * masked_l1(depth, batch['sparse']))
+
+    def _depth_loss(self, depth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        if o.depth_loss == 'frame_rmse':
+            return frame_rmse(depth, target)
+        return depth_loss(depth, target, o.l1_weight, o.l2_weight)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
