@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -35,10 +35,11 @@ QUIET_S = 5.0
 
 
 class NodeProcess:
-    """`python -m cspn_ros.nodes.<name>` with a parameter file; stdout+stderr go to a log file."""
+    """`python -m cspn_ros.nodes.<name>` with a parameter file (plus `ros_args`, e.g. remapping
+    rules); stdout+stderr go to a log file."""
 
     def __init__(self, name: str, parameters: dict[str, Any], workdir: Path,
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: Optional[dict[str, str]] = None, ros_args: Sequence[str] = ()) -> None:
         self.name = name
         params_file = Path(workdir) / f'{name}_params.yaml'
         params_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': parameters}}))
@@ -46,7 +47,7 @@ class NodeProcess:
         self._log = self.log_path.open('w')
         self.process = subprocess.Popen(
             [sys.executable, '-m', f'cspn_ros.nodes.{name}', '--ros-args', '--params-file',
-             str(params_file)],
+             str(params_file), *ros_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=dict(env or os.environ))
 
     def running(self) -> bool:

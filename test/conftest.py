@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pytest
@@ -37,11 +37,12 @@ def ros_domain(monkeypatch) -> int:
 
 @pytest.fixture
 def start_node(ros_domain, tmp_path):
-    """start_node(name, **parameters) -> NodeProcess; every process is stopped at teardown."""
+    """start_node(name, ros_args=(), **parameters) -> NodeProcess; every process is stopped at
+    teardown."""
     processes: list[NodeProcess] = []
 
-    def start(name: str, **parameters: Any) -> NodeProcess:
-        processes.append(NodeProcess(name, parameters, tmp_path))  # env: os.environ
+    def start(name: str, ros_args: Sequence[str] = (), **parameters: Any) -> NodeProcess:
+        processes.append(NodeProcess(name, parameters, tmp_path, ros_args=ros_args))
         return processes[-1]
 
     yield start

@@ -1,6 +1,8 @@
 """completion_node as a real process over DDS: LiDAR and ToF (registered and not) in, depth out."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from conftest import plane_depth, plane_frame, publish_until
@@ -116,3 +118,30 @@ def test_packaged_default_checkpoint(start_node, ros_node):
     check_depth_header(depth)
     dense = image_to_array(depth)
     assert np.abs(dense - plane_depth(W, H))[8:-8, 8:-8].mean() < 1.0
+
+
+def test_namespace_and_node_specific_remaps_reach_the_inputs(start_node, ros_node):
+    """The inputs live on a hidden helper node: it must follow the node's namespace, its own
+    (node-specific) remapping rules and the process-wide ones, and not be renamed by them."""
+    node = start_node('completion_node', checkpoint='classical',
+                      ros_args=['-r', '__ns:=/robot', '-r', '__node:=completer',
+                                '-r', 'completer:image:=/cam/color',
+                                '-r', 'points:=/lidar/points'])
+    topics = {'image': '/cam/color', 'camera_info': '/robot/camera_info',
+              'points': '/lidar/points'}
+    publishers = {topic: ros_node.publisher(INPUT_TYPES[topic], name)
+                  for topic, name in topics.items()}
+
+    def publish(i: int) -> None:
+        msgs = plane_frame(START_NS + i * PERIOD_NS, W, H)
+        for topic, publisher in publishers.items():
+            publisher.publish(msgs[topic])
+    depth = publish_until(publish, ros_node.inbox(Image, '/robot/depth'))
+    assert depth is not None, node.log()
+    check_depth_header(depth)
+    expected = {('completer', '/robot'), ('_completer_inputs', '/robot')}
+    deadline = time.monotonic() + 10  # the ROS graph (node names) trails DDS discovery
+    while not expected <= set(ros_node.node.get_node_names_and_namespaces()):
+        assert time.monotonic() < deadline, ros_node.node.get_node_names_and_namespaces()
+        time.sleep(0.1)
+    assert node.stop() == 0 and 'Traceback' not in node.log()

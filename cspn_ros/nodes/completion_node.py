@@ -4,8 +4,8 @@ Thin wiring around `core.pipeline.CompletionPipeline`. `CompletionCore` owns eve
 needs (model, matcher, worker thread, publishers, subscriptions, diagnostics) in four steps,
 configure / activate / deactivate / cleanup, so the plain `CompletionNode` (all four at start)
 and the managed `LifecycleCompletionNode` share one implementation. One worker thread owns the
-model and the input subscriptions: they live on a hidden helper node (`_<name>_inputs`, same
-namespace and remappings) that the worker spins itself between frames, so the node's executor
+model and the input subscriptions: they live on a hidden helper node (`_<name>_inputs`,
+subscribed to the topic names this node resolves) that the worker spins itself between frames, so the node's executor
 (parameters, lifecycle services, the diagnostics timer) never deserialises MB-sized inputs, and
 inputs that arrive while a frame is being processed wait in DDS, where a faster publisher's
 older samples are overwritten (QoS history) at no cost. Before each frame the worker takes
@@ -323,14 +323,14 @@ class CompletionCore:
         input_qos = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in (
             'history', 'depth', 'durability')}, reliability=RELIABILITIES[self._choice(
                 'input_reliability', tuple(RELIABILITIES))])
-        # Local arguments win over the process's: the helper keeps its own name under a global
-        # `__node` remap (launch's name=...), and takes every global topic remapping.
+        # The helper ignores the process's arguments (a `__node` remap would rename it too) and
+        # subscribes to the names this node resolves, node-specific remappings included.
         self._inputs_node = Node(self._inputs_name, namespace=self.node.get_namespace(),
                                  context=self.node.context, start_parameter_services=False,
-                                 cli_args=['--ros-args', '-r', f'__node:={self._inputs_name}'])
+                                 use_global_arguments=False)
         for topic, msg_type in self.inputs.items():
-            self._inputs_node.create_subscription(msg_type, topic, self._callback_for(topic),
-                                                  input_qos)
+            self._inputs_node.create_subscription(msg_type, self._resolved[topic],
+                                                  self._callback_for(topic), input_qos)
         self._inputs_executor = SingleThreadedExecutor(context=self.node.context)
         self._inputs_executor.add_node(self._inputs_node)
         self._stop.clear()
