@@ -5,8 +5,9 @@ needs (model, matcher, worker thread, publishers, subscriptions, diagnostics) in
 configure / activate / deactivate / cleanup, so the plain `CompletionNode` (all four at start)
 and the managed `LifecycleCompletionNode` share one implementation. One worker thread owns the
 model and the input subscriptions: they live on a hidden helper node (`_<name>_inputs`,
-subscribed to the topic names this node resolves) that the worker spins itself between frames, so the node's executor
-(parameters, lifecycle services, the diagnostics timer) never deserialises MB-sized inputs, and
+subscribed to the topic names this node resolves) that the worker spins itself between frames,
+so the node's executor (parameters, lifecycle services, the diagnostics timer) never
+deserialises MB-sized inputs, and
 inputs that arrive while a frame is being processed wait in DDS, where a faster publisher's
 older samples are overwritten (QoS history) at no cost. Before each frame the worker takes
 every waiting message, feeds the stamp matcher (`core.sync`) and completes only the newest
@@ -155,27 +156,23 @@ class StartupError(RuntimeError):
 
 
 class LatestSlot:
-    """A drop-oldest queue of size one for matched sets (thread-safe)."""
+    """A drop-oldest queue of size one for matched sets. The worker thread alone fills it (it
+    runs the input callbacks) and empties it, so it needs no lock."""
 
     def __init__(self) -> None:
-        self._condition = threading.Condition()
         self._item: Any = None
         self.dropped = 0
 
     def put(self, item: Any) -> None:
-        """Store item, replacing (and counting) one the worker has not taken yet."""
-        with self._condition:
-            if self._item is not None:
-                self.dropped += 1
-            self._item = item
-            self._condition.notify()
+        """Store item, replacing (and counting) one not taken yet."""
+        if self._item is not None:
+            self.dropped += 1
+        self._item = item
 
-    def take(self, timeout: float) -> Any:
-        """The newest item, or None after timeout seconds."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._item is not None, timeout)
-            item, self._item = self._item, None
-            return item
+    def take(self) -> Any:
+        """The newest item, or None."""
+        item, self._item = self._item, None
+        return item
 
 
 def declare_parameters(node: Node) -> None:
@@ -303,7 +300,6 @@ class CompletionCore:
                                               queue_size=self._value('queue_size'),
                                               reference='image')
         self._resolved = {topic: self.node.resolve_topic_name(topic) for topic in self.inputs}
-        self._inputs_name = f'_{self.node.get_name()}_inputs'
         self.diagnostics = CompletionDiagnostics(tuple(self._resolved.values()),
                                                  timeout_s=self._value('input_timeout'))
         self._last_match = time.monotonic()
@@ -325,7 +321,8 @@ class CompletionCore:
                 'input_reliability', tuple(RELIABILITIES))])
         # The helper ignores the process's arguments (a `__node` remap would rename it too) and
         # subscribes to the names this node resolves, node-specific remappings included.
-        self._inputs_node = Node(self._inputs_name, namespace=self.node.get_namespace(),
+        self._inputs_node = Node(f'_{self.node.get_name()}_inputs',
+                                 namespace=self.node.get_namespace(),
                                  context=self.node.context, start_parameter_services=False,
                                  use_global_arguments=False)
         for topic, msg_type in self.inputs.items():
@@ -350,7 +347,7 @@ class CompletionCore:
         self._inputs_executor.shutdown(timeout_sec=1.0)
         self._inputs_node.destroy_node()
         self._inputs_node = self._inputs_executor = None
-        self.slot.take(timeout=0)
+        self.slot.take()
         self._free_device_memory()
 
     def cleanup(self) -> None:
@@ -359,9 +356,8 @@ class CompletionCore:
         if self.completer is None:
             return
         self.log.info(f'processed {self.frames_processed} frames, skipped '
-                      f'{self.diagnostics.failed} bad ones, dropped '
-                      f'{self.slot.dropped + self.images_skipped} stale ones; pairing '
-                      f'{self.matcher.stats}')
+                      f'{self.diagnostics.failed} bad ones, dropped {self.stale_dropped} stale '
+                      f'ones; pairing {self.matcher.stats}')
         self.node.destroy_timer(self._timer)
         for publisher in self.publishers_by_topic.values():
             self.node.destroy_publisher(publisher)
@@ -516,6 +512,12 @@ class CompletionCore:
                 self.slot.put(matched)
         return callback
 
+    @property
+    def stale_dropped(self) -> int:
+        """Frames dropped for a newer one: matched sets replaced in the slot + reference images
+        never taken (overwritten in DDS while the worker was busy)."""
+        return self.slot.dropped + self.images_skipped
+
     def _count_skipped_images(self, info: Mapping[str, Any]) -> None:
         """Count images overwritten in DDS while the worker was busy (or lost in transport):
         gaps in their publisher's sequence numbers (where the RMW reports them)."""
@@ -540,8 +542,7 @@ class CompletionCore:
         stats = self.matcher.stats
         stats['received'] = {self._resolved[t]: n for t, n in stats['received'].items()}
         with self._lock:
-            level, message, values = self.diagnostics.report(now, stats, self.slot.dropped
-                                                             + self.images_skipped,
+            level, message, values = self.diagnostics.report(now, stats, self.stale_dropped,
                                                              extra)
         if not self.active:
             level, message = OK, 'inactive'
@@ -573,7 +574,7 @@ class CompletionCore:
                     raise
                 self.log.debug(f'worker stops: {error}')
                 return
-            matched = self.slot.take(timeout=0)
+            matched = self.slot.take()
             if matched is not None:
                 self._process(matched)
 
