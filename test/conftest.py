@@ -122,6 +122,39 @@ def publish_until(publish: Callable[[int], None], inbox: Inbox,
             return found
 
 
+def cspn_loop_reference(init, guidance, sparse, steps, kernel_size, preserve):
+    """CSPN as a per-pixel loop in float64, the tests' oracle: '8sum' affinities (raw guidance is
+    normalised; an already normalised affinity passes unchanged up to rounding), centre weight
+    1 - sum(a) on the initial depth, replicate borders, sparse replacement before and after
+    every step."""
+    init, guidance, sparse = (np.asarray(t, dtype=np.float64) for t in (init, guidance, sparse))
+    batch, _, height, width = init.shape
+    radius = kernel_size // 2
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+               if (dy, dx) != (0, 0)]
+    depth = init.copy()
+    if preserve:
+        depth = np.where(sparse > 0, sparse, depth)
+    start = depth.copy()
+    for _ in range(steps):
+        new = np.empty_like(depth)
+        for b in range(batch):
+            for y in range(height):
+                for x in range(width):
+                    raw = guidance[b, :, y, x]
+                    weights = raw / max(np.abs(raw).sum(), 1e-6)
+                    total = 0.0
+                    for c, (dy, dx) in enumerate(offsets):
+                        ny = min(max(y + dy, 0), height - 1)
+                        nx = min(max(x + dx, 0), width - 1)
+                        total += weights[c] * depth[b, 0, ny, nx]
+                    new[b, 0, y, x] = total + (1.0 - weights.sum()) * start[b, 0, y, x]
+        depth = new
+        if preserve:
+            depth = np.where(sparse > 0, sparse, depth)
+    return depth
+
+
 def plane_depth(width: int, height: int) -> np.ndarray:
     """(H,W) float32 metres of a slanted plane: 4 m at the left edge to ~6 m at the right."""
     return np.tile(4.0 + 2.0 * np.arange(width, dtype=np.float32) / width, (height, 1))

@@ -3,42 +3,12 @@ exact preservation of sparse inputs, and the propagation registry."""
 import numpy as np
 import pytest
 import torch
+from conftest import cspn_loop_reference
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.propagation import build_propagation
 from cspn_ros.model.propagation.cspn import (CSPNPropagation, cspn_propagate, cspn_step,
                                              normalize_affinity)
-
-
-def reference_cspn(init, guidance, sparse, steps, kernel_size, preserve):
-    """Per-pixel loop in float64: '8sum' affinities, centre weight 1 - sum(a) on the initial
-    depth, replicate borders, sparse replacement before and after every step."""
-    init, guidance, sparse = (np.asarray(t, dtype=np.float64) for t in (init, guidance, sparse))
-    batch, _, height, width = init.shape
-    radius = kernel_size // 2
-    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-               if (dy, dx) != (0, 0)]
-    depth = init.copy()
-    if preserve:
-        depth = np.where(sparse > 0, sparse, depth)
-    start = depth.copy()
-    for _ in range(steps):
-        new = np.empty_like(depth)
-        for b in range(batch):
-            for y in range(height):
-                for x in range(width):
-                    raw = guidance[b, :, y, x]
-                    weights = raw / max(np.abs(raw).sum(), 1e-6)
-                    total = 0.0
-                    for c, (dy, dx) in enumerate(offsets):
-                        ny = min(max(y + dy, 0), height - 1)
-                        nx = min(max(x + dx, 0), width - 1)
-                        total += weights[c] * depth[b, 0, ny, nx]
-                    new[b, 0, y, x] = total + (1.0 - weights.sum()) * start[b, 0, y, x]
-        depth = new
-        if preserve:
-            depth = np.where(sparse > 0, sparse, depth)
-    return depth
 
 
 def random_inputs(generator, batch, channels, height, width, density=0.2):
@@ -56,7 +26,7 @@ def test_propagation_matches_per_pixel_loop(kernel_size, preserve):
     config = ModelConfig(kernel_size=kernel_size, steps=3, preserve_sparse=preserve)
     init, guidance, sparse = random_inputs(generator, 2, kernel_size ** 2 - 1, 7, 9)
     depth, aux = CSPNPropagation(config)(init, guidance, sparse, None)
-    expected = reference_cspn(init, guidance, sparse, 3, kernel_size, preserve)
+    expected = cspn_loop_reference(init, guidance, sparse, 3, kernel_size, preserve)
     assert depth.shape == (2, 1, 7, 9) and depth.dtype == torch.float32
     assert aux['affinity'].shape == guidance.shape
     np.testing.assert_allclose(depth.numpy(), expected, rtol=1e-5, atol=1e-5)
