@@ -240,6 +240,7 @@ def test_lidar_holdout_trains_with_accumulated_sweeps_given_odometry(lidar_bag, 
 from cspn_ros.config import ModelConfig  # noqa: E402
 from cspn_ros.model.checkpoint import save_checkpoint  # noqa: E402
 from cspn_ros.train.losses import confidence_loss, frame_rmse  # noqa: E402
+from cspn_ros.train.metrics import compute_metrics  # noqa: E402
 from cspn_ros.train.losses import depth_loss as depth_loss_l1_l2  # noqa: E402
 from cspn_ros.train.trainer import (Trainer, TrainingError, TrainOptions,  # noqa: E402
                                     collate_samples)
@@ -330,3 +331,38 @@ def test_cli_fine_tunes_only_the_trainable_parameters_from_init(lidar_bag, tmp_p
     assert meta['trainable'] == 'confidence_head'
     for name, value in start_state.items():
         assert torch.equal(value, tuned_state[name]) != name.startswith('confidence_head.'), name
+
+
+def test_best_checkpoint_is_picked_by_the_geometric_mean_of_frame_rmse(tmp_path):
+    # Validation frames a metre-scale street and a centimetre-scale room apart: the score is the
+    # geometric mean of their RMSEs (each frame's relative error counts alike), and best.* is
+    # the epoch with the lowest score.
+    rng = np.random.default_rng()
+    torch.manual_seed(int(rng.integers(1000)))
+    val = _random_samples(rng, 3)
+    val[0]['target'] = val[0]['target'] * 3  # up to 60 m
+    val[1]['target'] = val[1]['target'] / 5  # up to 4 m
+    options = TrainOptions(epochs=3, batch_size=2, learning_rate=1e-2, device='cpu',
+                           progress=False)
+    epochs = []
+    trainer = Trainer(ModelConfig(width=8, steps=2), options, _random_samples(rng, 4), val,
+                      tmp_path / 'run', on_progress=lambda p: 'val' in p and epochs.append(p))
+    summary = trainer.fit()
+    trainer.close()
+    scores = [p['val']['rmse_geomean'] for p in epochs if p['val'] is not None]
+    assert len(scores) == 3 and summary['best_score'] == min(scores)
+
+    trainer.model.eval()
+    rmses = []
+    with torch.no_grad():
+        for sample in val:
+            batch = collate_samples([sample])[0]
+            depth = trainer.model(batch['rgb'], batch['sparse'])['depth'][0, 0].numpy()
+            rmses.append(compute_metrics(depth, sample['target'])['rmse'])
+    last = epochs[-1]['val']
+    assert last['rmse_geomean'] == pytest.approx(float(np.prod(rmses)) ** (1 / 3), rel=1e-5)
+    assert last['rmse'] == pytest.approx(float(np.mean(rmses)), rel=1e-5)
+    assert last['rmse_geomean'] < last['rmse']  # not the arithmetic mean in disguise
+    best_epoch = scores.index(min(scores)) + 1
+    _, _, meta = load_checkpoint(tmp_path / 'run' / 'best.safetensors')
+    assert meta['epoch'] == best_epoch

@@ -224,7 +224,7 @@ def _report(summary: dict) -> None:
         return
     seconds = summary['epoch_seconds']
     print(f'trained to step {summary["step"]} (epoch {summary["epoch"]}); best score '
-          f'{summary["best_rmse"]:.4f}; samples trained: {summary["samples"]}; '
+          f'{summary["best_score"]:.4f}; samples trained: {summary["samples"]}; '
           f'skipped samples: {summary["skipped"]}; '
           f'seconds per epoch: {np.mean(seconds) if seconds else float("nan"):.2f}')
     if summary['val']:
