@@ -39,6 +39,7 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from cspn_ros.demo import BackgroundNode, NodeProcess, completion_parameters  # noqa: E402
 from cspn_ros.model.completer import DEFAULT_CHECKPOINT  # noqa: E402
+from cspn_ros.nodes.spin import freeze_long_lived_objects  # noqa: E402
 from cspn_ros.nodes.transport import large_data_environment  # noqa: E402
 
 #: Untrained model used when the packaged default checkpoint is missing.
@@ -63,6 +64,9 @@ class Probe(BackgroundNode):
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(Image, 'depth', self._on_depth, qos)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        # This process holds torch and the pipeline too (split_in_process): keep full garbage
+        # collections from walking them while frames arrive, as the node does after warm-up.
+        freeze_long_lived_objects()
 
     def _on_depth(self, msg: Any) -> None:
         receipt = time.time_ns()

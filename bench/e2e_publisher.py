@@ -20,6 +20,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
 from cspn_ros.data.synthetic import SyntheticScene
+from cspn_ros.nodes.spin import freeze_long_lived_objects
 from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
 
 RELIABILITIES = {'reliable': ReliabilityPolicy.RELIABLE,
@@ -81,6 +82,7 @@ def main() -> int:
             return 1
         time.sleep(0.05)
     time.sleep(0.5)  # let discovery settle on both sides
+    freeze_long_lived_objects()  # no full garbage collection over the frames while publishing
 
     period_ns = int(1e9 / args.rate) if args.rate > 0 else 0
     start_ns = time.time_ns()

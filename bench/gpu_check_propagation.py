@@ -166,6 +166,14 @@ def check_graph_replay(device, generator, results) -> None:
                         ok=max(errors) == 0.0))
 
 
+def check_direct_launch(device, generator, results) -> None:
+    """The checks above relaunched the shared-memory kernel straight into its C launcher
+    (`fused._direct_launcher`), not through Triton's runner."""
+    names = sorted({f.__qualname__ for f in fused._SHARED_LAUNCHERS.values()})
+    results.append(dict(kernel='direct_launch', launchers=names, rel_error=0.0,
+                        ok=bool(names) and all(n.startswith('_direct_launcher') for n in names)))
+
+
 def check_gradients(device, generator, results) -> None:
     batch, height, width = 1, 33, 47
     init, guidance, sparse = random_inputs(batch, height, width, 8, device, generator)
@@ -194,7 +202,7 @@ def main() -> int:
     generator = torch.Generator(device=device).manual_seed(torch.seed() % 2 ** 31)
     results: list[dict] = []
     for check in (check_local, check_cspnpp_module, check_nlspn, check_graph_replay,
-                  check_gradients):
+                  check_direct_launch, check_gradients):
         check(device, generator, results)
     failures = [r for r in results if not r['ok']]
     if args.json:

@@ -7,34 +7,37 @@
 # moves the ToF camera (5 cm right of the colour camera) to its left, and with it the side of its
 # occlusion shadows, which the model can then no longer learn (bench/tof_error_breakdown.py).
 # Usage: bash scripts/train_default.sh OUT_DIR [EPOCHS] [TRAIN_BAGS] [FRAMES_PER_BAG]
+# Environment: DEVICE (cuda), WORK (bags and runs, /tmp/cspn_default; bags already there are
+# kept), RUN (run folder name under WORK, run), BATCH (8), WORKERS (data-loader processes,
+# nproc - 2), CONFIG (model config JSON).
 # On the device machine: `source bench/gpu_env.sh` first (python3 there has CUDA torch).
 set -euo pipefail
 out=${1:?output folder}; epochs=${2:-40}; train_bags=${3:-24}; frames=${4:-30}
 python=${PYTHON:-python3}; device=${DEVICE:-cuda}
-work=${WORK:-/tmp/cspn_default}
+work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}
 mkdir -p "$out" "$work"
-jobs=$(nproc)
+jobs=$(nproc); workers=${WORKERS:-$((jobs - 2))}
 time $python scripts/make_synthetic_bags.py --out "$work/train" --bags "$train_bags" \
   --frames "$frames" --first-seed 0 --jobs "$jobs" > /dev/null
 time $python scripts/make_synthetic_bags.py --out "$work/heldout" --bags 6 --frames 10 \
   --first-seed 1000 --jobs "$jobs" > /dev/null
 bags=(); for b in "$work"/train/*; do bags+=(--bag "$b"); done
 config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological"}'}
-time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/run" --epochs "$epochs" \
-  --depth-source both --supervision dense --config "$config" --batch-size 8 \
+time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/$run" --epochs "$epochs" \
+  --depth-source both --supervision dense --config "$config" --batch-size "$batch" \
   --crop 256x320 --max-scale 1.5 --depth-loss frame_rmse --no-flip \
-  --workers $((jobs - 2)) --device "$device" --no-progress --val-fraction 0.1 \
+  --workers "$workers" --device "$device" --no-progress --val-fraction 0.1 \
   2>&1 | tee "$out/train.log" | grep -v ' INFO '
-cp "$work/run/best.safetensors" "$out/default.safetensors"
+cp "$work/$run/best.safetensors" "$out/default.safetensors"
 for source in lidar tof; do
   pattern='*'; [ "$source" = tof ] && pattern='indoor_*'  # only indoor bags record the ToF
   for bag in "$work"/heldout/$pattern; do
     $python -m cspn_ros.nodes.evaluate --bag "$bag" --checkpoint "$out/default.safetensors" \
       --gt-topic /ground_truth/depth --depth-source "$source" --device "$device" \
-      --out "$work/eval/$source/$(basename "$bag")" 2>&1 | grep -v ' INFO ' | tail -3
+      --out "$work/eval_$run/$source/$(basename "$bag")" 2>&1 | grep -v ' INFO ' | tail -3
   done
 done
-$python - "$work/eval" "$out/heldout_summary.json" <<'PY'
+$python - "$work/eval_$run" "$out/heldout_summary.json" <<'PY'
 import json, sys
 from pathlib import Path
 root, result = Path(sys.argv[1]), {}

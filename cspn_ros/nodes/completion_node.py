@@ -21,7 +21,6 @@ header), `depth/colorized` (bgr8), `depth/points` (PointCloud2 xyz+rgb), `depth/
 """
 from __future__ import annotations
 
-import gc
 import json
 import re
 import threading
@@ -51,7 +50,7 @@ from cspn_ros.core.pipeline import DEPTH_SOURCES, CompletionPipeline, InputError
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
 from cspn_ros.nodes.messages import diagnostic_array_msg, header_msg, image_msg, pointcloud2_msg
-from cspn_ros.nodes.spin import run
+from cspn_ros.nodes.spin import freeze_long_lived_objects, run
 
 try:  # a real ROS 2 install has tf2_ros; the PyPI wheels used here do not
     import tf2_ros
@@ -139,16 +138,6 @@ PARAMETERS = {
     'output_reliability': ('reliable', 'QoS reliability of the outputs: reliable or best_effort',
                            {'additional_constraints': 'one of: reliable, best_effort'}, True),
 }
-
-
-def freeze_long_lived_objects() -> None:
-    """Move every object alive now (modules, model, rclpy) out of the garbage collector's view.
-
-    A full collection walks all of them: about 130 ms on the 2-core VM with the model loaded,
-    a pause that showed up as latency outliers (p99) of the running node; after the freeze
-    it takes microseconds. Objects made later are collected as usual."""
-    gc.collect()
-    gc.freeze()
 
 
 class StartupError(RuntimeError):

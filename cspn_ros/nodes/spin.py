@@ -1,6 +1,7 @@
 """The one way every cspn_ros executable starts, spins and stops."""
 from __future__ import annotations
 
+import gc
 from typing import Optional
 
 import rclpy
@@ -25,3 +26,13 @@ def run(node_class: type, name: str, args: Optional[list[str]] = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def freeze_long_lived_objects() -> None:
+    """Move every object alive now (modules, model, rclpy) out of the garbage collector's view.
+
+    A full collection walks all of them: about 130 ms on the 2-core VM with the model loaded,
+    a pause that showed up as latency outliers (p99) of the running node; after the freeze
+    it takes microseconds. Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()

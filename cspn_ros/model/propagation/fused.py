@@ -93,9 +93,10 @@ DEFAULT_SHARED_LAUNCH = SharedLaunch(8, 64, 64, 4, 2, 16)
 
 _AVAILABLE: bool | None = None  # decided once per process by available()
 _SHARED_AVAILABLE: bool | None = None  # decided once per process by shared_kernel_available()
-#: Compiled shared-memory kernels by (constants, device, input dtypes). The kernel does not
-#: specialise on argument values or alignment: one compilation serves all calls alike.
-_SHARED_COMPILED: dict = {}
+#: launch(grid, stream, *args) of the compiled shared-memory kernel by (constants, device, input
+#: dtypes). The kernel does not specialise on argument values or alignment: one compilation
+#: serves all calls alike.
+_SHARED_LAUNCHERS: dict = {}
 
 
 def available() -> bool:
@@ -331,25 +332,67 @@ def _shared_stepper(launch, kernel_size, start, affinity, sparse, mask, replace)
     grid = (_cdiv(width, launch.region_width - 2 * halo),
             _cdiv(height, launch.region_height - 2 * halo), batch)
     pdl = launch.programmatic and _compute_capability(start.device) >= (9, 0)
+    stream = None  # fetched at the first relaunch, then kept for the call's other launches
     chained = False
 
     def advance(depth, out, steps):
-        nonlocal chained
+        nonlocal chained, stream
         args = (depth, start, affinity, sparse, mask, out, height, width, steps)
         constants = (halo, launch.region_height, launch.region_width, launch.rows_per_thread,
                      launch.column_warps, replace, chained, pdl, launch.num_warps)
         key = (constants, start.device, *(t.dtype for t in args[:5]))
-        compiled = _SHARED_COMPILED.get(key)
-        if compiled is None:  # the JIT compiles (or loads) it; its run returns the kernel
+        relaunch = _SHARED_LAUNCHERS.get(key)
+        if relaunch is None:  # the JIT compiles (or loads) it; its run returns the kernel
             names = ('HALO', 'REG_H', 'REG_W', 'ROWS_PER_THREAD', 'COLUMN_WARPS', 'REPLACE',
                      'CHAINED', 'PDL', 'NUM_WARPS')
-            _SHARED_COMPILED[key] = fused_shared_kernels.cspn3_shared_kernel[grid](
+            kernel = fused_shared_kernels.cspn3_shared_kernel[grid](
                 *args, **dict(zip(names, constants)), num_warps=launch.num_warps,
                 launch_pdl=pdl)
+            _SHARED_LAUNCHERS[key] = _direct_launcher(kernel) or _runner_launcher(kernel)
         else:  # relaunch the compiled kernel: the JIT's per-call argument binding costs ~10 us
-            compiled[grid](*args, *constants)
+            if stream is None:
+                stream = _current_stream(start.device)
+            relaunch(grid, stream, *args, *constants)
         chained = True
     return advance
+
+
+def _current_stream(device: torch.device) -> int:
+    """The raw CUDA stream handle a launch on `device` goes to now (Triton's own look-up)."""
+    from triton.runtime.driver import driver
+    return driver.active.get_current_stream(device.index)
+
+
+def _runner_launcher(compiled) -> Callable:
+    """launch(grid, stream, *args) through the compiled kernel's public runner."""
+    return lambda grid, stream, *args: compiled[grid](*args, stream=stream)
+
+
+def _direct_launcher(compiled) -> Callable | None:
+    """launch(grid, stream, *args) straight into a compiled Triton kernel's C launcher: what
+    `compiled[grid](*args, stream=stream)` does, minus the runner's per-call Python (launch-hook
+    chains, launch metadata, scratch checks; a few us a launch, three launches a 24-step call).
+    None where the launcher is not the one this is written for (Triton 3.4-3.6 CUDA: no hooks
+    set, no scratch memory, one CTA per cluster); the caller then uses `_runner_launcher`.
+    Launch hooks (profilers) set after the first launch are not called."""
+    try:
+        from triton import knobs
+        hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    except (ImportError, AttributeError):
+        return None
+    run = compiled.run  # loads the module on first use
+    launch = getattr(run, 'launch', None)
+    if (launch is None or any(getattr(hook, 'calls', hook) for hook in hooks)
+            or getattr(run, 'global_scratch_size', 1) or getattr(run, 'profile_scratch_size', 1)
+            or getattr(run, 'num_ctas', 0) != 1):
+        return None
+    function, metadata = compiled.function, compiled.packed_metadata
+    cooperative, programmatic = run.launch_cooperative_grid, run.launch_pdl
+
+    def direct(grid, stream, *args):
+        launch(grid[0], grid[1], grid[2], stream, function, cooperative, programmatic,
+               None, None, metadata, None, None, None, *args)
+    return direct
 
 
 @functools.cache
