@@ -208,6 +208,8 @@ def main() -> None:
                         help='timed runs per row (default 30 on CUDA, 3 on the CPU)')
     parser.add_argument('--compile-all', action='store_true',
                         help='torch.compile rows for every model, not only cspn')
+    parser.add_argument('--models', nargs='+', choices=tuple(MODELS), default=list(MODELS),
+                        help='models to time on CUDA (default: all)')
     parser.add_argument('--budget-s', type=float, default=330,
                         help='skip compile rows once this many seconds have passed')
     args = parser.parse_args()
@@ -233,6 +235,8 @@ def main() -> None:
                           size, frames[size], repeats, recorder)
     else:
         for name, config in MODELS.items():
+            if name not in args.models:
+                continue
             torch.manual_seed(0)
             model = CompletionNet(config)
             compiled = COMPILE_MODES if args.compile_all or name == 'cspn' else {}

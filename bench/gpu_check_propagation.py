@@ -166,6 +166,28 @@ def check_graph_replay(device, generator, results) -> None:
                         ok=max(errors) == 0.0))
 
 
+def check_compiled(device, generator, results) -> None:
+    """The fused paths inside a torch.compile'd function (the node's `compile` mode) give what
+    eager calls give: Inductor compiles around them instead of tracing into their launchers."""
+    init, guidance, sparse = random_inputs(1, 96, 160, 8, device, generator)
+    affinity = cspn.normalize_affinity(guidance)
+    module = nlspn.NLSPNPropagation(ModelConfig(propagation='nlspn')).to(device)
+    offsets = torch.randn(1, 8, 2, 96, 160, device=device, generator=generator)
+    grid = module.sampling_grid(offsets)
+    weights = module.affinities(torch.randn(1, 8, 96, 160, device=device, generator=generator),
+                                grid, None).detach()
+
+    def both(init, affinity, sparse):
+        scaled = init * 1.5  # work for Inductor on both sides of the fused calls
+        local = fused.cspn_propagate(scaled, affinity, sparse > 0, sparse, 24)
+        nonlocal_ = fused.nlspn_propagate(scaled, weights, grid, sparse > 0, sparse, 6)
+        return local + 1, nonlocal_ + 1
+    eager = both(init, affinity, sparse)
+    compiled = torch.compile(both, dynamic=False)(init, affinity, sparse)
+    error = max(relative_error(c, e) for c, e in zip(compiled, eager))
+    results.append(dict(kernel='compiled', rel_error=error, ok=error < 1e-6))
+
+
 def check_direct_launch(device, generator, results) -> None:
     """The checks above relaunched the shared-memory kernel straight into its C launcher
     (`fused._direct_launcher`), not through Triton's runner."""
@@ -202,7 +224,7 @@ def main() -> int:
     generator = torch.Generator(device=device).manual_seed(torch.seed() % 2 ** 31)
     results: list[dict] = []
     for check in (check_local, check_cspnpp_module, check_nlspn, check_graph_replay,
-                  check_direct_launch, check_gradients):
+                  check_compiled, check_direct_launch, check_gradients):
         check(device, generator, results)
     failures = [r for r in results if not r['ok']]
     if args.json:

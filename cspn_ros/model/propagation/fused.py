@@ -271,6 +271,9 @@ def _replaced(depth, sparse_mask, sparse):
     return depth if sparse_mask is None else torch.where(sparse_mask, sparse, depth)
 
 
+# The launchers run opaque Triton kernels through Triton's own launch machinery: torch.compile
+# leaves them out of its graphs (Inductor cannot lower, e.g., the mask's bool -> uint8 view).
+@torch.compiler.disable
 def _cspn_fused_at(init, affinity, sparse_mask, sparse, counts, launch):
     batch, neighbours, height, width = affinity.shape
     kernel_size = round((neighbours + 1) ** 0.5)
@@ -400,6 +403,7 @@ def _compute_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+@torch.compiler.disable
 def _nlspn_fused(init, affinity, grid, sparse_mask, sparse, steps, block=256, num_warps=4):
     from cspn_ros.model.propagation import fused_kernels
 
