@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cspn_ros.core.conversions import (IMAGE_ENCODINGS, ConversionError, depth_fields,
-                                       image_fields, image_to_array, image_to_depth,
-                                       image_to_rgb, message_bytes, pack_rgb,
+                                       depth_to_32fc1, image_fields, image_to_array,
+                                       image_to_depth, image_to_rgb, message_bytes, pack_rgb,
                                        pointcloud2_fields, pointcloud2_to_xyz, stamp_to_ns)
 
 CONTAINERS = {
@@ -152,6 +152,20 @@ def test_depth_fields_round_trip_and_wire_invalid_values():
     assert np.abs(back[inside] - depth[inside]).max() <= 0.0005 + 1e-6
     with pytest.raises(ConversionError, match='32FC1 or 16UC1'):
         depth_fields(depth, 'mono8')
+
+
+def test_32fc1_values_are_alike_from_numpy_and_torch():
+    # The device path makes the 32FC1 plane with torch on the GPU, the host path with numpy.
+    import torch
+    rng = np.random.default_rng()
+    depth = rng.uniform(-1, 60, (9, 11)).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.3] = 0
+    depth.flat[rng.choice(depth.size, 3, replace=False)] = [np.nan, np.inf, -np.inf]
+    values = depth_to_32fc1(depth)
+    keep = np.isfinite(depth) & (depth > 0)
+    assert values.dtype == np.float32 and np.array_equal(np.isnan(values), ~keep)
+    np.testing.assert_array_equal(values[keep], depth[keep])
+    np.testing.assert_array_equal(depth_to_32fc1(torch.from_numpy(depth)).numpy(), values)
 
 
 def test_inconsistent_images_raise_clear_errors():

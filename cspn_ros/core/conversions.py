@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from cspn_ros.core.camera import array_module
+
 #: True when this machine stores multi-byte numbers big-endian (outgoing messages use it).
 NATIVE_BIGENDIAN = sys.byteorder == 'big'
 
@@ -182,16 +184,25 @@ def image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
             'data': native.reshape(-1).view(np.uint8)}
 
 
+def depth_to_32fc1(depth_m: Any) -> Any:
+    """(H,W) metres (0 = missing; numpy or torch) -> float32 32FC1 values: metres, NaN where
+    missing (0, negative, non-finite), as REP 117 wants them on the wire."""
+    xp = array_module(depth_m)
+    depth = depth_m.float() if xp is not np else np.asarray(depth_m, dtype=np.float32)
+    valid = xp.isfinite(depth) & (depth > 0)
+    return xp.where(valid, depth, np.float32(np.nan) if xp is np else float('nan'))
+
+
 def depth_fields(depth_m: np.ndarray, encoding: str = '32FC1') -> dict[str, Any]:
     """(H,W) metres (0 = missing) -> depth Image fields.
 
     32FC1: metres with missing (0, negative, non-finite) -> NaN. 16UC1: millimetres rounded to
     the nearest mm; missing and depths beyond 65.535 m -> 0 (invalid), never clipped.
     """
+    if encoding == '32FC1':
+        return image_fields(depth_to_32fc1(depth_m), encoding)
     depth = np.asarray(depth_m, dtype=np.float32)
     valid = np.isfinite(depth) & (depth > 0)
-    if encoding == '32FC1':
-        return image_fields(np.where(valid, depth, np.float32(np.nan)), encoding)
     if encoding == '16UC1':
         millimetres = np.rint(np.where(valid, depth, np.float32(0)) * _MM_PER_M)
         millimetres[millimetres > np.iinfo(np.uint16).max] = 0

@@ -25,8 +25,8 @@ import numpy as np
 
 from cspn_ros.core.camera import CameraError, PinholeCamera, array_module
 from cspn_ros.core.conversions import (NATIVE_BIGENDIAN, POINTFIELD_FLOAT32, ConversionError,
-                                       image_to_depth, image_to_rgb, message_bytes,
-                                       pointcloud2_to_xyz)
+                                       depth_to_32fc1, image_to_depth, image_to_rgb,
+                                       message_bytes, pointcloud2_to_xyz)
 from cspn_ros.core.projection import (project_to_sparse_depth, project_to_sparse_depth_torch,
                                       register_depth)
 
@@ -54,7 +54,9 @@ class FrameResult:
     """One completed frame, all (H,W) float32 in the colour camera.
 
     dense: metres, 0 where blanked by min_confidence; dense_unblanked: the model output before
-    blanking (what metrics score); confidence: [0,1]; timings: seconds per stage.
+    blanking (what metrics score); confidence: [0,1]; timings: seconds per stage;
+    dense_32fc1: dense as 32FC1 values (NaN where 0) where the device path made them on the GPU
+    (None elsewhere: `dense_as_32fc1` makes them on the host).
     """
 
     rgb: np.ndarray
@@ -64,6 +66,11 @@ class FrameResult:
     confidence: np.ndarray
     camera: PinholeCamera
     timings: dict[str, float]
+    dense_32fc1: Optional[np.ndarray] = None
+
+    def dense_as_32fc1(self) -> np.ndarray:
+        """dense as 32FC1 wire values: metres, NaN where missing (REP 117)."""
+        return self.dense_32fc1 if self.dense_32fc1 is not None else depth_to_32fc1(self.dense)
 
     @property
     def coverage(self) -> float:
@@ -105,6 +112,7 @@ class CompletionPipeline:
         self.tof_registered = bool(tof_registered)
         self._on_device = on_device
         self._staging: Optional[HostStaging] = None
+        self._projector: Optional[CloudProjector] = None
         self._cameras: dict[tuple, PinholeCamera] = {}
 
     @property
@@ -164,6 +172,7 @@ class CompletionPipeline:
         device = torch.device(self.completer.device)
         if self._staging is None or self._staging.device != device:
             self._staging = HostStaging(device)
+            self._projector = CloudProjector(device)
         clock = StageClock(device)
         rgb, camera = self._colour(image_msg, info_msg)
         cloud = None
@@ -192,7 +201,7 @@ class CompletionPipeline:
             raise RuntimeError(f'completer returned {tuple(depth_t.shape)}, expected '
                                f'{tuple(sparse_t.shape)}')
         dense_t, unblanked_t = self._blank(depth_t.float(), confidence_t.float())
-        planes = [sparse_t, unblanked_t, confidence_t.float()]
+        planes = [sparse_t, unblanked_t, confidence_t.float(), depth_to_32fc1(dense_t)]
         if dense_t is not unblanked_t:
             planes.append(dense_t)
         clock.mark('model')
@@ -202,10 +211,10 @@ class CompletionPipeline:
                 host, non_blocking=True)
         clock.mark('d2h')
         timings = clock.seconds()
-        sparse, unblanked, confidence, *blanked = host.numpy()
+        sparse, unblanked, confidence, dense_32fc1, *blanked = host.numpy()
         return FrameResult(rgb=rgb, sparse=sparse, dense=blanked[0] if blanked else unblanked,
                            dense_unblanked=unblanked, confidence=confidence, camera=camera,
-                           timings=timings)
+                           timings=timings, dense_32fc1=dense_32fc1)
 
     def _blank(self, depth: Any, confidence: Any) -> tuple[Any, Any]:
         """(H,W) model depth and confidence (numpy or torch) -> (dense, unblanked): non-finite
@@ -249,15 +258,11 @@ class CompletionPipeline:
         """Device cloud (raw bytes with layout `cloud`, or (N,3) float32 points) -> (H,W)
         sparse depth. Non-finite points are turned into NaN depth, which the z-buffer drops,
         so the image equals the host path's (which removes them first)."""
-        import torch
-        points = depth_t
-        if cloud is not None:
-            floats_per_point, offsets = cloud
-            points = depth_t.view(torch.float32).view(-1, floats_per_point)[:, list(offsets)]
-            finite = torch.isfinite(points).all(dim=1, keepdim=True)
-            points = torch.where(finite, points, float('nan'))
         try:
-            return project_to_sparse_depth_torch(points, self.T_cam_from_sensor, camera,
+            if cloud is not None:
+                return self._projector(depth_t, cloud, camera, self.T_cam_from_sensor,
+                                       self.min_depth, self.max_depth)
+            return project_to_sparse_depth_torch(depth_t, self.T_cam_from_sensor, camera,
                                                  min_depth=self.min_depth,
                                                  max_depth=self.max_depth)
         except CameraError as error:
@@ -345,6 +350,83 @@ class CompletionPipeline:
             raise InputError(f'ToF depth has no valid pixel within [{self.min_depth}, '
                              f'{self.max_depth}] m (all zero, NaN or inf)')
         return sparse
+
+
+class CloudProjector:
+    """Raw float32 x/y/z cloud bytes on a device -> (H,W) sparse depth, the same image as
+    `project_to_sparse_depth_torch` of the cloud's finite points.
+
+    The points go through a static buffer of `capacity` points (N rounded up to a power of two;
+    the rows past N are NaN, which never project), so that on CUDA the whole projection (~60
+    small kernels, each a few us of host time) is one CUDA graph replayed per frame. The graph is
+    captured again when the layout, camera, extrinsic, depth range or capacity change; after
+    MAX_CAPTURES captures (an extrinsic that keeps changing) it projects without a graph. The
+    returned image is valid until the next call.
+    """
+
+    MAX_CAPTURES = 16
+
+    def __init__(self, device: Any) -> None:
+        import torch
+        self.device = torch.device(device)
+        self.captures = 0
+        self._key: Optional[tuple] = None
+        self._floats: Any = None  # (capacity, floats per point) float32, rows past _count NaN
+        self._count = 0
+        self._graph: Any = None
+        self._image: Any = None
+
+    def __call__(self, raw: Any, layout: tuple[int, tuple[int, int, int]], camera: PinholeCamera,
+                 T_cam_from_sensor: np.ndarray, min_depth: float, max_depth: float) -> Any:
+        """raw: uint8 device tensor of N points' bytes; layout: (floats per point, x/y/z float
+        offsets) from `CompletionPipeline._cloud_layout`. Returns the (H,W) float32 tensor."""
+        import torch
+        floats_per_point, offsets = layout
+        floats = raw.view(torch.float32).view(-1, floats_per_point)
+        count = floats.shape[0]
+        capacity = 1 << max(count - 1, 0).bit_length()
+        key = (layout, capacity, id(camera), np.asarray(T_cam_from_sensor).tobytes(), min_depth,
+               max_depth)
+        if key != self._key:
+            self._graph = self._image = self._key = None  # free the old graph's pool first
+            self._floats = torch.full((capacity, floats_per_point), float('nan'),
+                                      dtype=torch.float32, device=self.device)
+            self._count = 0
+        self._floats[:count].copy_(floats)
+        if self._count > count:
+            self._floats[count:self._count].fill_(float('nan'))
+        self._count = count
+
+        def project() -> Any:
+            points = self._floats[:, list(offsets)]
+            finite = torch.isfinite(points).all(dim=1, keepdim=True)
+            points = torch.where(finite, points, float('nan'))
+            return project_to_sparse_depth_torch(points, T_cam_from_sensor, camera,
+                                                 min_depth=min_depth, max_depth=max_depth)
+        if self._key is None:
+            image = project()  # also the warm-up a capture needs, and where bad cameras raise
+            self._key = key
+            if self.device.type != 'cuda' or self.captures >= self.MAX_CAPTURES:
+                return image
+            self._capture(project)
+            return image
+        if self._graph is None:
+            return project()
+        self._graph.replay()
+        return self._image
+
+    def _capture(self, project: Any) -> None:
+        """Capture project() into a CUDA graph; where capture fails, stay without one."""
+        import torch
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._image = project()
+        except RuntimeError:
+            self._image, self.captures = None, self.MAX_CAPTURES
+            return
+        self._graph = graph
+        self.captures += 1
 
 
 class HostStaging:

@@ -643,7 +643,8 @@ class CompletionCore:
             return ((flag is None or self._value(flag))
                     and self.publishers_by_topic[topic].get_subscription_count() > 0)
 
-        publish = {'depth': lambda: image_msg(depth_fields(result.dense), header)}
+        publish = {'depth': lambda: image_msg(image_fields(result.dense_as_32fc1(), '32FC1'),
+                                              header)}
         if wanted('depth/colorized', 'publish_colorized'):
             publish['depth/colorized'] = lambda: image_msg(image_fields(colorize_depth(
                 result.dense, self.pipeline.min_depth, self.pipeline.max_depth), 'bgr8'), header)
