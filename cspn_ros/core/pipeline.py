@@ -112,7 +112,6 @@ class CompletionPipeline:
         self.tof_registered = bool(tof_registered)
         self._on_device = on_device
         self._staging: Optional[HostStaging] = None
-        self._projector: Optional[CloudProjector] = None
         self._cameras: dict[tuple, PinholeCamera] = {}
 
     @property
@@ -172,7 +171,6 @@ class CompletionPipeline:
         device = torch.device(self.completer.device)
         if self._staging is None or self._staging.device != device:
             self._staging = HostStaging(device)
-            self._projector = CloudProjector(device)
         clock = StageClock(device)
         rgb, camera = self._colour(image_msg, info_msg)
         cloud = None
@@ -258,11 +256,15 @@ class CompletionPipeline:
         """Device cloud (raw bytes with layout `cloud`, or (N,3) float32 points) -> (H,W)
         sparse depth. Non-finite points are turned into NaN depth, which the z-buffer drops,
         so the image equals the host path's (which removes them first)."""
+        import torch
+        points = depth_t
+        if cloud is not None:
+            floats_per_point, offsets = cloud
+            points = depth_t.view(torch.float32).view(-1, floats_per_point)[:, list(offsets)]
+            finite = torch.isfinite(points).all(dim=1, keepdim=True)
+            points = torch.where(finite, points, float('nan'))
         try:
-            if cloud is not None:
-                return self._projector(depth_t, cloud, camera, self.T_cam_from_sensor,
-                                       self.min_depth, self.max_depth)
-            return project_to_sparse_depth_torch(depth_t, self.T_cam_from_sensor, camera,
+            return project_to_sparse_depth_torch(points, self.T_cam_from_sensor, camera,
                                                  min_depth=self.min_depth,
                                                  max_depth=self.max_depth)
         except CameraError as error:
@@ -350,83 +352,6 @@ class CompletionPipeline:
             raise InputError(f'ToF depth has no valid pixel within [{self.min_depth}, '
                              f'{self.max_depth}] m (all zero, NaN or inf)')
         return sparse
-
-
-class CloudProjector:
-    """Raw float32 x/y/z cloud bytes on a device -> (H,W) sparse depth, the same image as
-    `project_to_sparse_depth_torch` of the cloud's finite points.
-
-    The points go through a static buffer of `capacity` points (N rounded up to a power of two;
-    the rows past N are NaN, which never project), so that on CUDA the whole projection (~60
-    small kernels, each a few us of host time) is one CUDA graph replayed per frame. The graph is
-    captured again when the layout, camera, extrinsic, depth range or capacity change; after
-    MAX_CAPTURES captures (an extrinsic that keeps changing) it projects without a graph. The
-    returned image is valid until the next call.
-    """
-
-    MAX_CAPTURES = 16
-
-    def __init__(self, device: Any) -> None:
-        import torch
-        self.device = torch.device(device)
-        self.captures = 0
-        self._key: Optional[tuple] = None
-        self._floats: Any = None  # (capacity, floats per point) float32, rows past _count NaN
-        self._count = 0
-        self._graph: Any = None
-        self._image: Any = None
-
-    def __call__(self, raw: Any, layout: tuple[int, tuple[int, int, int]], camera: PinholeCamera,
-                 T_cam_from_sensor: np.ndarray, min_depth: float, max_depth: float) -> Any:
-        """raw: uint8 device tensor of N points' bytes; layout: (floats per point, x/y/z float
-        offsets) from `CompletionPipeline._cloud_layout`. Returns the (H,W) float32 tensor."""
-        import torch
-        floats_per_point, offsets = layout
-        floats = raw.view(torch.float32).view(-1, floats_per_point)
-        count = floats.shape[0]
-        capacity = 1 << max(count - 1, 0).bit_length()
-        key = (layout, capacity, id(camera), np.asarray(T_cam_from_sensor).tobytes(), min_depth,
-               max_depth)
-        if key != self._key:
-            self._graph = self._image = self._key = None  # free the old graph's pool first
-            self._floats = torch.full((capacity, floats_per_point), float('nan'),
-                                      dtype=torch.float32, device=self.device)
-            self._count = 0
-        self._floats[:count].copy_(floats)
-        if self._count > count:
-            self._floats[count:self._count].fill_(float('nan'))
-        self._count = count
-
-        def project() -> Any:
-            points = self._floats[:, list(offsets)]
-            finite = torch.isfinite(points).all(dim=1, keepdim=True)
-            points = torch.where(finite, points, float('nan'))
-            return project_to_sparse_depth_torch(points, T_cam_from_sensor, camera,
-                                                 min_depth=min_depth, max_depth=max_depth)
-        if self._key is None:
-            image = project()  # also the warm-up a capture needs, and where bad cameras raise
-            self._key = key
-            if self.device.type != 'cuda' or self.captures >= self.MAX_CAPTURES:
-                return image
-            self._capture(project)
-            return image
-        if self._graph is None:
-            return project()
-        self._graph.replay()
-        return self._image
-
-    def _capture(self, project: Any) -> None:
-        """Capture project() into a CUDA graph; where capture fails, stay without one."""
-        import torch
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self._image = project()
-        except RuntimeError:
-            self._image, self.captures = None, self.MAX_CAPTURES
-            return
-        self._graph = graph
-        self.captures += 1
 
 
 class HostStaging:
