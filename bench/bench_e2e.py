@@ -184,7 +184,7 @@ def split_in_process(args: argparse.Namespace, size: tuple[int, int],
     also check that the sparse depth equals prepare()'s numpy projection exactly."""
     import torch
 
-    from cspn_ros.core.conversions import depth_fields
+    from cspn_ros.core.conversions import image_fields
     from cspn_ros.core.pipeline import CompletionPipeline
     from cspn_ros.core.projection import transform_from_translation_quaternion
     from cspn_ros.model.completer import DepthCompleter
@@ -212,7 +212,7 @@ def split_in_process(args: argparse.Namespace, size: tuple[int, int],
         result = pipeline.process(messages['image'], messages['camera_info'], depth_msg,
                                   messages.get('tof/camera_info'))
         processed = time.perf_counter()
-        image_msg(depth_fields(result.dense), messages['image'].header)
+        image_msg(image_fields(result.dense_as_32fc1(), '32FC1'), messages['image'].header)
         done = time.perf_counter()
         if index < 5:  # warm-up: cuDNN, graph capture
             expected = pipeline.prepare(messages['image'], messages['camera_info'], depth_msg,

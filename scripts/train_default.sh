@@ -12,7 +12,7 @@
 # nproc - 2), CONFIG (model config JSON).
 # On the device machine: `source bench/gpu_env.sh` first (python3 there has CUDA torch).
 set -euo pipefail
-out=${1:?output folder}; epochs=${2:-40}; train_bags=${3:-24}; frames=${4:-30}
+out=${1:?output folder}; epochs=${2:-50}; train_bags=${3:-24}; frames=${4:-30}
 python=${PYTHON:-python3}; device=${DEVICE:-cuda}
 work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}
 mkdir -p "$out" "$work"

@@ -366,3 +366,66 @@ def test_best_checkpoint_is_picked_by_the_geometric_mean_of_frame_rmse(tmp_path)
     best_epoch = scores.index(min(scores)) + 1
     _, _, meta = load_checkpoint(tmp_path / 'run' / 'best.safetensors')
     assert meta['epoch'] == best_epoch
+
+
+def test_precise_batchnorm_averages_the_statistics_of_the_training_batches(tmp_path):
+    # Equal-size batches: the running mean becomes the mean of the layer's inputs over all
+    # batches, the running variance the mean of the batches' (unbiased) variances; the weights,
+    # the momentum and the statistics of frozen layers (not trained: --trainable) stay put.
+    rng = np.random.default_rng()
+    torch.manual_seed(int(rng.integers(1000)))
+    options = TrainOptions(batch_size=2, device='cpu', progress=False)
+    trainer = Trainer(ModelConfig(width=8, steps=2), options, _random_samples(rng, 6), None,
+                      tmp_path / 'run')
+    layer = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    inputs = []
+    hook = layer.register_forward_pre_hook(lambda _, args: inputs.append(args[0].clone()))
+    parameters = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    assert trainer.recalibrate_batchnorm(2) == 2
+    hook.remove()
+    assert len(inputs) == 2 and inputs[0].shape[0] == 2
+    torch.testing.assert_close(layer.running_mean, torch.cat(inputs).mean((0, 2, 3)))
+    torch.testing.assert_close(layer.running_var,
+                               torch.stack([x.var((0, 2, 3)) for x in inputs]).mean(0))
+    assert layer.momentum == 0.1 and int(layer.num_batches_tracked) == 2
+    for name, value in trainer.model.named_parameters():
+        assert torch.equal(value, parameters[name]), name
+    trainer.close()
+
+    options = TrainOptions(batch_size=2, device='cpu', progress=False,
+                           trainable='confidence_head')
+    frozen = Trainer(ModelConfig(width=8, steps=2), options, _random_samples(rng, 4), None,
+                     tmp_path / 'frozen')
+    before = {k: v.clone() for k, v in frozen.model.state_dict().items()}
+    assert frozen.recalibrate_batchnorm(5) == 2  # at most one pass: 4 samples, batch 2
+    for key, value in frozen.model.state_dict().items():  # only the trained head's statistics
+        recalibrated = key.startswith('confidence_head.') and not key.endswith(('weight', 'bias'))
+        assert torch.equal(value, before[key]) != recalibrated, key
+    frozen.close()
+    with pytest.raises(TrainingError, match='precise_bn_batches must be >= 0'):
+        Trainer(ModelConfig(width=8, steps=2), TrainOptions(device='cpu', precise_bn_batches=-1),
+                _random_samples(rng, 1), None, tmp_path / 'bad')
+
+
+def test_cli_epochs_0_validates_or_recalibrates_a_checkpoint(lidar_bag, tmp_path, capsys):
+    torch.manual_seed(int(np.random.default_rng().integers(1000)))
+    config = ModelConfig(width=8, steps=2)
+    start = save_checkpoint(tmp_path / 'start.safetensors', CompletionNet(config).state_dict(),
+                            config)
+    start_state, _, _ = load_checkpoint(start)
+    scores = []
+    for name, extra in (('as_is', []), ('precise', ['--precise-bn', '4'])):
+        args = _args(lidar_bag, tmp_path / name, 'dense', '--init', str(start), '--epochs', '0',
+                     *extra)
+        del args[args.index('--config'):args.index('--config') + 2]
+        assert training_main(args) == 0
+        printed = capsys.readouterr().out
+        assert 'trained to step 0 (epoch 0)' in printed and 'samples trained: 0' in printed
+        scores.append(float(printed.split('rmse_geomean=')[1].split()[0]))
+        state, _, meta = load_checkpoint(tmp_path / name / 'best.safetensors')
+        assert meta['step'] == 0
+        for key, value in start_state.items():  # statistics change with --precise-bn alone
+            changed = extra and key.endswith(('running_mean', 'running_var', 'tracked'))
+            assert torch.equal(value, state[key]) != bool(changed), key
+    assert int(state['unet.stem.1.num_batches_tracked']) == 2  # 3 training frames, batch 2
+    assert scores[0] != scores[1]

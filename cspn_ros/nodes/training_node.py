@@ -4,7 +4,7 @@
                   [--supervision dense|tof|lidar-holdout|photometric] [--config MODEL_CONFIG]
                   [--depth-source lidar|tof|both] [--batch-size B] [--crop HxW] [--resume]
                   [--init CHECKPOINT] [--trainable REGEX] [--confidence-weight W]
-                  [--depth-loss l1_l2|frame_rmse] [--no-flip] ...
+                  [--depth-loss l1_l2|frame_rmse] [--no-flip] [--precise-bn N] ...
 
 Frames are paired and converted exactly as the completion node does it (same topics, matcher
 and `CompletionPipeline.prepare`). Supervision: dense (a ground-truth depth topic), tof (the
@@ -19,7 +19,11 @@ out for validation. --init fine-tunes: training starts from a checkpoint's weigh
 checkpoint's model config (a fresh optimizer and schedule; --resume, which continues a run in
 --out, takes precedence). --trainable REGEX trains only the parameters whose names match (the
 others, and their BatchNorm statistics, stay fixed): `--init CKPT --trainable confidence_head`
-trains the confidence alone and leaves the depth output bit-identical. Supervised modes add
+trains the confidence alone and leaves the depth output bit-identical. --precise-bn N: after
+the last epoch the BatchNorm running statistics are recomputed as plain averages over N training
+batches (training augmentation), then validated; `--init CKPT --epochs 0 --precise-bn N` does
+that to a checkpoint (--epochs 0 trains nothing: it validates the starting weights and writes
+them as DIR/last and best). Supervised modes add
 --confidence-weight x the confidence loss (BCE to 'the depth is within max(5 %, 5 cm)').
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
@@ -94,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'a 3 m room as hard as a 60 m street)')
     parser.add_argument('--l1-weight', type=float, default=1.0, help='with --depth-loss l1_l2')
     parser.add_argument('--l2-weight', type=float, default=1.0, help='with --depth-loss l1_l2')
+    parser.add_argument('--precise-bn', type=int, default=0, metavar='N',
+                        help='after the last epoch, BatchNorm statistics = the plain average over '
+                             'N training batches instead of the running average (0 = off)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--weight-decay', type=float, default=1e-2)
@@ -192,7 +199,7 @@ def train(args: argparse.Namespace,
                      checkpoint_every=args.checkpoint_every, supervision=supervision,
                      confidence_weight=args.confidence_weight, depth_loss=args.depth_loss,
                      l1_weight=args.l1_weight, l2_weight=args.l2_weight,
-                     trainable=args.trainable,
+                     trainable=args.trainable, precise_bn_batches=args.precise_bn,
                      amp=not args.no_amp, num_workers=args.workers, seed=args.seed,
                      device=args.device, progress=not args.no_progress),
         train_set, val_set, args.out, resume=args.resume, on_progress=on_progress)

@@ -6,6 +6,8 @@ the samples, DDP's join absorbs uneven step counts (batches of skipped samples),
 sample counts are summed over processes, rank 0 alone validates and writes (checkpoints, logs).
 `trainable` (a regex on parameter names) fine-tunes part of the model: the other parameters are
 frozen and their BatchNorm layers stay in eval mode, so their outputs do not change at all.
+Precise BatchNorm (`precise_bn_batches`): after the last epoch the running statistics are
+recomputed as plain averages over that many training batches, before the last validation.
 
 Datasets yield sample dicts of numpy arrays (data/augment.py describes the keys) or None for a
 frame that could not be used; None samples are counted and reported, never silently trained on.
@@ -59,7 +61,9 @@ class TrainOptions:
     same loss on depth_init, confidence_weight on the confidence's BCE to the good-pixel
     indicator (supervised modes); photometric mode: smoothness_weight, sparse_weight on the
     input points; trainable (regex searched in parameter names: only matching ones are
-    trained; '' = all), amp (CUDA only), device ('auto' | 'cpu' | 'cuda[:i]')."""
+    trained; '' = all), amp (CUDA only), precise_bn_batches (after the last epoch, the
+    BatchNorm statistics are averaged over this many training batches: 0 = off, see
+    Trainer.recalibrate_batchnorm), device ('auto' | 'cpu' | 'cuda[:i]')."""
 
     epochs: int = 10
     batch_size: int = 4
@@ -78,6 +82,7 @@ class TrainOptions:
     supervision: str = 'dense'
     trainable: str = ''
     amp: bool = True
+    precise_bn_batches: int = 0
     num_workers: int = 0
     seed: int = 0
     device: str = 'auto'
@@ -148,8 +153,9 @@ def _device(name: str, local_rank: int, world: int) -> torch.device:
 
 class Trainer:
     """Trains `CompletionNet(config)` on `train_set`, scores `val_set` after every epoch (the
-    geometric mean of the frames' RMSE picks the best, see `validate`) and writes checkpoints to out_dir. `on_progress(dict)` is called after
-    every step and epoch (the ROS node publishes it as diagnostics)."""
+    geometric mean of the frames' RMSE picks the best, see `validate`) and writes checkpoints
+    to out_dir. `on_progress(dict)` is called after every step and epoch (the ROS node
+    publishes it as diagnostics)."""
 
     def __init__(self, config: ModelConfig, options: TrainOptions, train_set: Dataset,
                  val_set: Optional[Dataset], out_dir: str | Path, resume: bool = False,
@@ -159,6 +165,9 @@ class Trainer:
         if options.depth_loss not in DEPTH_LOSSES:
             raise TrainingError(f'depth_loss must be one of {DEPTH_LOSSES}, got '
                                 f'{options.depth_loss!r}')
+        if options.precise_bn_batches < 0:
+            raise TrainingError(f'precise_bn_batches must be >= 0, got '
+                                f'{options.precise_bn_batches}')
         self.options, self.train_set, self.val_set = options, train_set, val_set
         self.out_dir = Path(out_dir)
         self.on_progress = on_progress or (lambda _: None)
@@ -255,8 +264,12 @@ class Trainer:
         """Train the remaining epochs; returns dict(step, epoch, best_score, samples, skipped,
         epoch_seconds, val) with the last validation metrics. samples / skipped: samples trained
         on / dropped, summed over the epochs and processes (DistributedSampler pads each
-        process's share to equal length, so with N processes a count is rounded up to N x)."""
+        process's share to equal length, so with N processes a count is rounded up to N x).
+        With options.epochs 0 nothing is trained: the starting weights (after precise BatchNorm
+        if options.precise_bn_batches) are validated and saved as last and best."""
         summary: dict[str, Any] = {'samples': 0, 'skipped': 0, 'epoch_seconds': [], 'val': None}
+        if self.epoch == self.options.epochs == 0:
+            self._end_epoch(math.nan, 0, time.perf_counter(), summary)
         while self.epoch < self.options.epochs:
             start = time.perf_counter()
             used, skipped, mean_loss = self._train_epoch()
@@ -269,34 +282,77 @@ class Trainer:
                 LOGGER.warning('epoch %d: skipped %d of %d samples', self.epoch, skipped,
                                used + skipped)
             self.epoch += 1
-            val = None
-            if self.val_set is not None:
-                val = self._from_rank_zero(self.validate() if self.rank == 0 else None)
-            score = val['rmse_geomean'] if val is not None and val['frames'] else mean_loss
-            summary['epoch_seconds'].append(time.perf_counter() - start)
-            if self.rank == 0:
-                LOGGER.info('epoch %d: mean loss %.5f, validation RMSE %s m (geometric mean %s m), '
-                            '%.1f s', self.epoch, mean_loss,
-                            *(f'{val[k]:.4f}' if val and val['frames'] else '-'
-                              for k in ('rmse', 'rmse_geomean')),
-                            summary['epoch_seconds'][-1])
-            summary['val'] = val
-            improved = score < self.best_score  # the same in every process
-            self.best_score = min(score, self.best_score)
-            if self.rank == 0:
-                if val is not None:
-                    for key, value in val.items():
-                        self.writer.add_scalar(f'val/{key}', value, self.step)
-                if improved:
-                    self._save('best')
-                self._save('last')
-                self._save_state()
-            self.on_progress({'epoch': self.epoch, 'step': self.step, 'loss': mean_loss,
-                              'skipped': skipped, 'val': val})
+            self._end_epoch(mean_loss, skipped, start, summary)
         if self.writer is not None:
             self.writer.flush()
         summary.update(step=self.step, epoch=self.epoch, best_score=self.best_score)
         return summary
+
+    def _end_epoch(self, mean_loss: float, skipped: int, start: float,
+                   summary: dict[str, Any]) -> None:
+        """After the last epoch precise BatchNorm (options.precise_bn_batches); then validate,
+        log, keep the best score and save the checkpoints."""
+        if self.epoch == self.options.epochs and self.options.precise_bn_batches:
+            self.recalibrate_batchnorm(self.options.precise_bn_batches)
+        val = None
+        if self.val_set is not None:
+            val = self._from_rank_zero(self.validate() if self.rank == 0 else None)
+        score = val['rmse_geomean'] if val is not None and val['frames'] else mean_loss
+        summary['epoch_seconds'].append(time.perf_counter() - start)
+        if self.rank == 0:
+            LOGGER.info('epoch %d: mean loss %.5f, validation RMSE %s m (geometric mean %s m), '
+                        '%.1f s', self.epoch, mean_loss,
+                        *(f'{val[k]:.4f}' if val and val['frames'] else '-'
+                          for k in ('rmse', 'rmse_geomean')),
+                        summary['epoch_seconds'][-1])
+        summary['val'] = val
+        improved = score < self.best_score  # the same in every process
+        self.best_score = min(score, self.best_score)
+        if self.rank == 0:
+            if val is not None:
+                for key, value in val.items():
+                    self.writer.add_scalar(f'val/{key}', value, self.step)
+            if improved:
+                self._save('best')
+            self._save('last')
+            self._save_state()
+        self.on_progress({'epoch': self.epoch, 'step': self.step, 'loss': mean_loss,
+                          'skipped': skipped, 'val': val})
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, batches: int) -> int:
+        """Precise BatchNorm: reset the running mean / variance of the trained BatchNorm layers
+        and set them to the plain average of their batch statistics over the next `batches`
+        training batches (at most one pass; training augmentation and train mode, no gradients,
+        no weight changes). The running averages of training (momentum 0.1) are ruled by the
+        last few small batches. Frozen layers (`trainable`) keep theirs. Under torchrun each
+        process averages over its own share and rank 0's statistics are saved. Returns the
+        number of batches used."""
+        layers = [module for module in self.model.modules()
+                  if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                  and module not in self.frozen_batchnorms]
+        momenta = [layer.momentum for layer in layers]
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average over the batches
+        self._start_pass()
+        used = 0
+        for batch, _ in self.loader:
+            if used == batches:
+                break
+            if batch is None:
+                continue
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                self.model(batch['rgb'].to(self.device), batch['sparse'].to(self.device))
+            used += 1
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        if used == 0:
+            raise TrainingError('precise BatchNorm: all training samples were skipped')
+        LOGGER.info('precise BatchNorm: statistics of %d layers averaged over %d batches',
+                    len(layers), used)
+        return used
 
     def close(self) -> None:
         """Close the logs and leave the process group this trainer joined (torchrun runs)."""
@@ -325,14 +381,7 @@ class Trainer:
         """One pass over the loader -> (samples used, samples skipped, mean loss), over all
         processes."""
         from tqdm import tqdm
-        if hasattr(self.train_set, 'set_epoch'):
-            self.train_set.set_epoch(self.epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(self.epoch)
-        self.generator.manual_seed(self.options.seed + self.epoch)
-        self.net.train()
-        for module in self.frozen_batchnorms:  # running statistics of frozen layers stay put
-            module.eval()
+        self._start_pass()
         used = skipped = 0
         losses = []
         bar = tqdm(self.loader, desc=f'epoch {self.epoch + 1}/{self.options.epochs}',
@@ -352,6 +401,17 @@ class Trainer:
         used, skipped, loss_sum, loss_count = self._sum_over_processes(
             used, skipped, sum(losses), len(losses))
         return int(used), int(skipped), loss_sum / loss_count if loss_count else math.inf
+
+    def _start_pass(self) -> None:
+        """Train mode and this epoch's random draws (augmentation, order, process shares)."""
+        if hasattr(self.train_set, 'set_epoch'):
+            self.train_set.set_epoch(self.epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        self.generator.manual_seed(self.options.seed + self.epoch)
+        self.net.train()
+        for module in self.frozen_batchnorms:  # running statistics of frozen layers stay put
+            module.eval()
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> float:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
