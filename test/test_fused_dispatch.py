@@ -46,6 +46,20 @@ def test_importing_never_needs_triton():
     assert result.stdout.strip() == 'False'
 
 
+def test_a_cpu_forward_never_imports_torch_dynamo():
+    """Where the fused path cannot run, nothing is wrapped for torch.compile: importing
+    torch._dynamo takes ~1.6 s on this machine, which the node's first frame paid (and the
+    frames queued behind it) when fused.py wrapped its launchers at import."""
+    code = ('import sys, numpy as np; from cspn_ros.model.completer import DepthCompleter; '
+            "c = DepthCompleter.from_config({'width': 8, 'steps': 2}, device='cpu'); "
+            'c(np.zeros((32, 48, 3), np.uint8), np.ones((32, 48), np.float32)); '
+            'import cspn_ros.model.propagation.fused; '
+            'print("torch._dynamo" in sys.modules)')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip().splitlines()[-1] == 'False'
+
+
 @pytest.mark.parametrize('kernel_size,preserve', [(3, True), (3, False), (5, True)])
 def test_cpu_path_is_the_reference_and_matches_a_loop(kernel_size, preserve):
     init, affinity, sparse = random_case(kernel_size, batch=1, height=6, width=7)

@@ -127,6 +127,15 @@ def shared_kernel_available() -> bool:
     return _SHARED_AVAILABLE
 
 
+def _left_out_of_compile(function: Callable) -> Callable:
+    """function, left out of torch.compile graphs where it can run (`available()`): it launches
+    Triton kernels through Triton's own machinery, which Inductor cannot follow (it failed to
+    lower the mask's bool -> uint8 view). Elsewhere the function is never called and is left
+    as it is, so that importing this module does not import torch._dynamo (1.6 s on a 2-core
+    CPU, paid by the first frame of a node that imports this module on its first forward)."""
+    return torch.compiler.disable(function) if available() else function
+
+
 def default_launch(kernel_size: int) -> LocalLaunch | SharedLaunch:
     """The tiling `cspn_propagate_at` uses for this window size when given none."""
     if kernel_size == 3 and shared_kernel_available():
@@ -271,9 +280,7 @@ def _replaced(depth, sparse_mask, sparse):
     return depth if sparse_mask is None else torch.where(sparse_mask, sparse, depth)
 
 
-# The launchers run opaque Triton kernels through Triton's own launch machinery: torch.compile
-# leaves them out of its graphs (Inductor cannot lower, e.g., the mask's bool -> uint8 view).
-@torch.compiler.disable
+@_left_out_of_compile
 def _cspn_fused_at(init, affinity, sparse_mask, sparse, counts, launch):
     batch, neighbours, height, width = affinity.shape
     kernel_size = round((neighbours + 1) ** 0.5)
@@ -403,7 +410,7 @@ def _compute_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-@torch.compiler.disable
+@_left_out_of_compile
 def _nlspn_fused(init, affinity, grid, sparse_mask, sparse, steps, block=256, num_warps=4):
     from cspn_ros.model.propagation import fused_kernels
 
