@@ -163,6 +163,7 @@ class BagFrames:
         self._reader_pid = os.getpid()
         for bag_index, path in enumerate(self.paths):
             self._index(bag_index, path, slop_s, queue_size)
+        self.close()  # reopened on the first read: DataLoader workers inherit no open files
         if not self.frames:
             raise BagError(f'no paired frames in {[str(p) for p in self.paths]} on topics '
                            f'{list(self.paired_topics)} (slop {slop_s} s); matcher stats: '
