@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, mean_metrics
+from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, geometric_mean_rmse, mean_metrics
 
 
 def reference_metrics(pred, gt):
@@ -67,3 +67,16 @@ def test_mean_metrics_averages_frames_not_pixels():
     assert summary['frames'] == 4
     for key in METRIC_KEYS:
         assert summary[key] == pytest.approx(np.mean([f[key] for f in frames[:4]]))
+
+
+def test_geometric_mean_rmse_skips_frames_without_ground_truth():
+    rng = np.random.default_rng()
+    frames = []
+    for scale in (60.0, 3.0):  # a street and a room
+        gt = rng.uniform(0.5, scale, (10, 12)).astype(np.float32)
+        frames.append(compute_metrics(gt + rng.normal(0, 0.02 * scale, gt.shape), gt))
+    frames.append(compute_metrics(gt, np.zeros_like(gt)))  # no gt: skipped
+    expected = np.sqrt(frames[0]['rmse'] * frames[1]['rmse'])
+    assert geometric_mean_rmse(frames) == pytest.approx(expected, rel=1e-12)
+    assert geometric_mean_rmse(frames) < mean_metrics(frames)['rmse']
+    assert np.isnan(geometric_mean_rmse(frames[2:]))

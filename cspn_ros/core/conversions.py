@@ -199,12 +199,11 @@ def depth_fields(depth_m: np.ndarray, encoding: str = '32FC1') -> dict[str, Any]
     32FC1: metres with missing (0, negative, non-finite) -> NaN. 16UC1: millimetres rounded to
     the nearest mm; missing and depths beyond 65.535 m -> 0 (invalid), never clipped.
     """
+    metres = depth_to_32fc1(np.asarray(depth_m))  # NaN where missing
     if encoding == '32FC1':
-        return image_fields(depth_to_32fc1(depth_m), encoding)
-    depth = np.asarray(depth_m, dtype=np.float32)
-    valid = np.isfinite(depth) & (depth > 0)
+        return image_fields(metres, encoding)
     if encoding == '16UC1':
-        millimetres = np.rint(np.where(valid, depth, np.float32(0)) * _MM_PER_M)
+        millimetres = np.rint(np.nan_to_num(metres, nan=0.0) * _MM_PER_M)
         millimetres[millimetres > np.iinfo(np.uint16).max] = 0
         return image_fields(millimetres.astype(np.uint16), encoding)
     raise ConversionError(f'depth encoding must be 32FC1 or 16UC1, got {encoding!r}')

@@ -38,14 +38,12 @@ from cspn_ros.model.checkpoint import load_checkpoint, load_weights, save_checkp
 from cspn_ros.model.network import CompletionNet
 from cspn_ros.train.losses import (confidence_loss, depth_loss, edge_aware_smoothness,
                                    frame_rmse, masked_l1, photometric_loss)
-from cspn_ros.train.metrics import compute_metrics, mean_metrics
+from cspn_ros.train.metrics import compute_metrics, geometric_mean_rmse, mean_metrics
 
 LOGGER = logging.getLogger(__name__)
 STATE_FILE = 'last_state.pt'
 #: Depth losses of the supervised modes (TrainOptions.depth_loss).
 DEPTH_LOSSES = ('l1_l2', 'frame_rmse')
-#: Frame RMSEs are floored here (m) before the logarithm of the validation score.
-RMSE_FLOOR_M = 1e-4
 
 
 class TrainingError(RuntimeError):
@@ -266,7 +264,8 @@ class Trainer:
         on / dropped, summed over the epochs and processes (DistributedSampler pads each
         process's share to equal length, so with N processes a count is rounded up to N x).
         With options.epochs 0 nothing is trained: the starting weights (after precise BatchNorm
-        if options.precise_bn_batches) are validated and saved as last and best."""
+        if options.precise_bn_batches) are validated and saved as last, and as best when there
+        is a validation set to score them."""
         summary: dict[str, Any] = {'samples': 0, 'skipped': 0, 'epoch_seconds': [], 'val': None}
         if self.epoch == self.options.epochs == 0:
             self._end_epoch(math.nan, 0, time.perf_counter(), summary)
@@ -462,11 +461,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean over validation frames of compute_metrics(depth, target), plus rmse_geomean: the
-        geometric mean of the frames' RMSE (m), the score that picks the best checkpoint. The
-        arithmetic mean is ruled by the metre-scale errors of outdoor LiDAR frames; in the
-        geometric mean a 10 % gain on an indoor ToF frame counts as much as one on a street.
-        Logs pictures of the first batch to TensorBoard."""
+        """Mean over validation frames of compute_metrics(depth, target), plus rmse_geomean
+        (`metrics.geometric_mean_rmse`), the score that picks the best checkpoint: the
+        arithmetic mean is ruled by the metre-scale errors of outdoor LiDAR frames. Logs
+        pictures of the first batch to TensorBoard."""
         self.model.eval()
         loader = DataLoader(self.val_set, batch_size=self.options.batch_size,
                             collate_fn=collate_samples, num_workers=self.options.num_workers)
@@ -480,11 +478,7 @@ class Trainer:
                 frames.append(compute_metrics(pred, target))
             if len(frames) == depth.shape[0] and self.writer is not None:
                 self._log_pictures(batch, depth)
-        summary = mean_metrics(frames)
-        rmses = [m['rmse'] for m in frames if m.get('count', 0) > 0]
-        summary['rmse_geomean'] = (float(np.exp(np.mean(np.log(np.maximum(rmses, RMSE_FLOOR_M)))))
-                                   if rmses else float('nan'))
-        return summary
+        return {**mean_metrics(frames), 'rmse_geomean': geometric_mean_rmse(frames)}
 
     def _log_pictures(self, batch: dict[str, torch.Tensor], depth: torch.Tensor) -> None:
         """rgb | sparse | prediction of the first validation frame."""
