@@ -9,12 +9,13 @@
 # Usage: bash scripts/train_default.sh OUT_DIR [EPOCHS] [TRAIN_BAGS] [FRAMES_PER_BAG]
 # Environment: DEVICE (cuda), WORK (bags and runs, /tmp/cspn_default; bags already there are
 # kept), RUN (run folder name under WORK, run), BATCH (8), WORKERS (data-loader processes,
-# nproc - 2), CONFIG (model config JSON).
+# nproc - 2), CONFIG (model config JSON), PRECISE_BN (batches of precise BatchNorm after the last
+# epoch, then validated against the best epoch; 0 = off).
 # On the device machine: `source bench/gpu_env.sh` first (python3 there has CUDA torch).
 set -euo pipefail
 out=${1:?output folder}; epochs=${2:-50}; train_bags=${3:-24}; frames=${4:-30}
 python=${PYTHON:-python3}; device=${DEVICE:-cuda}
-work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}
+work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; precise_bn=${PRECISE_BN:-0}
 mkdir -p "$out" "$work"
 jobs=$(nproc); workers=${WORKERS:-$((jobs - 2))}
 time $python scripts/make_synthetic_bags.py --out "$work/train" --bags "$train_bags" \
@@ -25,7 +26,7 @@ bags=(); for b in "$work"/train/*; do bags+=(--bag "$b"); done
 config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological"}'}
 time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/$run" --epochs "$epochs" \
   --depth-source both --supervision dense --config "$config" --batch-size "$batch" \
-  --crop 256x320 --max-scale 1.5 --depth-loss frame_rmse --no-flip \
+  --crop 256x320 --max-scale 1.5 --depth-loss frame_rmse --no-flip --precise-bn "$precise_bn" \
   --workers "$workers" --device "$device" --no-progress --val-fraction 0.1 \
   2>&1 | tee "$out/train.log" | grep -v ' INFO '
 cp "$work/$run/best.safetensors" "$out/default.safetensors"
