@@ -8,23 +8,26 @@
 # occlusion shadows, which the model can then no longer learn (bench/tof_error_breakdown.py).
 # Usage: bash scripts/train_default.sh OUT_DIR [EPOCHS] [TRAIN_BAGS] [FRAMES_PER_BAG]
 # Environment: DEVICE (cuda), WORK (bags and runs, /tmp/cspn_default; bags already there are
-# kept), RUN (run folder name under WORK, run), BATCH (8), WORKERS (data-loader processes,
-# nproc - 2), CONFIG (model config JSON), PRECISE_BN (batches of precise BatchNorm after the last
-# epoch, then validated against the best epoch; 0 = off).
+# kept), RUN (run folder name under WORK, run), BATCH (8, per GPU), WORKERS (data-loader
+# processes per GPU, nproc - 2), CONFIG (model config JSON), PRECISE_BN (batches of precise
+# BatchNorm after the last epoch, whose validation then competes with the best epoch's; 100,
+# 0 = off), GPUS (1; more trains data-parallel through torchrun and NCCL).
 # On the device machine: `source bench/gpu_env.sh` first (python3 there has CUDA torch).
 set -euo pipefail
-out=${1:?output folder}; epochs=${2:-50}; train_bags=${3:-24}; frames=${4:-30}
+out=${1:?output folder}; epochs=${2:-50}; train_bags=${3:-48}; frames=${4:-30}
 python=${PYTHON:-python3}; device=${DEVICE:-cuda}
-work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; precise_bn=${PRECISE_BN:-0}
+work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; precise_bn=${PRECISE_BN:-100}
 mkdir -p "$out" "$work"
-jobs=$(nproc); workers=${WORKERS:-$((jobs - 2))}
+jobs=$(nproc); workers=${WORKERS:-$((jobs - 2))}; gpus=${GPUS:-1}
+trainer=(-m cspn_ros.nodes.training_node)
+if [ "$gpus" -gt 1 ]; then trainer=(-m torch.distributed.run --standalone --nproc_per_node "$gpus" "${trainer[@]}"); fi
 time $python scripts/make_synthetic_bags.py --out "$work/train" --bags "$train_bags" \
-  --frames "$frames" --first-seed 0 --jobs "$jobs" > /dev/null
+  --frames "$frames" --first-seed 0 --jobs "$jobs" > "$work/$run.bags"  # 'wrote PATH' lines
 time $python scripts/make_synthetic_bags.py --out "$work/heldout" --bags 6 --frames 10 \
   --first-seed 1000 --jobs "$jobs" > /dev/null
-bags=(); for b in "$work"/train/*; do bags+=(--bag "$b"); done
+bags=(); while read -r _ bag; do bags+=(--bag "$bag"); done < "$work/$run.bags"
 config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological"}'}
-time $python -m cspn_ros.nodes.training_node "${bags[@]}" --out "$work/$run" --epochs "$epochs" \
+time $python "${trainer[@]}" "${bags[@]}" --out "$work/$run" --epochs "$epochs" \
   --depth-source both --supervision dense --config "$config" --batch-size "$batch" \
   --crop 256x320 --max-scale 1.5 --depth-loss frame_rmse --no-flip --precise-bn "$precise_bn" \
   --workers "$workers" --device "$device" --no-progress --val-fraction 0.1 \
@@ -50,7 +53,7 @@ for source in ('lidar', 'tof'):
     result[source]['frames'] = sum(r['model']['frames'] for r in runs)
 Path(sys.argv[2]).write_text(json.dumps(result, indent=1))
 for source, r in result.items():
-    gain = 1 - r['model']['rmse'] / r['baseline']['rmse']
-    print(f"{source}: model RMSE {r['model']['rmse']:.3f} m, baseline {r['baseline']['rmse']:.3f} m "
-          f"({gain:+.0%} better), frames {r['frames']}")
+    change = r['model']['rmse'] / r['baseline']['rmse'] - 1
+    print(f"{source}: model RMSE {r['model']['rmse']:.4f} m, baseline {r['baseline']['rmse']:.4f} m "
+          f"({change:+.1%} against the baseline), frames {r['frames']}")
 PY
