@@ -113,34 +113,12 @@ def cspn3_shared_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_ou
     # (corners thus land on the pixel itself).
     if ((origin_y <= 0) | (origin_y + REG_H >= height) | (origin_x <= 0)
             | (origin_x + REG_W >= width)):
-        top = y <= 0
-        w_l = gl.where(top, w_l + w_ul, w_l)
-        w_c = gl.where(top, w_c + w_u, w_c)
-        w_r = gl.where(top, w_r + w_ur, w_r)
-        w_ul = gl.where(top, 0.0, w_ul)
-        w_u = gl.where(top, 0.0, w_u)
-        w_ur = gl.where(top, 0.0, w_ur)
-        bottom = y >= height - 1
-        w_l = gl.where(bottom, w_l + w_dl, w_l)
-        w_c = gl.where(bottom, w_c + w_d, w_c)
-        w_r = gl.where(bottom, w_r + w_dr, w_r)
-        w_dl = gl.where(bottom, 0.0, w_dl)
-        w_d = gl.where(bottom, 0.0, w_d)
-        w_dr = gl.where(bottom, 0.0, w_dr)
-        left = x <= 0
-        w_u = gl.where(left, w_u + w_ul, w_u)
-        w_c = gl.where(left, w_c + w_l, w_c)
-        w_d = gl.where(left, w_d + w_dl, w_d)
-        w_ul = gl.where(left, 0.0, w_ul)
-        w_l = gl.where(left, 0.0, w_l)
-        w_dl = gl.where(left, 0.0, w_dl)
-        right = x >= width - 1
-        w_u = gl.where(right, w_u + w_ur, w_u)
-        w_c = gl.where(right, w_c + w_r, w_c)
-        w_d = gl.where(right, w_d + w_dr, w_d)
-        w_ur = gl.where(right, 0.0, w_ur)
-        w_r = gl.where(right, 0.0, w_r)
-        w_dr = gl.where(right, 0.0, w_dr)
+        w_ul, w_u, w_ur, w_l, w_c, w_r = _fold_edge(y <= 0, w_ul, w_u, w_ur, w_l, w_c, w_r)
+        w_dl, w_d, w_dr, w_l, w_c, w_r = _fold_edge(y >= height - 1, w_dl, w_d, w_dr,
+                                                    w_l, w_c, w_r)
+        w_ul, w_l, w_dl, w_u, w_c, w_d = _fold_edge(x <= 0, w_ul, w_l, w_dl, w_u, w_c, w_d)
+        w_ur, w_r, w_dr, w_u, w_c, w_d = _fold_edge(x >= width - 1, w_ur, w_r, w_dr,
+                                                    w_u, w_c, w_d)
 
     if REPLACE:
         centre = gl.where(known, value, centre)
@@ -179,6 +157,18 @@ def cspn3_shared_kernel(depth_in, start, affinity, sparse, sparse_mask, depth_ou
                & (local_y >= HALO) & (local_y < HALO + TILE_H)
                & (local_x >= HALO) & (local_x < HALO + TILE_W))
     gl.store(depth_out + pixel, depth, mask=in_tile)
+
+
+@gluon.jit
+def _fold_edge(edge, outer_a, outer_b, outer_c, inner_a, inner_b, inner_c):
+    """Replicate padding at one image edge: where `edge` holds, each outer weight (the row or
+    column past the edge) is added onto its inner one and becomes 0. Returns the outer three,
+    then the inner three."""
+    inner_a = gl.where(edge, inner_a + outer_a, inner_a)
+    inner_b = gl.where(edge, inner_b + outer_b, inner_b)
+    inner_c = gl.where(edge, inner_c + outer_c, inner_c)
+    return (gl.where(edge, 0.0, outer_a), gl.where(edge, 0.0, outer_b),
+            gl.where(edge, 0.0, outer_c), inner_a, inner_b, inner_c)
 
 
 @gluon.jit
