@@ -141,6 +141,21 @@ def test_photometric_without_odometry_says_what_is_needed(bag):
                            SupervisionOptions('photometric'))
 
 
+
+def test_validation_takes_the_last_frames_of_every_bag(bag, tmp_path):
+    path, seed = bag
+    short = write_synthetic_bag(tmp_path / 'short', 'mcap', num_frames=1, seed=seed + 1, **SCENE)
+    other = write_synthetic_bag(tmp_path / 'other', 'mcap', num_frames=FRAMES + 2, seed=seed + 2,
+                                **SCENE)
+    frames = BagFrames([path, short, other])
+    per_bag = [[i for i, f in enumerate(frames.frames) if f.bag_index == b] for b in range(3)]
+    assert [len(indices) for indices in per_bag] == [FRAMES, 1, FRAMES + 2]
+    training, validation = frames.validation_split(0.25)
+    # ceil(4 / 4) = 1 and ceil(6 / 4) = 2 last frames; a one-frame bag only trains.
+    assert validation == per_bag[0][-1:] + per_bag[2][-2:]
+    assert sorted(training + validation) == list(range(len(frames)))
+    assert frames.validation_split(0.0) == (list(range(len(frames))), [])
+
 def test_corrupt_bag_gives_an_error_naming_the_bag(bag, tmp_path):
     path, _ = bag
     copy = shutil.copytree(path, tmp_path / 'corrupt')

@@ -21,6 +21,7 @@ import argparse
 import bisect
 import dataclasses
 import logging
+import math
 import os
 import struct
 from pathlib import Path
@@ -221,6 +222,21 @@ class BagFrames:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def validation_split(self, fraction: float) -> tuple[list[int], list[int]]:
+        """(training, validation) frame indices: the last ceil(n * fraction) frames of each
+        bag of n >= 2 frames are validation, so every recording (scene, sensor, rig) is
+        validated on frames it did not train on; with one bag, its last frames."""
+        by_bag: dict[int, list[int]] = {}
+        for index, frame in enumerate(self.frames):
+            by_bag.setdefault(frame.bag_index, []).append(index)
+        training, validation = [], []
+        for indices in by_bag.values():
+            count = (math.ceil(len(indices) * fraction)
+                     if len(indices) >= 2 and fraction > 0 else 0)
+            training += indices[:len(indices) - count]
+            validation += indices[len(indices) - count:]
+        return training, validation
 
     def read_message(self, bag_index: int, topic: str, ref: MessageRef) -> Any:
         """Deserialise one indexed message; BagError names bag, topic and stamp on failure."""

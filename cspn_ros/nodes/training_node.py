@@ -14,16 +14,16 @@ sweeps of the N previous and next frames, moved with the odometry on --pose-topi
 target), photometric (neighbouring frames + odometry on --pose-topic, e.g. /odom).
 --depth-source both (dense or photometric) reads bags with a cloud and a ToF topic: every frame
 gives a LiDAR-input and a ToF-input sample. The sensors' extrinsics come from the bag's
-/tf_static (or /tf) unless --extrinsic-* are given. The last frames (--val-fraction) are held
-out for validation. --init fine-tunes: training starts from a checkpoint's weights, with that
-checkpoint's model config (a fresh optimizer and schedule; --resume, which continues a run in
---out, takes precedence). --trainable REGEX trains only the parameters whose names match (the
-others, and their BatchNorm statistics, stay fixed): `--init CKPT --trainable confidence_head`
-trains the confidence alone and leaves the depth output bit-identical. --precise-bn N: after
-the last epoch the BatchNorm running statistics are recomputed as plain averages over N training
-batches (training augmentation), then validated; `--init CKPT --epochs 0 --precise-bn N` does
-that to a checkpoint (--epochs 0 trains nothing: it validates the starting weights and writes
-them as DIR/last and best). Supervised modes add
+/tf_static (or /tf) unless --extrinsic-* are given. The last frames of each bag (--val-fraction
+of them) are held out for validation. --init fine-tunes: training starts from a checkpoint's
+weights, with that checkpoint's model config (a fresh optimizer and schedule; --resume, which
+continues a run in --out, takes precedence). --trainable REGEX trains only the parameters whose
+names match (the others, and their BatchNorm statistics, stay fixed): `--init CKPT --trainable
+confidence_head` trains the confidence alone and leaves the depth output bit-identical.
+--precise-bn N: after the last epoch the BatchNorm running statistics are recomputed as plain
+averages over N training batches (training augmentation), then validated; `--init CKPT
+--epochs 0 --precise-bn N` does that to a checkpoint (--epochs 0 trains nothing: it validates
+the starting weights and writes them as DIR/last and best). Supervised modes add
 --confidence-weight x the confidence loss (BCE to 'the depth is within max(5 %, 5 cm)').
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -106,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--weight-decay', type=float, default=1e-2)
     parser.add_argument('--clip-grad-norm', type=float, default=1.0)
     parser.add_argument('--checkpoint-every', type=int, default=500, help='steps')
-    parser.add_argument('--val-fraction', type=float, default=0.1)
+    parser.add_argument('--val-fraction', type=float, default=0.1,
+                        help="share of each bag's frames, its last ones, held out for validation")
     parser.add_argument('--gt-topic', default='/ground_truth/depth',
                         help='ground-truth depth topic (dense supervision)')
     parser.add_argument('--pose-topic', default='',
@@ -175,21 +175,18 @@ def train(args: argparse.Namespace,
     train_parts, val_parts = [], []
     for part, (frames, pipeline_options) in enumerate(sources.values()):
         pipeline = CompletionPipeline(None, **pipeline_options)  # prepare only: no completer
-        count = len(frames)
-        val_count = (math.ceil(count * args.val_fraction)
-                     if count >= 2 and args.val_fraction > 0 else 0)
+        train_indices, val_indices = frames.validation_split(args.val_fraction)
         train_parts.append(BagTrainingSamples(  # seed + part: a frame's two samples differ
-            frames, pipeline, options, range(count - val_count), augment, args.seed + part))
-        if val_count:
+            frames, pipeline, options, train_indices, augment, args.seed + part))
+        if val_indices:
             val_mode = (supervision if supervision != 'photometric'
                         else 'lidar-holdout' if pipeline.depth_source == 'lidar' else 'tof')
             val_parts.append(BagTrainingSamples(
                 frames, pipeline,
                 SupervisionOptions(val_mode, args.holdout, args.tof_input_points),
-                range(count - val_count, count), Augmenter(crop, flip=False, jitter=0.0),
-                args.seed))
+                val_indices, Augmenter(crop, flip=False, jitter=0.0), args.seed))
         LOGGER.info('%s: %d paired frames in %d bag(s), %d for validation', pipeline.depth_source,
-                    count, len(frames.paths), val_count)
+                    len(frames), len(frames.paths), len(val_indices))
     train_set = ConcatenatedSamples(train_parts)
     val_set = ConcatenatedSamples(val_parts) if val_parts else None
     trainer = Trainer(
