@@ -149,6 +149,20 @@ def test_no_flip_keeps_the_sensor_on_its_side_of_the_camera():
         assert any(mirrored) == expect_mirrored
 
 
+def test_persistent_data_loader_workers_draw_each_epoch_like_the_main_process(lidar_bag,
+                                                                             tmp_path):
+    # lidar-holdout draws its held-out points and crops per epoch. Worker processes persist
+    # across epochs, so the epoch must reach them with every key: two epochs with two workers
+    # end on the very weights of two epochs loaded in the main process.
+    states = []
+    for workers in ('0', '2'):
+        out = tmp_path / f'workers{workers}'
+        assert training_main(_args(lidar_bag, out, 'lidar-holdout', '--epochs', '2',
+                                   '--workers', workers)) == 0
+        states.append(load_checkpoint(out / 'last.safetensors')[0])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_frame_rmse_depth_loss_trains_from_the_cli(lidar_bag, tmp_path, capsys):
     out = tmp_path / 'frame_rmse'
     assert training_main(_args(lidar_bag, out, 'dense', '--depth-loss', 'frame_rmse')) == 0

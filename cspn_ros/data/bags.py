@@ -405,7 +405,8 @@ class BagTrainingSamples:
     cannot be used (logged with bag/topic/stamp; the trainer counts them).
 
     Randomness (holdout, ToF subset, augmentation) comes from (seed, epoch, index), so runs
-    repeat exactly; call `set_epoch` every epoch.
+    repeat exactly. The key is a position (in the epoch of `set_epoch`) or (epoch, position),
+    as the trainer's DataLoader workers get it (`train.trainer.EpochKeys`).
     """
 
     def __init__(self, frames: BagFrames, pipeline: CompletionPipeline,
@@ -464,11 +465,12 @@ class BagTrainingSamples:
             return index - 1, index + 1
         return None
 
-    def __getitem__(self, position: int) -> Optional[dict]:
+    def __getitem__(self, key: int | tuple[int, int]) -> Optional[dict]:
+        epoch, position = key if isinstance(key, tuple) else (self.epoch, key)
         index = self.indices[position]
         frame = self.frames.frames[index]
         try:
-            sample = self._sample(index, np.random.default_rng([self.seed, self.epoch, index]))
+            sample = self._sample(index, np.random.default_rng([self.seed, epoch, index]))
         except ValueError as error:  # BagError, InputError, ConversionError: a bad frame
             LOGGER.warning('skipping frame %d of %s (stamp %d ns): %s', index,
                            self.frames.paths[frame.bag_index], frame.stamp_ns, error)
@@ -571,11 +573,14 @@ class ConcatenatedSamples:
     def __len__(self) -> int:
         return self.ends[-1] if self.ends else 0
 
-    def __getitem__(self, position: int) -> Optional[dict]:
+    def __getitem__(self, key: int | tuple[int, int]) -> Optional[dict]:
+        """key: a position or (epoch, position), as BagTrainingSamples takes it."""
+        epoch, position = key if isinstance(key, tuple) else (None, key)
         if not 0 <= position < len(self):
             raise IndexError(f'sample {position} of {len(self)}')
         part = bisect.bisect_right(self.ends, position)
-        return self.parts[part][position - (self.ends[part - 1] if part else 0)]
+        position -= self.ends[part - 1] if part else 0
+        return self.parts[part][position if epoch is None else (epoch, position)]
 
 
 def add_bag_arguments(parser: argparse.ArgumentParser,

@@ -11,6 +11,9 @@ recomputed as plain averages over that many training batches, before the last va
 
 Datasets yield sample dicts of numpy arrays (data/augment.py describes the keys) or None for a
 frame that could not be used; None samples are counted and reported, never silently trained on.
+A dataset with `set_epoch` (random draws per epoch) is indexed with (epoch, position) keys
+(`EpochKeys`): the DataLoader workers persist across epochs, keeping their open bags, and never
+see the main process's set_epoch.
 Out dir: last.safetensors + last_state.pt (optimizer, scheduler, step: what resume needs),
 best.safetensors, tb/ (TensorBoard).
 """
@@ -92,6 +95,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
+
+
+class EpochKeys(torch.utils.data.Sampler):
+    """(epoch, index) keys from a sampler of indices; the trainer sets `epoch` every pass."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler) -> None:
+        self.sampler, self.epoch = sampler, 0
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def collate_samples(samples: Sequence[Optional[dict]]) -> tuple[Optional[dict], int]:
@@ -192,10 +208,18 @@ class Trainer:
         self.sampler = (DistributedSampler(train_set, seed=options.seed) if self.world > 1
                         else None)
         self.generator = torch.Generator()
+        sampler = self.sampler or RandomSampler(train_set, generator=self.generator)
+        self.epoch_keys = EpochKeys(sampler) if hasattr(train_set, 'set_epoch') else None
+        persistent = options.num_workers > 0
         self.loader = DataLoader(
             train_set, batch_size=options.batch_size, collate_fn=collate_samples,
-            sampler=self.sampler or RandomSampler(train_set, generator=self.generator),
-            num_workers=options.num_workers, drop_last=False)
+            sampler=self.epoch_keys or sampler, num_workers=options.num_workers,
+            persistent_workers=persistent, drop_last=False)
+        self.val_loader = (DataLoader(val_set, batch_size=options.batch_size,
+                                      collate_fn=collate_samples,
+                                      num_workers=options.num_workers,
+                                      persistent_workers=persistent)
+                           if val_set is not None else None)
         total_steps = options.epochs * len(self.loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, options.warmup_fraction))
@@ -403,8 +427,8 @@ class Trainer:
 
     def _start_pass(self) -> None:
         """Train mode and this epoch's random draws (augmentation, order, process shares)."""
-        if hasattr(self.train_set, 'set_epoch'):
-            self.train_set.set_epoch(self.epoch)
+        if self.epoch_keys is not None:
+            self.epoch_keys.epoch = self.epoch
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
         self.generator.manual_seed(self.options.seed + self.epoch)
@@ -466,10 +490,8 @@ class Trainer:
         arithmetic mean is ruled by the metre-scale errors of outdoor LiDAR frames. Logs
         pictures of the first batch to TensorBoard."""
         self.model.eval()
-        loader = DataLoader(self.val_set, batch_size=self.options.batch_size,
-                            collate_fn=collate_samples, num_workers=self.options.num_workers)
         frames = []
-        for batch, _ in loader:
+        for batch, _ in self.val_loader:
             if batch is None:
                 continue
             depth = self.model(batch['rgb'].to(self.device),
