@@ -58,13 +58,6 @@ SAME_SURFACE = (0.05, 0.05)
 BAG_NAME = re.compile(r'(indoor|outdoor)_(\d+)b_seed(\d+)$')
 
 
-def tof_pixel_states(scene: SyntheticScene, index: int) -> dict[str, np.ndarray]:
-    """The ToF camera's view of frame `index` without noise, (h,w) each: depth `t` (m, inf =
-    nothing within range), `dark` and `edge` masks (`SyntheticScene.tof_view`)."""
-    t, dark, edge = scene.tof_view(index)
-    return {'t': t, 'dark': dark, 'edge': edge}
-
-
 def label_pixels(scene: SyntheticScene, index: int, gt: np.ndarray,
                  sparse: np.ndarray) -> np.ndarray:
     """(H,W) int8 index into REGIONS for every pixel with gt > 0 (-1 elsewhere)."""
@@ -83,13 +76,13 @@ def label_pixels(scene: SyntheticScene, index: int, gt: np.ndarray,
     inside = ((cols >= 0) & (cols < scene.tof_camera.width) & (rows >= 0)
               & (rows < scene.tof_camera.height) & (z > 0))
     kind = np.full(flat.size, HOLE_KINDS.index('outside_footprint'))
-    states = tof_pixel_states(scene, index)
+    tof_depth, dark, edge = scene.tof_view(index)  # noise-free; inf = nothing within range
     r, c = rows[inside].astype(int), cols[inside].astype(int)
-    seen = states['t'][r, c]
+    seen = tof_depth[r, c]
     z_in = z[inside]
     occluded = seen < z_in - np.maximum(SAME_SURFACE[0] * z_in, SAME_SURFACE[1])
     inner = np.select(
-        [occluded, states['dark'][r, c], states['edge'][r, c], ~np.isfinite(seen)],
+        [occluded, dark[r, c], edge[r, c], ~np.isfinite(seen)],
         [HOLE_KINDS.index(k) for k in ('occluded_from_tof', 'dark', 'depth_edge',
                                        'beyond_range')],
         HOLE_KINDS.index('registration_gap'))

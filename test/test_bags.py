@@ -141,7 +141,6 @@ def test_photometric_without_odometry_says_what_is_needed(bag):
                            SupervisionOptions('photometric'))
 
 
-
 def test_validation_takes_the_last_frames_of_every_bag(bag, tmp_path):
     path, seed = bag
     short = write_synthetic_bag(tmp_path / 'short', 'mcap', num_frames=1, seed=seed + 1, **SCENE)
@@ -155,6 +154,7 @@ def test_validation_takes_the_last_frames_of_every_bag(bag, tmp_path):
     assert validation == per_bag[0][-1:] + per_bag[2][-2:]
     assert sorted(training + validation) == list(range(len(frames)))
     assert frames.validation_split(0.0) == (list(range(len(frames))), [])
+
 
 def test_corrupt_bag_gives_an_error_naming_the_bag(bag, tmp_path):
     path, _ = bag

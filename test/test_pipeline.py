@@ -343,4 +343,3 @@ def test_a_changed_camera_info_is_used_at_once():
     assert not np.array_equal(first, second)
     np.testing.assert_array_equal(
         first, pipeline.prepare(msgs['image'], msgs['camera_info'], msgs['points']).sparse)
-

@@ -254,8 +254,8 @@ def test_lidar_holdout_trains_with_accumulated_sweeps_given_odometry(lidar_bag, 
 from cspn_ros.config import ModelConfig  # noqa: E402
 from cspn_ros.model.checkpoint import save_checkpoint  # noqa: E402
 from cspn_ros.train.losses import confidence_loss, frame_rmse  # noqa: E402
-from cspn_ros.train.metrics import compute_metrics  # noqa: E402
 from cspn_ros.train.losses import depth_loss as depth_loss_l1_l2  # noqa: E402
+from cspn_ros.train.metrics import compute_metrics  # noqa: E402
 from cspn_ros.train.trainer import (Trainer, TrainingError, TrainOptions,  # noqa: E402
                                     collate_samples)
 
