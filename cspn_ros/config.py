@@ -14,10 +14,12 @@ from typing import Any, Mapping, Union
 FORMAT_VERSION = 1
 
 PROPAGATIONS = ('cspn', 'cspnpp', 'nlspn', 'classical')
-INITIAL_FILLS = ('none', 'kernel_regression', 'morphological')
+INITIAL_FILLS = ('none', 'kernel_regression', 'morphological', 'blend')
 ENCODERS = ('resnet18', 'resnet34')
 TASKS = ('completion', 'refinement')
 NORMALISATIONS = ('median', 'fixed')
+RESIDUALS = ('additive', 'log')
+AFFINITIES = ('signed', 'convex')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +31,9 @@ class ModelConfig:
     initial_fill: 'none' (the network's initial-depth head sees the sparse map directly),
         'kernel_regression' (learned anisotropic kernels interpolate the points first) or
         'morphological' (a weight-free nearest-depth fill reaching every pixel; the initial
-        depth head predicts a residual over it).
+        depth head predicts a residual over it), or 'blend' (two weight-free fills, the
+        nearest surface and the local geometric mean (model/morphological_fill.py), blended per
+        pixel by the network in log depth; needs residual 'log').
     encoder: ResNet-style encoder depth; width: channels of its first stage (ResNet uses 64;
         16, the default, is the shipped model: 1.5 M parameters).
     steps: propagation iterations (CSPN/NLSPN); kernel_size: CSPN kernel (odd).
@@ -40,6 +44,16 @@ class ModelConfig:
     depth_normalization: 'median' divides depths by the median valid input depth of each frame
         (range-agnostic, so indoor ToF and outdoor LiDAR share one model); 'fixed' by depth_scale.
     depth_scale: metres, used with 'fixed'. max_depth: metres, outputs are clamped to it.
+    residual: how the initial depth head corrects its base (the fill, or the input with
+        'refinement'): 'additive' (normalised depth added to the base) or 'log' (the base times
+        exp(max_log_residual * tanh(head)): a bounded, range-free correction, so an unfamiliar
+        scene degrades towards the fill instead of away from it; the network then also sees
+        depths as log(depth / scale)).
+    max_log_residual: bound of the 'log' residual (1.0: the initial depth stays within
+        0.37x-2.7x of the base).
+    affinity: CSPN affinity normalisation: 'signed' (the paper's '8sum', weights of either
+        sign) or 'convex' (a softmax over the neighbours and the pixel itself: every step is a
+        convex combination, so propagation never leaves the range of its inputs).
     """
 
     propagation: str = 'cspn'
@@ -56,6 +70,9 @@ class ModelConfig:
     depth_normalization: str = 'median'
     depth_scale: float = 10.0
     max_depth: float = 120.0
+    residual: str = 'additive'
+    max_log_residual: float = 1.0
+    affinity: str = 'signed'
 
     def __post_init__(self) -> None:
         _check_choice('propagation', self.propagation, PROPAGATIONS)
@@ -63,6 +80,15 @@ class ModelConfig:
         _check_choice('encoder', self.encoder, ENCODERS)
         _check_choice('task', self.task, TASKS)
         _check_choice('depth_normalization', self.depth_normalization, NORMALISATIONS)
+        _check_choice('residual', self.residual, RESIDUALS)
+        _check_choice('affinity', self.affinity, AFFINITIES)
+        if self.initial_fill == 'blend' and self.residual != 'log':
+            raise ValueError("initial_fill 'blend' needs residual 'log'")
+        if self.residual == 'log' and self.initial_fill == 'none' and self.task != 'refinement':
+            raise ValueError("residual 'log' needs a base: initial_fill 'morphological' or "
+                             "'kernel_regression', or task 'refinement'")
+        if not 0 < self.max_log_residual <= 5:
+            raise ValueError(f'max_log_residual must be in (0, 5], got {self.max_log_residual}')
         if self.width < 8 or self.width % 8:
             raise ValueError(f'width must be a multiple of 8 and >= 8, got {self.width}')
         if not 0 <= self.steps <= 256:

@@ -43,3 +43,38 @@ def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
         filled = torch.where(finer > 0, finer, coarse)
     dense = torch.where(filled > 0, 1.0 / torch.where(filled > 0, filled, ones), filled)
     return torch.where(valid, depth, dense)
+
+
+def interpolation_fill(depth: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) depth (> 0 valid, 0 missing) -> (B,1,H,W) with every missing pixel filled by
+    a local average of the measured log depths (normalised convolution, push-pull).
+
+    Small windows first (3, 5, 7 pixels), then a mean pyramid that reaches holes of any size;
+    each missing pixel takes the geometric mean of the measurements of the finest window or
+    pyramid cell that holds one. Valid inputs are returned bit for bit; a frame without any
+    valid pixel stays all 0. Where surfaces at different depths meet, the fill lies between
+    them (half the error of picking the wrong one).
+    """
+    valid = depth > 0
+    weight = valid.to(depth.dtype)
+    value = torch.where(valid, torch.log(torch.where(valid, depth, torch.ones_like(depth))), 0.0)
+    filled, have = value, weight
+    for kernel in LOCAL_KERNELS:
+        total = F.avg_pool2d(value * weight, kernel, 1, kernel // 2, count_include_pad=False)
+        count = F.avg_pool2d(weight, kernel, 1, kernel // 2, count_include_pad=False)
+        mean = total / count.clamp_min(1e-12)
+        filled = torch.where(have > 0, filled, mean)
+        have = torch.where(have > 0, have, (count > 0).to(depth.dtype))
+    sums, counts = [filled * have], [have]
+    levels = min(MAX_LEVELS, (max(int(size) for size in depth.shape[-2:]) - 1).bit_length())
+    for _ in range(levels):
+        sums.append(F.avg_pool2d(sums[-1], 2, 2, ceil_mode=True))
+        counts.append(F.avg_pool2d(counts[-1], 2, 2, ceil_mode=True))
+    coarse = sums.pop() / counts.pop().clamp_min(1e-12)
+    while sums:
+        total, count = sums.pop(), counts.pop()
+        up = F.interpolate(coarse, size=total.shape[-2:], mode='nearest')
+        coarse = torch.where(count > 0, total / count.clamp_min(1e-12), up)
+    dense = torch.where(have > 0, filled, coarse)
+    dense = torch.where(valid.flatten(1).any(1).view(-1, 1, 1, 1), torch.exp(dense), 0.0)
+    return torch.where(valid, depth, dense)

@@ -5,7 +5,11 @@ scale (config.depth_normalization): 'median' = median of the valid input depths 
 range-agnostic and scaling the input depths by s scales the output by s), 'fixed' = depth_scale.
 The initial depth head predicts normalised depth, as a residual over a base when there is one:
 the kernel-regression fill (initial_fill='kernel_regression'), the weight-free nearest-depth fill
-(initial_fill='morphological') or the input depth itself (task='refinement'). Propagation runs in metres at the input size, in float32.
+(initial_fill='morphological') or the input depth itself (task='refinement'). With
+residual='log' the depths the UNet sees are log(depth / scale) (0 where missing, with the validity
+mask beside them) and the head's output is a bounded factor on the base:
+init = base * exp(max_log_residual * tanh(head)). Propagation runs in metres at the input size,
+in float32.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from torch import nn
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.backbone import UNet, conv_bn_relu
 from cspn_ros.model.heads import ConvHead
-from cspn_ros.model.morphological_fill import nearest_depth_fill
+from cspn_ros.model.morphological_fill import interpolation_fill, nearest_depth_fill
 from cspn_ros.model.propagation import build_propagation
 
 #: The UNet downsamples 5 times; inputs are padded to a multiple of this.
@@ -37,6 +41,13 @@ def median_valid_depth(sparse: torch.Tensor) -> torch.Tensor:
     ordered = torch.where(valid, flat, torch.full_like(flat, float('inf'))).sort(dim=1).values
     median = ordered.gather(1, (count - 1).clamp_min(0) // 2)
     return torch.where(count > 0, median, torch.ones_like(median)).view(-1, 1, 1, 1)
+
+
+def _log_depth(normalized: torch.Tensor) -> torch.Tensor:
+    """log of normalised depths (> 0), 0 where missing (<= 0)."""
+    valid = normalized > 0
+    return torch.where(valid, torch.log(torch.where(valid, normalized,
+                                                     torch.ones_like(normalized))), 0.0)
 
 
 class CompletionNet(nn.Module):
@@ -67,11 +78,16 @@ class CompletionNet(nn.Module):
             base_channels = 1
         elif config.initial_fill == 'morphological':
             base_channels = 1
+        elif config.initial_fill == 'blend':
+            base_channels = 2
         has_base = base_channels > 0 or config.task == 'refinement'
         # rgb, normalised sparse depth, validity mask, [kernel-regression fill]
         self.unet = UNet(3 + 2 + base_channels, config.width, config.encoder)
         features = self.unet.out_channels
-        self.depth_head = ConvHead(features, 1, bias=0.0 if has_base else 1.0)
+        # 'blend': channel 0 the log residual, channel 1 the logit of the nearest-surface fill's
+        # share against the interpolating fill's.
+        self.depth_head = ConvHead(features, 2 if config.initial_fill == 'blend' else 1,
+                                   bias=0.0 if has_base else 1.0)
         self.guidance_head = ConvHead(features, self.propagation.guidance_channels(config))
         self.confidence_head = ConvHead(features, 1)
         self.register_buffer('rgb_mean', torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -89,14 +105,19 @@ class CompletionNet(nn.Module):
         scale = self.depth_scale(sparse)
         sparse_normalized = (sparse / scale).to(rgb.dtype)
         rgb = (rgb - self.rgb_mean) / self.rgb_std
-        inputs = [rgb, sparse_normalized, valid]
+        log_residual = self.config.residual == 'log'
+        inputs = [rgb, _log_depth(sparse_normalized) if log_residual else sparse_normalized, valid]
         base = sparse_normalized if self.config.task == 'refinement' else None
         if self.fill is not None:
             base = self.fill(sparse_normalized, self.fill_stem(rgb))
-            inputs.append(base.to(rgb.dtype))
         elif self.config.initial_fill == 'morphological':
             base = nearest_depth_fill(sparse_normalized.float())
-            inputs.append(base.to(rgb.dtype))
+        elif self.config.initial_fill == 'blend':
+            candidates = torch.cat([nearest_depth_fill(sparse_normalized.float()),
+                                    interpolation_fill(sparse_normalized.float())], dim=1)
+            inputs.append(_log_depth(candidates).to(rgb.dtype))
+        if self.fill is not None or self.config.initial_fill == 'morphological':
+            inputs.append((_log_depth(base) if log_residual else base).to(rgb.dtype))
 
         pad = (0, (-width) % SIZE_MULTIPLE, 0, (-height) % SIZE_MULTIPLE)
         rgb_padded = F.pad(inputs[0], pad, mode='replicate')
@@ -105,7 +126,15 @@ class CompletionNet(nn.Module):
         features = features[..., :height, :width]
 
         init = self.depth_head(features).float()
-        if base is not None:
+        if self.config.initial_fill == 'blend':
+            share = torch.sigmoid(init[:, 1:2])
+            log_base = _log_depth(candidates)
+            base = torch.exp(share * log_base[:, :1] + (1 - share) * log_base[:, 1:])
+            base = torch.where(candidates[:, :1] > 0, base, 0.0)
+            init = init[:, :1]
+        if log_residual:
+            init = base.float() * torch.exp(self.config.max_log_residual * torch.tanh(init))
+        elif base is not None:
             init = init + base.float()
         depth_init = init * scale
         guidance = self.guidance_head(features)

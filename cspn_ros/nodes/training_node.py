@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -52,6 +53,7 @@ from cspn_ros.data.augment import Augmenter
 from cspn_ros.data.bags import (DEPTH_SOURCES, SUPERVISIONS, BagError, BagTrainingSamples,
                                 ConcatenatedSamples, SupervisionOptions, add_bag_arguments,
                                 frames_from_args)
+from cspn_ros.data.procedural import ProceduralBatches
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
 from cspn_ros.train.trainer import (DEPTH_LOSSES, Trainer, TrainingError, TrainOptions,
                                     is_main_process)
@@ -119,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                              'frames, moved with the poses of --pose-topic, densify the targets')
     parser.add_argument('--tof-input-points', type=int, default=500,
                         help='ToF pixels fed as input (tof supervision)')
+    parser.add_argument('--procedural', type=int, default=0, metavar='STEPS',
+                        help='train on STEPS batches per epoch of sensor-agnostic procedural '
+                             'scenes made on the device (data.procedural; --crop is their size, '
+                             'default 256x320) instead of --bag')
+    parser.add_argument('--procedural-val', type=int, default=8, metavar='BATCHES',
+                        help='with --procedural: fixed validation batches (another seed)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
     parser.add_argument('--no-amp', action='store_true', help='train in float32 on CUDA')
@@ -152,9 +160,10 @@ def _model_config(text: str) -> ModelConfig:
 
 def train(args: argparse.Namespace,
           on_progress: Optional[Callable[[dict], None]] = None) -> dict:
-    """Build datasets from the bags and train; returns the Trainer summary."""
-    if not args.bag:
-        raise ValueError('no --bag given')
+    """Build datasets from the bags (or procedural scenes) and train; returns the Trainer
+    summary."""
+    if not args.bag and not args.procedural:
+        raise ValueError('no --bag given (or --procedural STEPS)')
     if not args.out:
         raise ValueError('no --out folder given')
     supervision = args.supervision
@@ -166,6 +175,11 @@ def train(args: argparse.Namespace,
     initial_weights = None
     if args.init and not args.resume:
         initial_weights, config = _initial_checkpoint(args.init, args.config, config)
+    if args.procedural:
+        if supervision != 'dense':
+            raise ValueError('--procedural scenes are supervised with their true depth: '
+                             f'--supervision dense, not {supervision!r}')
+        return _train(args, config, initial_weights, *procedural_sets(args), on_progress)
     sources = frames_from_args(args, args.bag,
                                ground_truth=args.gt_topic if supervision == 'dense' else None,
                                pose=args.pose_topic or None)
@@ -187,13 +201,40 @@ def train(args: argparse.Namespace,
                 val_indices, Augmenter(crop, flip=False, jitter=0.0), args.seed))
         LOGGER.info('%s: %d paired frames in %d bag(s), %d for validation', pipeline.depth_source,
                     len(frames), len(frames.paths), len(val_indices))
-    train_set = ConcatenatedSamples(train_parts)
-    val_set = ConcatenatedSamples(val_parts) if val_parts else None
+    try:
+        return _train(args, config, initial_weights, ConcatenatedSamples(train_parts),
+                      ConcatenatedSamples(val_parts) if val_parts else None, on_progress)
+    finally:
+        for frames, _ in sources.values():
+            frames.close()
+
+
+def procedural_sets(args: argparse.Namespace) -> tuple[ProceduralBatches, ProceduralBatches]:
+    """Training and validation batch sources for --procedural, on the training device (each
+    torchrun process draws its own scenes)."""
+    import torch
+    height, width = _crop(args.crop) or (256, 320)
+    rank = int(os.environ.get('RANK', '0'))
+    device = args.device
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda' and 'LOCAL_RANK' in os.environ:
+        device = f'cuda:{os.environ["LOCAL_RANK"]}'
+    train_set = ProceduralBatches(args.procedural, args.batch_size, height, width, device,
+                                  seed=args.seed + 7919 * rank)
+    val_set = ProceduralBatches(args.procedural_val, args.batch_size, height, width, device,
+                                seed=args.seed + 1_000_003)
+    return train_set, val_set
+
+
+def _train(args: argparse.Namespace, config: ModelConfig, initial_weights: Optional[dict],
+           train_set, val_set, on_progress: Optional[Callable[[dict], None]]) -> dict:
+    """Train `config` on the sets with the parsed options; returns the Trainer summary."""
     trainer = Trainer(
         config,
         TrainOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                      weight_decay=args.weight_decay, clip_grad_norm=args.clip_grad_norm,
-                     checkpoint_every=args.checkpoint_every, supervision=supervision,
+                     checkpoint_every=args.checkpoint_every, supervision=args.supervision,
                      confidence_weight=args.confidence_weight, depth_loss=args.depth_loss,
                      l1_weight=args.l1_weight, l2_weight=args.l2_weight,
                      trainable=args.trainable, precise_bn_batches=args.precise_bn,
@@ -206,8 +247,6 @@ def train(args: argparse.Namespace,
         return trainer.fit()
     finally:
         trainer.close()
-        for frames, _ in sources.values():
-            frames.close()
 
 
 def _initial_checkpoint(path: str, config_text: str, config: ModelConfig
@@ -301,7 +340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     argv = list(sys.argv[1:] if argv is None else argv)
     wants_help = '-h' in argv or '--help' in argv
-    if '--ros-args' in argv or ('--bag' not in argv and not wants_help):
+    as_cli = '--bag' in argv or '--procedural' in argv
+    if '--ros-args' in argv or (not as_cli and not wants_help):
         return run_ros(argv)
     return run_cli(argv)
 

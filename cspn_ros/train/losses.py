@@ -67,6 +67,24 @@ def frame_rmse(pred: torch.Tensor, target: torch.Tensor,
     return torch.where(scored, rmse, torch.zeros_like(rmse)).sum() / scored.sum().clamp(min=1)
 
 
+def scaled_frame_loss(pred: torch.Tensor, target: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """frame_rmse + mean absolute error of each frame, both on depths divided by the frame's
+    median target depth (unitless): a 0.3 m table top and a 250 m street pull alike, so training
+    on scenes of every scale learns shapes rather than one range."""
+    valid = _valid_mask(target, mask).expand_as(pred)
+    flat = torch.where(valid, target, torch.full_like(target, float('nan'))).flatten(1)
+    scale = torch.nan_to_num(flat.nanmedian(dim=1).values, nan=1.0).clamp_min(1e-3)
+    scale = scale.view(-1, *([1] * (pred.dim() - 1)))
+    pred, target = pred / scale, target / scale
+    absolute = torch.where(valid, (pred - target).abs(), torch.zeros_like(pred)).flatten(1)
+    count = valid.flatten(1).sum(dim=1)
+    scored = count > 0
+    frame_mae = absolute.sum(dim=1) / count.clamp(min=1)
+    mae = torch.where(scored, frame_mae, torch.zeros_like(frame_mae)).sum() / scored.sum().clamp(min=1)
+    return frame_rmse(pred, target, mask) + mae
+
+
 #: A predicted depth is 'good' where |depth - target| <= max(GOOD_RELATIVE_ERROR * target,
 #: GOOD_ABSOLUTE_ERROR_M): 5 % of the distance, but never less than 5 cm.
 GOOD_RELATIVE_ERROR = 0.05

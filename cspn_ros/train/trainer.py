@@ -33,20 +33,21 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import (DataLoader, Dataset, DistributedSampler, IterableDataset,
+                              RandomSampler)
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cspn_ros.model.network import CompletionNet
 from cspn_ros.train.losses import (confidence_loss, depth_loss, edge_aware_smoothness,
-                                   frame_rmse, masked_l1, photometric_loss)
+                                   frame_rmse, masked_l1, photometric_loss, scaled_frame_loss)
 from cspn_ros.train.metrics import compute_metrics, geometric_mean_rmse, mean_metrics
 
 LOGGER = logging.getLogger(__name__)
 STATE_FILE = 'last_state.pt'
 #: Depth losses of the supervised modes (TrainOptions.depth_loss).
-DEPTH_LOSSES = ('l1_l2', 'frame_rmse')
+DEPTH_LOSSES = ('l1_l2', 'frame_rmse', 'scaled')
 
 
 class TrainingError(RuntimeError):
@@ -58,7 +59,9 @@ class TrainOptions:
     """epochs, batch_size (per process), AdamW learning_rate / weight_decay, warmup_fraction of
     the steps, clip_grad_norm (0 = off), checkpoint_every (steps), depth_loss of the supervised
     modes ('l1_l2': l1_weight x L1 + l2_weight x L2 pooled over the batch's pixels;
-    'frame_rmse': the mean of each sample's RMSE, see losses.frame_rmse), init_weight x the
+    'frame_rmse': the mean of each sample's RMSE, see losses.frame_rmse; 'scaled': the same
+    with L1 on depths divided by each frame's median target, see losses.scaled_frame_loss),
+    init_weight x the
     same loss on depth_init, confidence_weight on the confidence's BCE to the good-pixel
     indicator (supervised modes); photometric mode: smoothness_weight, sparse_weight on the
     input points; trainable (regex searched in parameter names: only matching ones are
@@ -132,6 +135,11 @@ def collate_samples(samples: Sequence[Optional[dict]]) -> tuple[Optional[dict], 
         batch['T_sources_from_target'] = torch.from_numpy(
             np.stack([s['T_sources_from_target'] for s in kept])).float()
     return batch, len(samples) - len(kept)
+
+
+def whole_batch(batch: dict) -> tuple[dict, int]:
+    """collate_fn for a set that yields whole batches: (the batch, 0 samples dropped)."""
+    return batch, 0
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -208,18 +216,27 @@ class Trainer:
         self.sampler = (DistributedSampler(train_set, seed=options.seed) if self.world > 1
                         else None)
         self.generator = torch.Generator()
-        sampler = self.sampler or RandomSampler(train_set, generator=self.generator)
-        self.epoch_keys = EpochKeys(sampler) if hasattr(train_set, 'set_epoch') else None
-        persistent = options.num_workers > 0
-        self.loader = DataLoader(
-            train_set, batch_size=options.batch_size, collate_fn=collate_samples,
-            sampler=self.epoch_keys or sampler, num_workers=options.num_workers,
-            persistent_workers=persistent, drop_last=False)
-        self.val_loader = (DataLoader(val_set, batch_size=options.batch_size,
-                                      collate_fn=collate_samples,
-                                      num_workers=options.num_workers,
-                                      persistent_workers=persistent)
-                           if val_set is not None else None)
+        # A set that makes whole batches itself (data.procedural) is iterated as it is.
+        self.batch_source = isinstance(train_set, IterableDataset)
+        self.epoch_keys = None
+        if self.batch_source:
+            self.sampler = None
+            self.loader = DataLoader(train_set, batch_size=None, collate_fn=whole_batch)
+        else:
+            sampler = self.sampler or RandomSampler(train_set, generator=self.generator)
+            self.epoch_keys = EpochKeys(sampler) if hasattr(train_set, 'set_epoch') else None
+            self.loader = DataLoader(
+                train_set, batch_size=options.batch_size, collate_fn=collate_samples,
+                sampler=self.epoch_keys or sampler, num_workers=options.num_workers,
+                persistent_workers=options.num_workers > 0, drop_last=False)
+        self.val_loader = None
+        if isinstance(val_set, IterableDataset):
+            self.val_loader = DataLoader(val_set, batch_size=None, collate_fn=whole_batch)
+        elif val_set is not None:
+            self.val_loader = DataLoader(val_set, batch_size=options.batch_size,
+                                         collate_fn=collate_samples,
+                                         num_workers=options.num_workers,
+                                         persistent_workers=options.num_workers > 0)
         total_steps = options.epochs * len(self.loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, options.warmup_fraction))
@@ -429,6 +446,8 @@ class Trainer:
         """Train mode and this epoch's random draws (augmentation, order, process shares)."""
         if self.epoch_keys is not None:
             self.epoch_keys.epoch = self.epoch
+        if self.batch_source:
+            self.train_set.set_epoch(self.epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
         self.generator.manual_seed(self.options.seed + self.epoch)
@@ -481,6 +500,8 @@ class Trainer:
         o = self.options
         if o.depth_loss == 'frame_rmse':
             return frame_rmse(depth, target)
+        if o.depth_loss == 'scaled':
+            return scaled_frame_loss(depth, target)
         return depth_loss(depth, target, o.l1_weight, o.l2_weight)
 
     @torch.no_grad()
@@ -494,6 +515,7 @@ class Trainer:
         for batch, _ in self.val_loader:
             if batch is None:
                 continue
+            batch = {key: value.cpu() for key, value in batch.items()}
             depth = self.model(batch['rgb'].to(self.device),
                                batch['sparse'].to(self.device))['depth'].float().cpu()
             for pred, target in zip(depth[:, 0].numpy(), batch['target'][:, 0].numpy()):

@@ -42,6 +42,13 @@ def normalize_affinity(guidance: torch.Tensor) -> torch.Tensor:
     return guidance / guidance.abs().sum(dim=1, keepdim=True).clamp_min(AFFINITY_EPS)
 
 
+def convex_affinity(guidance: torch.Tensor) -> torch.Tensor:
+    """'convex': (B,K+1,H,W) raw guidance (the last channel is the pixel itself) -> (B,K,H,W)
+    non-negative neighbour affinities with sum <= 1 (a softmax that leaves the pixel's share
+    to the initial depth), so every step is a convex combination."""
+    return torch.softmax(guidance, dim=1)[:, :-1].contiguous()
+
+
 def gather_neighbors(depth: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """(B,1,H,W) -> (B,k*k-1,H,W): channel c is depth shifted by neighbor_offsets(k)[c]."""
     radius = kernel_size // 2
@@ -87,21 +94,23 @@ class CSPNPropagation(nn.Module):
         self.kernel_size = config.kernel_size
         self.steps = config.steps
         self.preserve_sparse = config.preserve_sparse
+        self.convex = config.affinity == 'convex'
 
     @staticmethod
     def guidance_channels(config: ModelConfig) -> int:
-        return config.kernel_size ** 2 - 1
+        return config.kernel_size ** 2 - (0 if config.affinity == 'convex' else 1)
 
     def forward(self, init: torch.Tensor, guidance: torch.Tensor, sparse: torch.Tensor,
                 confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """init, sparse (B,1,H,W) metres (sparse 0 = missing); guidance (B,k*k-1,H,W) raw.
+        """init, sparse (B,1,H,W) metres (sparse 0 = missing); guidance (B,k*k-1,H,W) raw
+        (k*k channels with config.affinity 'convex').
 
         Returns the propagated depth (B,1,H,W) float32 and {'affinity': normalised guidance}.
         """
         # Triton kernels on CUDA, this file's cspn_propagate elsewhere (imported here: fused.py
         # imports this module).
         from cspn_ros.model.propagation.fused import cspn_propagate as fused_cspn_propagate
-        affinity = normalize_affinity(guidance.float())
+        affinity = (convex_affinity if self.convex else normalize_affinity)(guidance.float())
         sparse = sparse.float()
         sparse_mask = sparse > 0 if self.preserve_sparse else None
         depth = fused_cspn_propagate(init.float(), affinity, sparse_mask, sparse, self.steps)
