@@ -521,7 +521,9 @@ class ProceduralBatches(torch.utils.data.IterableDataset):
             rgb = F.conv2d(F.pad(rgb, (0, 0, radius, radius), mode='replicate'),
                            kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
         noise = as_t(rng.uniform(0, 0.03, B))
-        rgb = rgb + noise * torch.randn_like(rgb) * (rgb + 0.05).sqrt()
+        generator = torch.Generator(device=dev).manual_seed(int(rng.integers(2**31)))
+        rgb = rgb + noise * torch.randn(rgb.shape, device=dev, generator=generator) * (
+            rgb + 0.05).sqrt()
         return torch.round(rgb.clamp(0, 1) * 255) / 255
 
     def _sensor(self, rng: np.random.Generator, scene: Scene, b: int, K: torch.Tensor,
