@@ -98,9 +98,10 @@ PARAMETERS = {
                 True),
     'warmup_size': ([0, 0], '[width, height] px of frames to warm the model up with at start; '
                     '[0, 0] = warm up at the first camera_info size', {}, True),
-    'extrinsic.from_tf': (True, 'look T_cam_from_sensor up in tf (when tf2_ros is installed; '
-                          'frames wait until it appears); false = the extrinsic.* parameters',
-                          {}, True),
+    'extrinsic.from_tf': (True, 'T_cam_from_sensor from tf (image frame <- sensor frame; the '
+                          'extrinsic.* parameters are then ignored; frames wait until tf has it; '
+                          '/tf_static changes are followed); false, or tf2_ros not installed: '
+                          'the extrinsic.* parameters', {}, True),
     'extrinsic.translation': ([0.0, 0.0, 0.0], '[x, y, z] metres of the LiDAR/ToF frame in the '
                               'colour camera optical frame (p_cam = R p_sensor + t)', {}, True),
     'extrinsic.rotation': ([0.0, 0.0, 0.0, 1.0], '[qx, qy, qz, qw] rotation from the LiDAR/ToF '
