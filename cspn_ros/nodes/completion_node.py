@@ -17,8 +17,9 @@ and skipped; the node keeps running.
 Topics (relative): in `image`, `camera_info`, and `points` (depth_source=lidar) or `tof/depth`
 (+ `tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
 header), `depth/camera_info` (the colour CameraInfo as scaled to the image, same header; the
-depth is pixel-aligned with `image`, raw or rectified), `depth/colorized` (bgr8), `depth/points` (PointCloud2 xyz+rgb), `depth/sparse` (32FC1),
-`depth/confidence` (32FC1 in [0, 1]), and `/diagnostics` (1 Hz DiagnosticArray).
+depth is pixel-aligned with `image`, raw or rectified), `depth/colorized` (bgr8),
+`depth/points` (PointCloud2 xyz+rgb), `depth/sparse` (32FC1), `depth/confidence` (32FC1 in
+[0, 1]), and `/diagnostics` (1 Hz DiagnosticArray).
 """
 from __future__ import annotations
 
