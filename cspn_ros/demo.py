@@ -135,20 +135,27 @@ class Collector(BackgroundNode):
 
 
 def completion_parameters(depth_source: str, checkpoint: str, device: str) -> dict[str, Any]:
-    """config/completion.yaml with the demo's choices; the ToF extrinsic of the synthetic rig."""
-    from cspn_ros.data.synthetic import DEFAULT_TOF_ROTATION, DEFAULT_TOF_TRANSLATION
+    """config/completion.yaml with the demo's choices and the synthetic rig's extrinsic as
+    parameters (the demo knows its rig; with tf2_ros the source's /tf_static says the same)."""
+    from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION,
+                                         DEFAULT_TOF_ROTATION, DEFAULT_TOF_TRANSLATION)
     config = PACKAGE_ROOT.parent / 'config' / 'completion.yaml'
     if not config.is_file():  # an installed package: share/cspn_ros/config
         from ament_index_python.packages import get_package_share_directory
         config = Path(get_package_share_directory('cspn_ros')) / 'config' / 'completion.yaml'
-    parameters = yaml.safe_load(config.read_text())['completion_node']['ros__parameters']
+    parameters = yaml.safe_load(config.read_text())['/**']['ros__parameters']
     # reliable inputs: a 64-beam cloud (~2 MB) over best-effort loopback UDP loses fragments
     parameters.update(depth_source=depth_source, checkpoint=checkpoint, device=device,
                       publish_sparse=True, input_reliability='reliable')
+    parameters['extrinsic.from_tf'] = False
     if depth_source == 'tof':
         parameters.update({'extrinsic.translation': list(DEFAULT_TOF_TRANSLATION),
                            'extrinsic.rotation': list(DEFAULT_TOF_ROTATION),
                            'tof.registered': False, 'max_depth': 10.0})
+    else:
+        parameters.update({'extrinsic.translation': list(DEFAULT_LIDAR_TRANSLATION),
+                           'extrinsic.rotation': list(DEFAULT_LIDAR_ROTATION),
+                           'max_depth': 80.0})
     return parameters
 
 

@@ -1,8 +1,9 @@
 """The demo as a launch file: synthetic_source_node + completion_node + rviz2.
 
 ros2 launch cspn_ros demo.launch.py depth_source:=lidar checkpoint:=classical rviz:=true
-The completion node reads config/completion.yaml (the synthetic LiDAR's extrinsic); with
-depth_source:=tof the synthetic ToF camera's extrinsic replaces it.
+The completion node reads config/completion.yaml and takes the extrinsic from tf: the synthetic
+source broadcasts its rig on /tf_static ('camera_optical' <- 'lidar' / 'tof_optical'), as a
+robot's static_transform_publisher or robot_state_publisher would.
 """
 import os
 
@@ -17,19 +18,18 @@ from cspn_ros.nodes.transport import large_data_environment
 
 
 def completion_node(context):
-    """completion_node with the extrinsic of the synthetic sensor chosen by depth_source."""
-    from cspn_ros.data.synthetic import DEFAULT_TOF_ROTATION, DEFAULT_TOF_TRANSLATION
+    """completion_node for the synthetic sensor chosen by depth_source (extrinsic from tf)."""
     share = get_package_share_directory('cspn_ros')
     depth_source = LaunchConfiguration('depth_source').perform(context)
     overrides = {'depth_source': depth_source,
                  'device': LaunchConfiguration('device'),
                  'checkpoint': LaunchConfiguration('checkpoint'),
                  'use_sim_time': LaunchConfiguration('use_sim_time'),
-                 'input_reliability': 'reliable'}
+                 'input_reliability': 'reliable',
+                 'publish_points': True,
+                 'publish_sparse': True}
     if depth_source == 'tof':
-        overrides.update({'extrinsic.translation': list(DEFAULT_TOF_TRANSLATION),
-                          'extrinsic.rotation': list(DEFAULT_TOF_ROTATION),
-                          'tof.registered': False})
+        overrides.update({'tof.registered': False, 'max_depth': 10.0})
     return [Node(package='cspn_ros', executable='completion_node', name='completion_node',
                  output='screen',
                  parameters=[os.path.join(share, 'config', 'completion.yaml'), overrides])]

@@ -2,6 +2,8 @@
 /diagnostics a real completion_node process publishes."""
 from __future__ import annotations
 
+import platform
+import socket
 import time
 
 import numpy as np
@@ -129,4 +131,6 @@ def test_node_publishes_diagnostics_whose_counters_move(start_node, ros_node):
     assert int(values['received /image']) > int(diagnostic_values(first)['received /image'])
     assert float(values['rate /image (Hz)']) > 0 and values['propagation'] == 'classical'
     assert 0 <= float(values['latency p50 (ms)']) < 5000
-    assert later.status[0].hardware_id == 'cpu' and diagnostic_level(later) in (OK, WARN)
+    assert later.status[0].name == '/completion_node: depth completion'
+    assert later.status[0].hardware_id == f'{socket.gethostname()}/cpu {platform.machine()}'
+    assert diagnostic_level(later) in (OK, WARN)

@@ -8,6 +8,7 @@ install (launch_ros importable) the launch descriptions are also built for real.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def launched_nodes(path: Path) -> list[tuple[str, str, set[str]]]:
                 a for a in node.args if isinstance(a, ast.Dict))
     found = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'Node'):
+        if not (isinstance(node, ast.Call)
+                and getattr(node.func, 'id', None) in ('Node', 'LifecycleNode')):
             continue
         package, executable = (ast.literal_eval(_keyword(node, k)) for k in ('package',
                                                                             'executable'))
@@ -111,17 +113,42 @@ def test_launch_files_start_existing_executables_with_declared_parameters(live_n
             ('demo.launch.py', 'synthetic_source_node')} <= started
 
 
-def test_completion_yaml_sets_only_declared_parameters_and_the_synthetic_extrinsic(live_nodes):
-    from cspn_ros.data.synthetic import DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION
-    parameters = yaml.safe_load((ROOT / 'config' / 'completion.yaml').read_text())[
-        'completion_node']['ros__parameters']
-    assert set(parameters) <= declared(live_nodes['completion_node'])
-    assert parameters['extrinsic.translation'] == pytest.approx(DEFAULT_LIDAR_TRANSLATION)
-    assert parameters['extrinsic.rotation'] == pytest.approx(DEFAULT_LIDAR_ROTATION)
-    # every value has the declared type (rclpy rejects a file that does not)
+def readme_parameter_table() -> dict[str, tuple[str, str]]:
+    """README's completion_node parameter table: name -> (default column, meaning column)."""
+    text = (ROOT / 'README.md').read_text()
+    table = text[text.index('### completion_node parameters'):]
+    rows = {}
+    for line in table.splitlines()[4:]:
+        if not line.startswith('| `'):
+            break
+        cells = [cell.strip() for cell in line.strip('|').split(' | ')]
+        rows[cells[0].strip('`')] = (cells[2], cells[5])
+    return rows
+
+
+def test_one_set_of_defaults_in_the_node_the_yaml_and_the_readme(live_nodes):
+    """config/completion.yaml sets every declared parameter to its declared default (keyed
+    `/**`, so it applies under any namespace), and README's table lists the same defaults and
+    descriptions."""
+    from cspn_ros.nodes.completion_node import PARAMETERS
+    shipped = yaml.safe_load((ROOT / 'config' / 'completion.yaml').read_text())
+    assert list(shipped) == ['/**']
+    parameters = shipped['/**']['ros__parameters']
+    defaults = {name: spec[0] for name, spec in PARAMETERS.items()
+                if not isinstance(spec[0], Parameter.Type)}  # extrinsic.matrix: unset
+    assert parameters == defaults
     node = live_nodes['completion_node']
-    for name, value in parameters.items():
+    for name, value in parameters.items():  # the declared type (rclpy rejects any other)
         assert type(node.get_parameter(name).value) is type(value), name
+    table = readme_parameter_table()
+    assert set(table) == set(PARAMETERS)
+    for name, (default, description, _, _) in PARAMETERS.items():
+        shown = table[name][0]
+        if isinstance(default, Parameter.Type):
+            assert shown == '(unset)', name
+        else:
+            assert ast.literal_eval(shown) == default, name
+        assert table[name][1] == description, name
 
 
 def test_rviz_config_shows_topics_the_nodes_publish(live_nodes):
@@ -141,3 +168,39 @@ def test_launch_descriptions_build_with_launch_ros():
     for path in LAUNCH_FILES:
         description = PythonLaunchDescriptionSource(str(path)).get_launch_description(None)
         assert description.entities
+
+
+def test_launch_arguments_for_a_robot():
+    """completion.launch.py and replay_eval.launch.py take a namespace / parameter file and the
+    input topics; replay starts playing once the lifecycle node is active."""
+    completion = (ROOT / 'launch' / 'completion.launch.py').read_text()
+    replay = (ROOT / 'launch' / 'replay_eval.launch.py').read_text()
+    for text in (completion, replay):
+        declared_names = {ast.literal_eval(call.args[0]) for call in ast.walk(ast.parse(text))
+                          if isinstance(call, ast.Call)
+                          and getattr(call.func, 'id', None) == 'DeclareLaunchArgument'
+                          and isinstance(call.args[0], ast.Constant)}
+        assert 'params_file' in declared_names
+        assert 'for name, topic in INPUT_TOPIC_ARGUMENTS.items()' in text
+        assert 'large_data_environment()' in text
+    assert 'namespace' in set(re.findall(r"DeclareLaunchArgument\('(\w+)'", completion))
+    assert "goal_state='active',\n" in replay and 'entities=[record, play]' in replay
+
+
+def test_launch_support_overrides_remappings_and_rviz_namespace():
+    from cspn_ros.launch_support import (INPUT_TOPIC_ARGUMENTS, given_overrides,
+                                         input_remappings, rviz_config_text)
+    assert given_overrides({'device': '', 'checkpoint': 'classical'}) == {
+        'checkpoint': 'classical'}
+    values = {**INPUT_TOPIC_ARGUMENTS, 'image': '/camera/color/image_raw',
+              'tof_depth': '/tof/depth/image_raw'}
+    assert input_remappings(values) == [('image', '/camera/color/image_raw'),
+                                        ('tof/depth', '/tof/depth/image_raw')]
+    template = (ROOT / 'config' / 'cspn.rviz').read_text()
+    config = yaml.safe_load(rviz_config_text(template, 'front/', 'front_camera_optical'))
+    manager = config['Visualization Manager']
+    assert {d['Topic']['Value'] for d in manager['Displays']} == {
+        '/front/image', '/front/depth', '/front/depth/colorized', '/front/depth/points'}
+    assert manager['Global Options']['Fixed Frame'] == 'front_camera_optical'
+    root = yaml.safe_load(rviz_config_text(template, '', 'camera_optical'))
+    assert root == yaml.safe_load(template)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.camera import PinholeCamera
@@ -64,3 +65,34 @@ def test_num_frames_then_idle_and_sensor_switches(start_node, ros_node):
     names = {name for name, _ in ros_node.node.get_publisher_names_and_types_by_node(
         'synthetic_source_node', '/')}
     assert '/points' not in names and {'/image', '/tof/depth'} <= names
+
+
+@pytest.mark.parametrize('publish_tof', [True, False])
+def test_the_rig_is_broadcast_as_static_transforms_of_the_published_sensors(ros_domain,
+                                                                            publish_tof):
+    """The TransformStamped messages the node sends on /tf_static (where tf2_ros is installed)
+    are the scene's extrinsics, camera_optical <- sensor, for the sensors it publishes."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from cspn_ros.core.extrinsic import matrix_from_transform_msg
+    from cspn_ros.data.synthetic import SyntheticScene
+    from cspn_ros.nodes.synthetic_source_node import SyntheticSourceNode
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    node = SyntheticSourceNode(context=context, parameter_overrides=[
+        Parameter('width', value=W), Parameter('height', value=H),
+        Parameter('num_frames', value=1), Parameter('publish_tof', value=publish_tof)])
+    try:
+        transforms = {t.child_frame_id: t for t in node.static_transforms}
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    scene = SyntheticScene(seed=0, width=W, height=H)
+    expected = {'lidar': scene.T_cam_from_lidar}
+    if publish_tof:
+        expected['tof_optical'] = scene.T_cam_from_tof
+    assert set(transforms) == set(expected)
+    for child, T in expected.items():
+        assert transforms[child].header.frame_id == 'camera_optical'
+        np.testing.assert_allclose(matrix_from_transform_msg(transforms[child]), T, atol=1e-12)

@@ -87,13 +87,16 @@ class CompletionPipeline:
     points into the colour optical frame (default identity); min_depth / max_depth: metres kept
     from the sensor; min_confidence: output pixels below it are blanked (0); tof_registered: the
     ToF depth is already in the colour camera; on_device: `process` takes the device path (None =
-    when the completer runs on CUDA).
+    when the completer runs on CUDA); rectified: the colour image is rectified (image_rect), so
+    its camera is P without distortion instead of K + D (the output depth is pixel-aligned
+    with the image either way).
     """
 
     def __init__(self, completer: Any, depth_source: str = 'lidar',
                  T_cam_from_sensor: Optional[np.ndarray] = None, min_depth: float = 0.1,
                  max_depth: float = float('inf'), min_confidence: float = 0.0,
-                 tof_registered: bool = False, on_device: Optional[bool] = None) -> None:
+                 tof_registered: bool = False, on_device: Optional[bool] = None,
+                 rectified: bool = False) -> None:
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f'depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}')
         if not 0.0 <= min_depth < max_depth:
@@ -110,6 +113,7 @@ class CompletionPipeline:
         self.max_depth = float(max_depth)
         self.min_confidence = float(min_confidence)
         self.tof_registered = bool(tof_registered)
+        self.rectified = bool(rectified)
         self._on_device = on_device
         self._staging: Optional[HostStaging] = None
         self._cameras: dict[tuple, PinholeCamera] = {}
@@ -284,7 +288,9 @@ class CompletionPipeline:
         camera = self._cameras.get(key)
         if camera is None:
             try:
-                camera = PinholeCamera.from_camera_info(info_msg).scaled(width, height)
+                camera = PinholeCamera.from_camera_info(
+                    info_msg, rectified=self.rectified and topic == 'camera_info'
+                ).scaled(width, height)
             except CameraError as error:
                 raise InputError(f'{topic}: {error}') from error
             if len(self._cameras) >= MAX_CACHED_CAMERAS:

@@ -37,6 +37,25 @@ def transform_from_translation_quaternion(translation: Any, quaternion_xyzw: Any
     return transform
 
 
+def quaternion_from_rotation(rotation: np.ndarray) -> np.ndarray:
+    """(3,3) rotation matrix -> unit quaternion [qx, qy, qz, qw] float64 (qw >= 0)."""
+    m = np.asarray(rotation, dtype=np.float64)
+    # The largest of 4 q_i^2 (from the trace and the diagonal) gives a well-conditioned divisor.
+    squares = np.array([1 + m[0, 0] - m[1, 1] - m[2, 2], 1 - m[0, 0] + m[1, 1] - m[2, 2],
+                        1 - m[0, 0] - m[1, 1] + m[2, 2], 1 + np.trace(m)])
+    largest = int(np.argmax(squares))
+    q = np.empty(4)
+    q[largest] = 0.5 * np.sqrt(squares[largest])
+    d = 0.25 / q[largest]
+    off = {0: (m[1, 0] + m[0, 1], m[0, 2] + m[2, 0], m[2, 1] - m[1, 2]),
+           1: (m[1, 0] + m[0, 1], m[2, 1] + m[1, 2], m[0, 2] - m[2, 0]),
+           2: (m[0, 2] + m[2, 0], m[2, 1] + m[1, 2], m[1, 0] - m[0, 1]),
+           3: (m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1])}[largest]
+    q[[i for i in range(4) if i != largest]] = np.array(off) * d
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
 def _pixel_hits(points: Any, T_cam_from_sensor: Any, camera: PinholeCamera, min_depth: float,
                 max_depth: float) -> tuple[Any, Any]:
     """Points (N,3) in the sensor frame -> (flat pixel index, depth float32) of the points that

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from cspn_ros.core.conversions import image_to_depth, image_to_rgb, pointcloud2_to_xyz
+from cspn_ros.core.extrinsic import matrix_from_transform_msg
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
 from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher
@@ -85,10 +86,8 @@ def transform_edges(tf_message: Any) -> list[tuple[str, str, np.ndarray]]:
     tf2_msgs/TFMessage (leading '/' of frame ids dropped, as tf2 does)."""
     edges = []
     for stamped in tf_message.transforms:
-        t, q = stamped.transform.translation, stamped.transform.rotation
         edges.append((stamped.header.frame_id.lstrip('/'), stamped.child_frame_id.lstrip('/'),
-                      transform_from_translation_quaternion([t.x, t.y, t.z],
-                                                            [q.x, q.y, q.z, q.w])))
+                      matrix_from_transform_msg(stamped)))
     return edges
 
 

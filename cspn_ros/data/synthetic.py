@@ -23,6 +23,7 @@ import numpy as np
 
 from cspn_ros.core.camera import PinholeCamera
 from cspn_ros.core.projection import transform_from_translation_quaternion
+from cspn_ros.core.topics import FRAME_IDS
 
 #: LiDAR pose in the colour camera's optical frame (T_cam_from_lidar): 8 cm above, 5 cm behind,
 #: 2 cm left of the camera; body axes x forward, y left, z up, yawed 1.5 deg, pitched -1 deg and
@@ -508,6 +509,16 @@ class SyntheticScene:
         return pose
 
     # rendering -------------------------------------------------------------------------------
+    def sensor_extrinsics(self, lidar: bool = True, tof: bool = True) -> dict[str, np.ndarray]:
+        """Child frame id -> T_cam_from_child (4,4) of the sensors asked for: the rig's static
+        tf, parent 'camera_optical' (FRAME_IDS), as bags and synthetic_source_node publish it."""
+        extrinsics = {}
+        if lidar:
+            extrinsics[FRAME_IDS['lidar']] = self.T_cam_from_lidar
+        if tof:
+            extrinsics[FRAME_IDS['tof']] = self.T_cam_from_tof
+        return extrinsics
+
     def frame(self, index: int) -> SyntheticFrame:
         """Render frame `index` (>= 0): colour image + ground truth, LiDAR sweep and ToF image."""
         if index < 0:

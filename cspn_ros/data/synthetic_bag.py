@@ -19,30 +19,12 @@ import numpy as np
 
 from cspn_ros.core.camera import PinholeCamera, camera_info_fields
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
+from cspn_ros.core.projection import quaternion_from_rotation
 from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC
 from cspn_ros.data.synthetic import SyntheticScene
 
 DEPTH_SOURCES = ('both', 'lidar', 'tof')
 STORAGES = ('sqlite3', 'mcap')
-
-
-def quaternion_from_rotation(rotation: np.ndarray) -> np.ndarray:
-    """(3,3) rotation matrix -> unit quaternion [qx, qy, qz, qw] float64 (qw >= 0)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    # The largest of 4 q_i^2 (from the trace and the diagonal) gives a well-conditioned divisor.
-    squares = np.array([1 + m[0, 0] - m[1, 1] - m[2, 2], 1 - m[0, 0] + m[1, 1] - m[2, 2],
-                        1 - m[0, 0] - m[1, 1] + m[2, 2], 1 + np.trace(m)])
-    largest = int(np.argmax(squares))
-    q = np.empty(4)
-    q[largest] = 0.5 * np.sqrt(squares[largest])
-    d = 0.25 / q[largest]
-    off = {0: (m[1, 0] + m[0, 1], m[0, 2] + m[2, 0], m[2, 1] - m[1, 2]),
-           1: (m[1, 0] + m[0, 1], m[2, 1] + m[1, 2], m[0, 2] - m[2, 0]),
-           2: (m[0, 2] + m[2, 0], m[2, 1] + m[1, 2], m[1, 0] - m[0, 1]),
-           3: (m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1])}[largest]
-    q[[i for i in range(4) if i != largest]] = np.array(off) * d
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
 
 
 class BagWriter:
@@ -168,11 +150,7 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
     scene = SyntheticScene(**scene_kwargs)
     records_lidar = depth_source in ('both', 'lidar')
     records_tof = depth_source in ('both', 'tof')
-    extrinsics = {}  # child frame -> T_cam_from_child
-    if records_lidar:
-        extrinsics[FRAME_IDS['lidar']] = scene.T_cam_from_lidar
-    if records_tof:
-        extrinsics[FRAME_IDS['tof']] = scene.T_cam_from_tof
+    extrinsics = scene.sensor_extrinsics(lidar=records_lidar, tof=records_tof)
     with BagWriter(path, storage) as bag:
         bag.write(TF_STATIC_TOPIC, scene.start_stamp_ns, bag.tf_message(
             extrinsics, bag.header(scene.start_stamp_ns, FRAME_IDS['camera'])))

@@ -16,8 +16,10 @@ and skipped; the node keeps running.
 
 Topics (relative): in `image`, `camera_info`, and `points` (depth_source=lidar) or `tof/depth`
 (+ `tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
-header), `depth/colorized` (bgr8), `depth/points` (PointCloud2 xyz+rgb), `depth/sparse` (32FC1),
-`depth/confidence` (32FC1 in [0, 1]), and `/diagnostics` (1 Hz DiagnosticArray).
+header), `depth/camera_info` (the colour CameraInfo as scaled to the image, same header; the
+depth is pixel-aligned with `image`, raw or rectified), `depth/colorized` (bgr8),
+`depth/points` (PointCloud2 xyz+rgb), `depth/sparse` (32FC1), `depth/confidence` (32FC1 in
+[0, 1]), and `/diagnostics` (1 Hz DiagnosticArray).
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.colorize import colorize_depth
@@ -49,13 +50,11 @@ from cspn_ros.core.diagnostics import ERROR, OK, WARN, CompletionDiagnostics
 from cspn_ros.core.pipeline import DEPTH_SOURCES, CompletionPipeline, InputError
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
-from cspn_ros.nodes.messages import diagnostic_array_msg, header_msg, image_msg, pointcloud2_msg
+from cspn_ros.nodes.extrinsic_source import ExtrinsicSource
+from cspn_ros.nodes.hardware import hardware_id
+from cspn_ros.nodes.messages import (camera_info_msg, diagnostic_array_msg, header_msg, image_msg,
+                                     pointcloud2_msg)
 from cspn_ros.nodes.spin import freeze_long_lived_objects, run
-
-try:  # a real ROS 2 install has tf2_ros; the PyPI wheels used here do not
-    import tf2_ros
-except ImportError:
-    tf2_ros = None
 
 #: Seconds between two log lines about the same problem.
 THROTTLE_S = 5.0
@@ -63,8 +62,8 @@ DEVICES = ('cpu', 'cuda', 'auto')
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 RELIABILITIES = {'reliable': ReliabilityPolicy.RELIABLE,
                  'best_effort': ReliabilityPolicy.BEST_EFFORT}
-OUTPUT_TOPICS = {'depth': Image, 'depth/colorized': Image, 'depth/points': PointCloud2,
-                 'depth/sparse': Image, 'depth/confidence': Image}
+OUTPUT_TOPICS = {'depth': Image, 'depth/camera_info': CameraInfo, 'depth/colorized': Image,
+                 'depth/points': PointCloud2, 'depth/sparse': Image, 'depth/confidence': Image}
 
 
 def _float_range(low: float, high: float) -> dict:
@@ -100,15 +99,18 @@ PARAMETERS = {
                 True),
     'warmup_size': ([0, 0], '[width, height] px of frames to warm the model up with at start; '
                     '[0, 0] = warm up at the first camera_info size', {}, True),
-    'extrinsic.from_tf': (True, 'look T_cam_from_sensor up in tf (when tf2_ros is installed; '
-                          'frames wait until it appears); false = the extrinsic.* parameters',
-                          {}, True),
+    'extrinsic.from_tf': (True, 'T_cam_from_sensor from tf (image frame <- sensor frame; the '
+                          'extrinsic.* parameters are then ignored; frames wait until tf has it; '
+                          '/tf_static changes are followed); false, or tf2_ros not installed: '
+                          'the extrinsic.* parameters', {}, True),
     'extrinsic.translation': ([0.0, 0.0, 0.0], '[x, y, z] metres of the LiDAR/ToF frame in the '
                               'colour camera optical frame (p_cam = R p_sensor + t)', {}, True),
     'extrinsic.rotation': ([0.0, 0.0, 0.0, 1.0], '[qx, qy, qz, qw] rotation from the LiDAR/ToF '
                            'frame to the colour camera optical frame', {}, True),
     'extrinsic.matrix': (Parameter.Type.DOUBLE_ARRAY, '16 floats, row-major 4x4 '
                          'T_cam_from_sensor; overrides translation/rotation when set', {}, True),
+    'rectified': (False, 'the `image` is rectified (image_rect): its camera is the CameraInfo '
+                  'P, no distortion; false = a raw image, K + D', {}, True),
     'tof.registered': (False, 'the ToF depth is already registered to the colour camera '
                        '(no tof/camera_info, no extrinsic)', {}, True),
     'slop': (0.05, 'largest stamp difference (s) between paired messages', _float_range(0.0, 10.0),
@@ -249,17 +251,10 @@ class CompletionCore:
         self.require_gpu = self._value('require_gpu')
         self.completer = self._load_completer()
         self._default_steps = self.completer.steps
-        self._extrinsic: Optional[np.ndarray] = None
-        self._tf_buffer = None
+        self._extrinsic: Optional[ExtrinsicSource] = None
         if self.depth_source == 'lidar' or not self.tof_registered:
-            if self._value('extrinsic.from_tf') and tf2_ros is not None:
-                self._tf_buffer = tf2_ros.Buffer()
-                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self.node)
-            else:
-                self._extrinsic = self._parameter_extrinsic()
-                self.log.info(f'extrinsic from parameters, T_cam_from_sensor = '
-                              f'{self._extrinsic.round(4).tolist()}'
-                              + ('' if tf2_ros else ' (tf2_ros not available)'))
+            self._extrinsic = ExtrinsicSource(self.node, self._value('extrinsic.from_tf'),
+                                              self._parameter_extrinsic)
         values = {name: self._value(name) for name in ('min_depth', 'max_depth', 'precision',
                                                         'propagation_steps')}
         problem = parameter_problem(values, self.completer.config.propagation)
@@ -268,7 +263,7 @@ class CompletionCore:
         self.pipeline = CompletionPipeline(
             self.completer, depth_source=self.depth_source, min_depth=values['min_depth'],
             max_depth=values['max_depth'], min_confidence=self._value('min_confidence'),
-            tof_registered=self.tof_registered)
+            tof_registered=self.tof_registered, rectified=self._value('rectified'))
 
         reliability = RELIABILITIES[self._choice('output_reliability', tuple(RELIABILITIES))]
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
@@ -352,7 +347,8 @@ class CompletionCore:
             self.node.destroy_publisher(publisher)
         self.node.destroy_publisher(self._diagnostics_publisher)
         self.publishers_by_topic = {}
-        self._tf_buffer = self._tf_listener = None
+        if self._extrinsic is not None:
+            self._extrinsic.close()
         self.completer = self.pipeline = self.matcher = None
         self._free_device_memory()
 
@@ -414,22 +410,11 @@ class CompletionCore:
             raise StartupError(f'extrinsic.translation / extrinsic.rotation: {error}') from error
 
     def _extrinsic_for(self, matched: MatchedSet) -> np.ndarray:
-        """T_cam_from_sensor: the parameters, or tf (looked up until found, then cached).
+        """T_cam_from_sensor for the frames of matched (tf or parameters: ExtrinsicSource).
         Raises InputError while tf does not have it yet (the frame is skipped, not guessed)."""
-        if self._extrinsic is None:
-            camera_frame = matched.messages['image'].header.frame_id
-            sensor_topic = 'points' if self.depth_source == 'lidar' else 'tof/depth'
-            sensor_frame = matched.messages[sensor_topic].header.frame_id
-            try:
-                transform = self._tf_buffer.lookup_transform(camera_frame, sensor_frame, Time())
-            except Exception as error:  # tf2 raises several unrelated exception types
-                raise InputError(f'waiting for tf {camera_frame} <- {sensor_frame} ({error}); '
-                                 'or set extrinsic.from_tf false') from error
-            t, q = transform.transform.translation, transform.transform.rotation
-            self._extrinsic = transform_from_translation_quaternion(
-                [t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
-            self.log.info(f'extrinsic from tf {camera_frame} <- {sensor_frame}')
-        return self._extrinsic
+        sensor_topic = 'points' if self.depth_source == 'lidar' else 'tof/depth'
+        return self._extrinsic.for_frames(matched.messages['image'].header.frame_id,
+                                          matched.messages[sensor_topic].header.frame_id)
 
     def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Reject run-time values that do not fit together or with the loaded model (ranges,
@@ -548,8 +533,8 @@ class CompletionCore:
             self._log_throttled(LoggingSeverity.WARN, message)
         self._diagnostics_publisher.publish(diagnostic_array_msg(
             header_msg(self.node.get_clock().now().nanoseconds, ''),
-            f'{self.node.get_name()}: depth completion', str(self.completer.device), level,
-            message, values))
+            f'{self.node.get_fully_qualified_name()}: depth completion',
+            hardware_id(self.completer.device), level, message, values))
 
     # ---------------------------------------------------------------- worker thread
     def _work(self) -> None:
@@ -644,7 +629,8 @@ class CompletionCore:
                     and self.publishers_by_topic[topic].get_subscription_count() > 0)
 
         publish = {'depth': lambda: image_msg(image_fields(result.dense_as_32fc1(), '32FC1'),
-                                              header)}
+                                              header),
+                   'depth/camera_info': lambda: camera_info_msg(result.camera, header)}
         if wanted('depth/colorized', 'publish_colorized'):
             publish['depth/colorized'] = lambda: image_msg(image_fields(colorize_depth(
                 result.dense, self.pipeline.min_depth, self.pipeline.max_depth), 'bgr8'), header)

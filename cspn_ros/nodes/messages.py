@@ -1,5 +1,5 @@
-"""rclpy messages from the core's plain field dicts (the only place that builds sensor_msgs and
-diagnostic_msgs).
+"""rclpy messages from the core's plain field dicts (the only place that builds sensor_msgs,
+geometry_msgs and diagnostic_msgs).
 
 Byte buffers go in through `array.array('B').frombytes` (one copy, no per-byte Python loop),
 assigned after construction: the generated constructors run `array.array('B', data)`, a per-byte
@@ -13,10 +13,12 @@ from typing import Any, Mapping
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Quaternion, Transform, TransformStamped, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from cspn_ros.core.camera import PinholeCamera
+from cspn_ros.core.projection import quaternion_from_rotation
 
 NS_PER_S = 10 ** 9
 
@@ -79,3 +81,14 @@ def diagnostic_array_msg(header: Header, name: str, hardware_id: str, level: int
                               values=[KeyValue(key=key, value=value)
                                       for key, value in values.items()])
     return DiagnosticArray(header=header, status=[status])
+
+
+def transform_stamped_msg(T_parent_from_child: np.ndarray, header: Header,
+                          child_frame_id: str) -> TransformStamped:
+    """geometry_msgs/TransformStamped (parent = header's frame) of a (4,4) transform, the
+    message tf2 broadcasts (`core.extrinsic.matrix_from_transform_msg` is the inverse)."""
+    T = np.asarray(T_parent_from_child, dtype=np.float64)
+    x, y, z = (float(v) for v in T[:3, 3])
+    qx, qy, qz, qw = (float(v) for v in quaternion_from_rotation(T[:3, :3]))
+    return TransformStamped(header=header, child_frame_id=child_frame_id, transform=Transform(
+        translation=Vector3(x=x, y=y, z=z), rotation=Quaternion(x=qx, y=qy, z=qz, w=qw)))

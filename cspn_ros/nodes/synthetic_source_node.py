@@ -5,7 +5,10 @@ can take longer than a timer period) and the timer publishes the next one, stamp
 clock (sim time aware). Topics (relative): `image` (rgb8), `camera_info` ('camera_optical'),
 `points` ('lidar'), `tof/depth` (32FC1 metres, NaN invalid) + `tof/camera_info` ('tof_optical'),
 `ground_truth/depth` (32FC1, colour camera). The sensors' poses are the scene defaults
-(`DEFAULT_LIDAR_*`, `DEFAULT_TOF_*` in data/synthetic.py; config/completion.yaml matches them).
+(`DEFAULT_LIDAR_*`, `DEFAULT_TOF_*` in data/synthetic.py), broadcast once on /tf_static
+('camera_optical' <- 'lidar', 'camera_optical' <- 'tof_optical') where tf2_ros is installed, so
+completion_node with extrinsic.from_tf finds them; without tf2_ros give completion_node the
+same values as extrinsic.* parameters (the demo does).
 """
 from __future__ import annotations
 
@@ -21,8 +24,14 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
 from cspn_ros.core.topics import FRAME_IDS, TOPICS
 from cspn_ros.data.synthetic import SCENES, SyntheticScene
-from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
+from cspn_ros.nodes.messages import (camera_info_msg, header_msg, image_msg, pointcloud2_msg,
+                                     transform_stamped_msg)
 from cspn_ros.nodes.spin import run
+
+try:  # a real ROS 2 install has tf2_ros; the PyPI wheels used in .venv do not
+    import tf2_ros
+except ImportError:
+    tf2_ros = None
 
 #: Frames rendered ahead of the timer.
 PREFETCH = 2
@@ -79,6 +88,17 @@ class SyntheticSourceNode(Node):
             topics.update({TOPICS['tof_depth']: Image, TOPICS['tof_camera_info']: CameraInfo})
         self.publishers_by_topic = {topic: self.create_publisher(msg_type, topic, qos)
                                     for topic, msg_type in topics.items()}
+
+        header = header_msg(self.get_clock().now().nanoseconds, FRAME_IDS['camera'])
+        self.static_transforms = [transform_stamped_msg(T, header, child) for child, T in
+                                  self.scene.sensor_extrinsics(self.publish_lidar,
+                                                               self.publish_tof).items()]
+        if tf2_ros is not None:
+            self._static_broadcaster = tf2_ros.StaticTransformBroadcaster(self)
+            self._static_broadcaster.sendTransform(self.static_transforms)
+        else:
+            self.get_logger().info('tf2_ros is not installed: the rig is not on /tf_static '
+                                   '(give completion_node the extrinsic.* parameters)')
 
         self.frames_published = 0
         self.ticks_missed = 0

@@ -42,6 +42,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -313,8 +314,9 @@ def run_ros(argv: Sequence[str]) -> int:
     publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
     def publish(progress: dict, level: bytes = DiagnosticStatus.OK, message: str = '') -> None:
-        status = DiagnosticStatus(level=level, name='training_node: training',
-                                  hardware_id='training_node',
+        status = DiagnosticStatus(level=level,
+                                  name=f'{node.get_fully_qualified_name()}: training',
+                                  hardware_id=socket.gethostname(),
                                   message=message or f'epoch {progress.get("epoch")} step '
                                                      f'{progress.get("step")}')
         status.values = [KeyValue(key=k, value=str(v)) for k, v in progress.items()]
