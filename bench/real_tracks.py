@@ -7,8 +7,11 @@ repeat. Two kinds:
 - 'lidar': the LiDAR points are projected into the camera with the project's own projection
   (cspn_ros.core.projection, z-buffer: the nearest point wins a pixel); a seeded 20% of the
   projected pixels is held out as the target, the other 80% is the input.
-  Argoverse has no raw points: its truth is the LiDAR disparity accumulated over 11 sweeps
-  (depth = fx * baseline / disparity); the input is a seeded 80% of it, the target the rest.
+  Argoverse has no raw points: its truth is the LiDAR depth accumulated over 11 sweeps
+  (depth = fx * baseline / disparity). Two tracks: 'argoverse_accumulated' feeds a seeded 80%
+  of it and scores the rest (like the other LiDAR tracks, but semi-dense); 'argoverse_rings'
+  feeds a single-sweep-like pattern, the accumulated pixels on the rings the two VLP-32C
+  would scan from their mounting, and scores every other accumulated pixel.
 - 'depthcam': a dense depth camera frame (Redwood, TUM, SUN RGB-D, NYU raw) is subsampled to
   an input (500 or 5000 random points, 32 or 64 one-pixel rows, or ToF-like holes: half the
   pixels hidden at random plus block holes); the target is every other valid pixel.
@@ -32,7 +35,8 @@ for _path in (str(ROOT), str(ROOT / 'scripts'), str(ROOT / 'bench')):
         sys.path.insert(0, _path)
 
 from cspn_ros.core.camera import PinholeCamera  # noqa: E402
-from cspn_ros.core.projection import project_to_sparse_depth  # noqa: E402
+from cspn_ros.core.projection import (project_to_sparse_depth,  # noqa: E402
+                                      transform_from_translation_quaternion)
 from cspn_ros.data.bags import holdout_split  # noqa: E402
 from cspn_ros.data.nyu import sample_sparse_depth  # noqa: E402
 from eval_real import beam_rows  # noqa: E402
@@ -46,6 +50,14 @@ HOLDOUT_SEEDS = {'kitti_hdl64': 5, 'nuscenes_hdl32': 2, 'pandar64_raw': 2,
 #: Livox: points per rosette frame (about 0.1 s) and the chunks used as frames.
 LIVOX_FRAME_POINTS = 10_000
 LIVOX_CHUNKS = (0, 4, 8, 12, 16, 20)
+#: Argoverse single-sweep-like input: VLP-32C beam elevations (degrees, from its manual), the
+#: half width of a ring, and the samples (beam table shifts).
+VLP32C_ELEVATIONS_DEG = (-25.0, -15.639, -11.31, -8.843, -7.254, -6.148, -5.333, -4.667, -4.0,
+                         -3.667, -3.333, -3.0, -2.667, -2.333, -2.0, -1.667, -1.333, -1.0,
+                         -0.667, -0.333, 0.0, 0.333, 0.667, 1.0, 1.333, 1.667, 2.333, 3.333,
+                         4.667, 7.0, 10.333, 15.0)
+RING_HALF_WIDTH_DEG = 0.03
+ARGOVERSE_RING_OFFSETS = 5
 #: depthcam regimes: name -> (rgb-free) input maker, see `depthcam_input`.
 DEPTHCAM_REGIMES = ('random500', 'random5000', 'rows32', 'rows64', 'holes')
 #: ToF-like holes: share of valid pixels hidden at random, block holes and their size range
@@ -205,6 +217,58 @@ def _argoverse(root: Path, quick: bool) -> Iterator[Sample]:
                                np.eye(4), camera, HOLDOUT_SEEDS['argoverse_accumulated'], quick)
 
 
+def _argoverse_lidar_poses(folder: Path) -> list[np.ndarray]:
+    """(4,4) T_lidar_from_camera of the up and down VLP-32C, through the vehicle frame.
+
+    The rectified camera's pose is taken as the raw left stereo camera's (the rectifying
+    rotation is not in the set; it is small next to the ring pattern's needs)."""
+    calibration = json.loads((folder / 'vehicle_calibration_stereo_info.json').read_text())
+
+    def pose(se3: dict) -> np.ndarray:
+        w, x, y, z = se3['rotation']['coefficients']
+        return transform_from_translation_quaternion(se3['translation'], [x, y, z, w])
+
+    cameras = {entry['key']: entry['value'] for entry in calibration['camera_data_']}
+    vehicle_from_camera = pose(cameras['image_raw_stereo_front_left']['vehicle_SE3_camera_'])
+    return [np.linalg.inv(pose(calibration[key])) @ vehicle_from_camera
+            for key in ('vehicle_SE3_up_lidar_', 'vehicle_SE3_down_lidar_')]
+
+
+def ring_mask(points: np.ndarray, T_lidar_from_camera: np.ndarray, offset_deg: float
+              ) -> np.ndarray:
+    """(N,) bool: camera-frame points (N,3) whose elevation seen from the LiDAR lies within
+    RING_HALF_WIDTH_DEG of a VLP-32C beam (shifted by offset_deg)."""
+    lidar = points.astype(np.float64) @ T_lidar_from_camera[:3, :3].T + T_lidar_from_camera[:3, 3]
+    elevation = np.degrees(np.arctan2(lidar[:, 2], np.hypot(lidar[:, 0], lidar[:, 1])))
+    beams = np.asarray(VLP32C_ELEVATIONS_DEG) + offset_deg
+    nearest = np.abs(elevation[:, None] - beams[None, :]).min(axis=1)
+    return nearest <= RING_HALF_WIDTH_DEG
+
+
+def _argoverse_rings(root: Path, quick: bool) -> Iterator[Sample]:
+    """Single-sweep-like input from the accumulated depth: the pixels on the 2 x 32 rings
+    that the up and down VLP-32C would scan from their mounting (elevation within
+    RING_HALF_WIDTH_DEG of a beam); the target is every other accumulated pixel. The 11
+    accumulated sweeps are smeared in elevation (no ring survives in them), so each sample
+    shifts the beam table by a different fraction of the 1/3 deg beam spacing."""
+    folder = root / 'argoverse1_stereo_lidargt'
+    depth, calib = argoverse_depth(folder)
+    rgb, camera = _fit(read_rgb(folder / calib['image']), camera_from_calib(calib, False),
+                       quick)
+    points, _ = camera_from_calib(calib, False).backproject(depth)
+    depth = project_to_sparse_depth(points, np.eye(4), camera)
+    points, pixels = camera.backproject(depth)
+    poses = _argoverse_lidar_poses(folder)
+    for index in range(ARGOVERSE_RING_OFFSETS):
+        offset = index / ARGOVERSE_RING_OFFSETS / 3.0
+        on_ring = np.zeros(depth.size, bool)
+        on_ring[pixels] = np.logical_or.reduce([ring_mask(points, T, offset) for T in poses])
+        on_ring = on_ring.reshape(depth.shape)
+        yield Sample(rgb, np.where(on_ring, depth, 0).astype(np.float32),
+                     np.where(on_ring, 0, depth).astype(np.float32),
+                     f'argoverse_rings/offset{offset:.3f}deg')
+
+
 def depthcam_input(depth: np.ndarray, regime: str, rng: np.random.Generator) -> np.ndarray:
     """(H,W) float32 metres input of `regime` (DEPTHCAM_REGIMES) from a dense depth frame."""
     valid = depth > 0
@@ -279,6 +343,7 @@ LIDAR_TRACKS: dict[str, Callable[[Path, bool], Iterator[Sample]]] = {
     'pandar64_undistorted': functools.partial(_pandar, distorted=False),
     'livox_mid40': _livox,
     'argoverse_accumulated': _argoverse,
+    'argoverse_rings': _argoverse_rings,
 }
 DEPTHCAM_SETS: dict[str, Callable[[Path], list]] = {
     'redwood': read_redwood_frames,

@@ -127,3 +127,17 @@ def test_score_methods_and_table_compare_a_model_with_the_best_fill():
 def test_main_skips_cleanly_without_data(tmp_path, capsys):
     assert real_suite.main(['--data', str(tmp_path / 'absent'), '--no-model']) == 0
     assert 'skipped' in capsys.readouterr().out
+
+
+def test_argoverse_rings_select_points_at_beam_elevations():
+    beams = np.radians([0.0, 7.0])  # two VLP-32C beams
+    between = np.radians(0.5)
+    distance = 20.0
+    # Camera frame = LiDAR frame rotated so that the camera looks along the LiDAR's x axis.
+    T_lidar_from_camera = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
+    heights = distance * np.tan([*beams, between])
+    points = np.stack([np.zeros(3), -heights, np.full(3, distance)], 1)  # camera y points down
+    np.testing.assert_array_equal(real_tracks.ring_mask(points, T_lidar_from_camera, 0.0),
+                                  [True, True, False])
+    np.testing.assert_array_equal(real_tracks.ring_mask(points, T_lidar_from_camera, 0.5),
+                                  [False, False, True])
