@@ -19,6 +19,7 @@ Python API (bench/ is not a package: sys.path.insert(0, 'bench')):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ from ip_basic import fill_fast  # noqa: E402
 from real_tracks import (DEFAULT_ROOT, ROOT, Sample, Track, load_tracks,  # noqa: E402,F401
                          track_names)
 
+from cspn_ros.model.completer import DEFAULT_CHECKPOINT, DepthCompleter  # noqa: E402
 from cspn_ros.model.fill import _nearest_fill, classical_fill  # noqa: E402
 from cspn_ros.train.metrics import compute_metrics, mean_metrics  # noqa: E402
 
@@ -74,8 +76,9 @@ def project_classical_fill(rgb: np.ndarray, sparse: np.ndarray) -> np.ndarray:
 BASELINE_FILLS: dict[str, Method] = {'nearest': nearest_fill,
                                      'classical': project_classical_fill,
                                      'ipbasic': ipbasic_fill}
-#: (fill, sample name, input shape and sums) -> metrics: the fills are deterministic and the tracks are
-#: cached, so repeated score_methods calls (one per model decision) score each fill once.
+#: (fill, sample name, input shape and sums) -> (metrics, seconds): the fills are deterministic
+#: and the tracks cached, so repeated score_methods calls (one per model decision) score each
+#: fill once.
 _FILL_SCORES: dict[tuple, tuple[dict, float]] = {}
 
 
@@ -102,7 +105,6 @@ def _score(method: Method, sample: Sample) -> tuple[dict, float]:
 def model_methods(checkpoints: Sequence[Optional[str]], device: str) -> dict[str, Method]:
     """{name: DepthCompleter} per checkpoint (None = the packaged weights, named 'model');
     others are named 'model:<file stem>'."""
-    from cspn_ros.model.completer import DepthCompleter
     methods = {}
     for checkpoint in checkpoints:
         name = 'model' if checkpoint is None else f'model:{Path(checkpoint).stem}'
@@ -112,7 +114,8 @@ def model_methods(checkpoints: Sequence[Optional[str]], device: str) -> dict[str
 
 def score_methods(tracks: Sequence[Track], methods: dict[str, Method]) -> dict:
     """{track: {'kind', 'frames', 'methods': {method: mean metrics (compute_metrics keys
-    averaged over samples), 'seconds' per sample, 'samples': {sample name: {'rmse', 'mae'}}}}}.
+    averaged over samples), 'scored_pixels' and 'seconds' per sample, 'samples': {sample name:
+    {'rmse', 'mae'}}}}}.
 
     Every method sees the same input (a copy) and is scored on the sample's target only.
     Baseline fills' scores are remembered (seconds then is the first run's)."""
@@ -123,6 +126,7 @@ def score_methods(tracks: Sequence[Track], methods: dict[str, Method]) -> dict:
             scored = [_score(method, sample) for sample in track.frames]
             summary = mean_metrics([metrics for metrics, _ in scored])
             summary.pop('frames')
+            summary['scored_pixels'] = float(np.mean([m['count'] for m, _ in scored]))
             summary['seconds'] = sum(seconds for _, seconds in scored) / max(1, len(scored))
             summary['samples'] = {sample.name: {'rmse': metrics['rmse'], 'mae': metrics['mae']}
                                   for sample, (metrics, _) in zip(track.frames, scored)}
@@ -153,6 +157,11 @@ def format_table(results: dict) -> str:
                          f'{metrics["rmse"]:.3f} | {metrics["mae"]:.3f} | {metrics["rel"]:.3f} | '
                          f'{metrics["d125"]:.3f} | {change} |')
     return '\n'.join(lines)
+
+
+def file_sha256(path: str | Path) -> str:
+    """First 12 hex digits of the file's SHA-256 (which weights a result came from)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def machine(device: str) -> dict:
@@ -199,8 +208,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = format_table(scores)
     print(table)
     result = {'settings': {'data': str(args.data), 'quick': args.quick,
-                           'checkpoints': [] if args.no_model else
-                           [c or 'packaged default' for c in checkpoints],
+                           'checkpoints': {} if args.no_model else
+                           {c or 'packaged default': file_sha256(c or DEFAULT_CHECKPOINT)
+                            for c in checkpoints},
                            'device': args.device, 'methods': list(methods),
                            'load_seconds': load_seconds,
                            'total_seconds': time.perf_counter() - start},

@@ -42,7 +42,11 @@ from cspn_ros.data.nyu import sample_sparse_depth  # noqa: E402
 from eval_real import beam_rows  # noqa: E402
 from real_to_bag import read_redwood  # noqa: E402
 
-DEFAULT_ROOT = ROOT.parent / 'shared' / 'data' / 'real'
+#: ../shared/data/real beside the checkout, else shared/data/real inside it (the GPU machine's
+#: copy of the tree).
+DEFAULT_ROOT = next((path for path in (ROOT.parent / 'shared' / 'data' / 'real',
+                                       ROOT / 'shared' / 'data' / 'real') if path.is_dir()),
+                    ROOT.parent / 'shared' / 'data' / 'real')
 HOLDOUT_SHARE = 0.2
 #: LiDAR samples per frame (camera): one per holdout seed.
 HOLDOUT_SEEDS = {'kitti_hdl64': 5, 'nuscenes_hdl32': 2, 'pandar64_raw': 2,
@@ -111,9 +115,7 @@ def read_lidar(path: Path, fields: int) -> np.ndarray:
 def camera_from_calib(calib: dict, distorted: bool) -> PinholeCamera:
     """PinholeCamera of a calib.json (K, width, height, dist_coeffs); distorted=False for the
     pinhole (undistorted or rectified) image."""
-    coefficients = np.asarray(calib.get('dist_coeffs') or np.zeros(5), np.float64)
-    if not distorted:
-        coefficients = np.zeros(5)
+    coefficients = np.asarray(calib['dist_coeffs'] if distorted else np.zeros(5), np.float64)
     return PinholeCamera(calib['width'], calib['height'], np.asarray(calib['K']),
                          D=coefficients, distortion_model='plumb_bob')
 
@@ -206,8 +208,8 @@ def argoverse_depth(folder: Path) -> tuple[np.ndarray, dict]:
 
 
 def _argoverse(root: Path, quick: bool) -> Iterator[Sample]:
-    """Truth and input are the accumulated LiDAR depth (no raw points, no extrinsics in the
-    set): a seeded 80% of its pixels is the input, the other 20% the target. In quick mode the
+    """Truth and input are the accumulated LiDAR depth (the set has no raw points): a seeded
+    80% of its pixels is the input, the other 20% the target. In quick mode the
     depth is re-projected through the same z-buffer into the halved camera."""
     folder = root / 'argoverse1_stereo_lidargt'
     depth, calib = argoverse_depth(folder)
@@ -319,7 +321,8 @@ def read_other_rgbd_frames(root: Path) -> list[tuple[str, np.ndarray, np.ndarray
     """(name, rgb, depth metres) of the TUM, SUN RGB-D and NYU raw frames (other_formats/).
 
     TUM: depth / 5000; SUN: 16-bit rotate by 3 bits, / 1000; NYU raw Kinect: 351.3 / (1092.5 -
-    raw), 2047 = no return (the file's bytes are little-endian), not registered to the colour camera (the colour is only a guide).
+    raw), 2047 = no return (the file's bytes are little-endian), not registered to the colour
+    camera (the colour is only a guide).
     """
     folder = root / 'redwood_rgbd' / 'other_formats'
     tum = _read_depth_u16(folder / 'TUM_depth.png').astype(np.float32) / 5000.0
