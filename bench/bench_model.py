@@ -38,7 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cspn_ros.config import ModelConfig  # noqa: E402
-from cspn_ros.model.completer import DepthCompleter  # noqa: E402
+from cspn_ros.model.checkpoint import load_checkpoint  # noqa: E402
+from cspn_ros.model.completer import DEFAULT_CHECKPOINT, DepthCompleter  # noqa: E402
 from cspn_ros.model.network import CompletionNet  # noqa: E402
 from cspn_ros.model.propagation import fused  # noqa: E402
 
@@ -48,6 +49,8 @@ MODELS = {
     'cspn+kr': ModelConfig(propagation='cspn', initial_fill='kernel_regression'),
     'cspnpp': ModelConfig(propagation='cspnpp'),
     'nlspn': ModelConfig(propagation='nlspn'),
+    # the packaged checkpoint's architecture (untrained weights like the others)
+    'shipped': load_checkpoint(DEFAULT_CHECKPOINT)[1],
 }
 #: Mode name -> DepthCompleter keyword arguments.
 MODES = {
@@ -210,6 +213,8 @@ def main() -> None:
                         help='torch.compile rows for every model, not only cspn')
     parser.add_argument('--models', nargs='+', choices=tuple(MODELS), default=list(MODELS),
                         help='models to time on CUDA (default: all)')
+    parser.add_argument('--sizes', nargs='+', default=[f'{w}x{h}' for h, w in SIZES],
+                        help="image sizes 'WxH' to time on CUDA (default: 1216x352 640x480)")
     parser.add_argument('--budget-s', type=float, default=330,
                         help='skip compile rows once this many seconds have passed')
     args = parser.parse_args()
@@ -241,6 +246,8 @@ def main() -> None:
             model = CompletionNet(config)
             compiled = COMPILE_MODES if args.compile_all or name == 'cspn' else {}
             for size in SIZES:
+                if f'{size[1]}x{size[0]}' not in args.sizes:
+                    continue
                 for mode, modes in {**MODES, **compiled}.items():
                     if 'compile' in modes and time.perf_counter() - started > args.budget_s:
                         print(f'budget spent: skipping {name} {size} {mode}', flush=True)
