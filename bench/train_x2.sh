@@ -8,19 +8,20 @@
 #      epoch). Ship the one with the lower validation score (the geometric mean of the
 #      validation frames' RMSE: `best score` in train.log).
 # Usage on the device machine, after `source bench/gpu_env.sh`:
-#   bash bench/train_x2.sh OUT_DIR [EPOCHS] [DDP_EPOCHS] [TRAIN_BAGS]
-# (session 3's logs in bench/results/: `bash bench/train_x2.sh OUT 50 3 24`, PRECISE_BN=0).
+#   bash bench/train_x2.sh OUT_DIR [EPOCHS] [DDP_EPOCHS] [STEPS_PER_EPOCH]
+# (session 3's logs in bench/results/ came from the bag recipe of that time:
+# `bash bench/train_x2.sh OUT 50 3 24`, the last argument then the number of training bags).
 # Writes OUT_DIR/ddp/, OUT_DIR/batch8/ and OUT_DIR/batch4/ (train.log, heldout_summary.json,
 # default.safetensors), and OUT_DIR/done when finished.
 set -euo pipefail
-out=${1:?output folder}; epochs=${2:-50}; ddp_epochs=${3:-3}; train_bags=${4:-48}
-export WORK=${WORK:-/tmp/cspn_default} WORKERS=14
+out=${1:?output folder}; epochs=${2:-9}; ddp_epochs=${3:-3}; steps=${4:-400}
+export WORK=${WORK:-/tmp/cspn_default}
 mkdir -p "$out"
-RUN=ddp GPUS=2 bash scripts/train_default.sh "$out/ddp" "$ddp_epochs" "$train_bags" \
+RUN=ddp GPUS=2 bash scripts/train_default.sh "$out/ddp" "$ddp_epochs" "$steps" \
   > "$out/ddp.out" 2>&1
 CUDA_VISIBLE_DEVICES=0 RUN=batch8 BATCH=8 \
-  bash scripts/train_default.sh "$out/batch8" "$epochs" "$train_bags" > "$out/batch8.out" 2>&1 &
+  bash scripts/train_default.sh "$out/batch8" "$epochs" "$steps" > "$out/batch8.out" 2>&1 &
 CUDA_VISIBLE_DEVICES=1 RUN=batch4 BATCH=4 \
-  bash scripts/train_default.sh "$out/batch4" "$epochs" "$train_bags" > "$out/batch4.out" 2>&1 &
+  bash scripts/train_default.sh "$out/batch4" "$epochs" "$steps" > "$out/batch4.out" 2>&1 &
 wait
 touch "$out/done"
