@@ -142,12 +142,19 @@ class ModelConfig:
         if not path.is_file():
             raise FileNotFoundError(f'model config {text!r} is neither a file nor one of '
                                     f'{PROPAGATIONS}')
-        if path.suffix == '.json':
-            data = json.loads(path.read_text())
-        else:
-            import yaml
-            data = yaml.safe_load(path.read_text()) or {}
-        if 'model' in data and isinstance(data['model'], Mapping):
+        import yaml
+        try:
+            content = path.read_text()
+            data = (json.loads(content) if path.suffix == '.json'
+                    else yaml.safe_load(content) or {})
+        except (ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError is a ValueError
+            raise ValueError(f'model config file {text!r} is not readable JSON/YAML: '
+                             f'{error}') from None
+        if not isinstance(data, Mapping):
+            raise ValueError(f'model config file {text!r} does not hold a mapping of model '
+                             f'config keys (it holds a {type(data).__name__}); valid keys: '
+                             f'{sorted(f.name for f in dataclasses.fields(cls))}')
+        if isinstance(data.get('model'), Mapping):
             data = data['model']
         return cls.from_dict(data)
 

@@ -74,11 +74,37 @@ def test_invalid_camera_info_raises():
         PinholeCamera.from_camera_info(camera_info(width=0))
     with pytest.raises(CameraError, match="unsupported distortion model 'kannala'"):
         PinholeCamera.from_camera_info(camera_info(distortion_model='kannala'))
-    with pytest.raises(CameraError, match='at most 5'):
+    with pytest.raises(CameraError, match='unsupported non-zero coefficient.*k4=0.1, k5=0.1'):
         PinholeCamera.from_camera_info(camera_info(d=[0.1] * 8))
     with pytest.raises(CameraError, match='focal lengths'):
         PinholeCamera.from_camera_info(camera_info(k=[-1.0, 0, 1, 0, 1, 1, 0, 0, 1]))
     assert issubclass(CameraError, ValueError)
+
+
+def test_camera_info_must_be_finite_and_plausible():
+    fx, cx = K[0, 0], K[0, 2]
+    cases = {'K has non-finite': dict(k=[fx, 0, np.nan, 0, fx, 120, 0, 0, 1]),
+             'D has non-finite': dict(d=[0.1, np.nan, 0, 0, 0]),
+             'implausible intrinsics: fx=1e-300': dict(k=[1e-300, 0, cx, 0, 1e-300, 120, 0, 0, 1]),
+             r'implausible intrinsics: fx=1e\+300': dict(k=[1e300, 0, cx, 0, 1e300, 120, 0, 0, 1]),
+             'implausible principal point': dict(k=[fx, 0, 5000, 0, fx, 120, 0, 0, 1]),
+             'implausible plumb_bob distortion': dict(d=[-1e6, 0, 0, 0, 0]),
+             "uses the first 8 .* s1=0.01": dict(distortion_model='rational_polynomial',
+                                                d=[0.1] + [0] * 7 + [0.01, 0, 0, 0, 0, 0])}
+    for message, fields in cases.items():
+        with pytest.raises(CameraError, match=message):
+            PinholeCamera.from_camera_info(camera_info(**fields))
+
+
+@pytest.mark.parametrize('model, size', [('plumb_bob', 9), ('rational_polynomial', 14),
+                                         ('equidistant', 6)])
+def test_trailing_zero_distortion_coefficients_are_accepted(model, size):
+    padded = np.zeros(size)
+    padded[:len(DISTORTIONS[model])] = DISTORTIONS[model]
+    camera = PinholeCamera(320, 240, K, padded, model)
+    reference = PinholeCamera(320, 240, K, DISTORTIONS[model], model)
+    points = points_in_view(np.random.default_rng(), 100, spread=0.6)
+    np.testing.assert_array_equal(camera.project(points)[0], reference.project(points)[0])
 
 
 def test_all_zero_projection_matrix_falls_back_to_k():

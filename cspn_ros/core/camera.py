@@ -20,8 +20,30 @@ DISTORTION_MODELS = {'': 0, 'none': 0, 'plumb_bob': 5, 'rational_polynomial': 8,
                      'equidistant': 4}
 
 
+#: Coefficient names of each distortion model in CameraInfo order (ROS sends up to 14 for
+#: rational_polynomial: k1 k2 p1 p2 k3 k4 k5 k6 s1 s2 s3 s4 taux tauy).
+COEFFICIENT_NAMES = ('k1', 'k2', 'p1', 'p2', 'k3', 'k4', 'k5', 'k6', 's1', 's2', 's3', 's4',
+                     'taux', 'tauy')
+EQUIDISTANT_NAMES = ('k1', 'k2', 'k3', 'k4')
+#: Plausible focal length per pixel of image size: about a 178 to 0.6 degree field of view.
+FOCAL_PER_PIXEL_RANGE = (0.02, 100.0)
+
+
 class CameraError(ValueError):
     """Invalid or unusable camera calibration, or an image that does not fit the camera."""
+
+
+def _used_coefficients(D: np.ndarray, model: str) -> np.ndarray:
+    """D cut to the coefficients `model` uses; extra ones must be zero (drivers pad D with
+    zeros, e.g. 9 for plumb_bob or 14 for rational_polynomial), else CameraError names them."""
+    used = DISTORTION_MODELS[model]
+    extra = np.nonzero(D[used:])[0] + used
+    if extra.size:
+        names = EQUIDISTANT_NAMES if model == 'equidistant' else COEFFICIENT_NAMES
+        named = [f'{names[i] if i < len(names) else f"D[{i}]"}={D[i]:g}' for i in extra]
+        raise CameraError(f'{model!r} uses the first {used} distortion coefficients; '
+                          f'unsupported non-zero coefficient(s): {", ".join(named)}')
+    return D[:used]
 
 
 def _is_torch(array: Any) -> bool:
@@ -81,19 +103,47 @@ class PinholeCamera:
         if self.distortion_model not in DISTORTION_MODELS:
             raise CameraError(f'unsupported distortion model {self.distortion_model!r}; '
                               f'supported: {sorted(DISTORTION_MODELS)}')
-        used = DISTORTION_MODELS[self.distortion_model]
-        if np.any(self.D[used:]):
-            raise CameraError(f'{self.distortion_model!r} uses at most {used} distortion '
-                              f'coefficients, got {self.D.tolist()}')
+        self.D = _used_coefficients(self.D, self.distortion_model)
         self.P = (np.hstack([self.K, np.zeros((3, 1))]) if self.P is None or not np.any(self.P)
                   else np.asarray(self.P, dtype=np.float64).reshape(3, 4))
         self.R = np.asarray(self.R, dtype=np.float64).reshape(3, 3)
-        matrix = self.camera_matrix
-        if not (matrix[0, 0] > 0 and matrix[1, 1] > 0):
-            raise CameraError(f'focal lengths must be positive, got fx={matrix[0, 0]}, '
-                              f'fy={matrix[1, 1]}')
+        for name in ('K', 'D', 'P', 'R'):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise CameraError(f'{name} has non-finite values (NaN or inf): '
+                                  f'{getattr(self, name).reshape(-1).tolist()}')
+        self._check_intrinsics()
         if self.distorted:
             self._max_radius = self._monotonic_radius()
+            self._check_distortion()
+
+    def _check_intrinsics(self) -> None:
+        """CameraError unless the focal lengths are positive and plausible for the image size
+        (a field of view between about 1 and 178 degrees) and the principal point lies within
+        one image size of the image."""
+        matrix = self.camera_matrix
+        fx, fy, cx, cy = matrix[0, 0], matrix[1, 1], matrix[0, 2], matrix[1, 2]
+        if not (fx > 0 and fy > 0):
+            raise CameraError(f'focal lengths must be positive, got fx={fx}, fy={fy}')
+        low, high = FOCAL_PER_PIXEL_RANGE
+        for name, focal, size in (('fx', fx, self.width), ('fy', fy, self.height)):
+            if not low * size <= focal <= high * size:
+                raise CameraError(f'implausible intrinsics: {name}={focal:g} px for an image '
+                                  f'{size} px across (expected {low:g} to {high:g} x {size}); '
+                                  'wrong units or a CameraInfo of another camera?')
+        if not (-self.width <= cx <= 2 * self.width and -self.height <= cy <= 2 * self.height):
+            raise CameraError(f'implausible principal point cx={cx:g}, cy={cy:g} for a '
+                              f'{self.width}x{self.height} image')
+
+    def _check_distortion(self) -> None:
+        """CameraError when the distortion polynomial folds back (stops increasing) before
+        half of the image's half-width: such coefficients cannot describe this image."""
+        matrix = self.camera_matrix
+        half_width = 0.5 * self.width / matrix[0, 0]  # normalized radius of half the image width
+        if self._max_radius < 0.5 * half_width:
+            raise CameraError(f'implausible {self.distortion_model} distortion D='
+                              f'{self.D.tolist()}: the lens model folds back at a normalized '
+                              f'radius of {self._max_radius:.3g}, inside the image '
+                              f'(half-width {half_width:.3g})')
 
     @classmethod
     def from_camera_info(cls, msg: Any, rectified: bool = False) -> 'PinholeCamera':
@@ -207,9 +257,11 @@ class PinholeCamera:
             radius = np.tan(theta)
         else:
             radius = np.linspace(0, 20, 20001)[1:]
-        image_radius = np.hypot(*self._distort(radius, np.zeros_like(radius), np))
+        # signed, from 0: a radius that turns negative has folded back through the centre
+        image_radius = np.concatenate([[0.0], self._distort(radius, np.zeros_like(radius),
+                                                            np)[0]])
         falling = np.nonzero(np.diff(image_radius) <= 0)[0]
-        return float(radius[falling[0]]) if falling.size else np.inf
+        return float(np.concatenate([[0.0], radius])[falling[0]]) if falling.size else np.inf
 
     def pixel_rays(self) -> np.ndarray:
         """(H*W, 2) float64 normalized (x/z, y/z) of every pixel centre, row-major; cached.

@@ -66,6 +66,13 @@ class PercentileTracker:
         return {p: float(v) for p, v in zip(which, values)}
 
 
+def silent_topics(now: float, last_arrival: Mapping[str, Optional[float]],
+                  timeout_s: float) -> list[str]:
+    """Topics with no message (ever, or for more than timeout_s) at now (s)."""
+    return [topic for topic, arrival in last_arrival.items()
+            if arrival is None or now - arrival > timeout_s]
+
+
 def assess(now: float, last_arrival: Mapping[str, Optional[float]],
            inputs_since: Optional[float], last_output: Optional[float], timeout_s: float,
            drop_fraction: float, drop_warn: float = 0.5) -> tuple[int, str]:
@@ -77,8 +84,7 @@ def assess(now: float, last_arrival: Mapping[str, Optional[float]],
     input silent for timeout_s (named), or more than drop_warn of the paired frames dropped as
     stale. Otherwise OK.
     """
-    silent = [topic for topic, arrival in last_arrival.items()
-              if arrival is None or now - arrival > timeout_s]
+    silent = silent_topics(now, last_arrival, timeout_s)
     if silent:
         return WARN, f'nothing received on {", ".join(silent)} for {timeout_s:g} s'
     since = inputs_since if last_output is None else max(inputs_since, last_output)
@@ -144,8 +150,13 @@ class CompletionDiagnostics:
         self.last_error = (text, now)
 
     def report(self, now: float, matcher_stats: Mapping[str, Any], stale_dropped: int,
-               extra: Mapping[str, Any] = ()) -> tuple[int, str, dict[str, str]]:
+               extra: Mapping[str, Any] = (), never_taken: int = 0
+               ) -> tuple[int, str, dict[str, str]]:
         """(level, message, key -> value text) at now; `extra` (device, model, ...) is appended.
+
+        stale_dropped counts matched sets dropped for a newer one plus the never_taken reference
+        messages (overwritten before the node took them, so never matched): the stale share is
+        stale_dropped / (matched + never_taken), at most 1.
 
         Keys: `rate <topic> (Hz)`, `output rate (Hz)`, `received <topic>` and the other matcher
         counters, `pairing success` (matched / reference messages received), `stale dropped`,
@@ -157,8 +168,9 @@ class CompletionDiagnostics:
         reference = received.get(self.topics[0], 0)
         inputs_since = max(self._streak_start.values()) if len(self._streak_start) == len(
             self.topics) else None
+        offered = matched + never_taken
         level, message = assess(now, self.last_arrival, inputs_since, self.last_output,
-                                self.timeout_s, stale_dropped / matched if matched else 0.0)
+                                self.timeout_s, stale_dropped / offered if offered else 0.0)
         values = {f'rate {topic} (Hz)': f'{meter.rate(now):.2f}'
                   for topic, meter in self.rates.items()}
         values['output rate (Hz)'] = f'{self.output_rate.rate(now):.2f}'

@@ -27,16 +27,26 @@ from cspn_ros.core.camera import CameraError, PinholeCamera, array_module
 from cspn_ros.core.conversions import (NATIVE_BIGENDIAN, POINTFIELD_FLOAT32, ConversionError,
                                        depth_to_32fc1, image_to_depth, image_to_rgb,
                                        message_bytes, pointcloud2_to_xyz)
+from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
+                                       DEFAULT_MIN_INPUT_PIXELS, InputCoverage, coverage_problem,
+                                       far_from_input, image_size_problem, likely_causes,
+                                       measure_coverage)
 from cspn_ros.core.projection import (project_to_sparse_depth, project_to_sparse_depth_torch,
                                       register_depth)
 
 DEPTH_SOURCES = ('lidar', 'tof')
 #: Calibrations remembered by a pipeline (a camera whose CameraInfo changes makes a new entry).
 MAX_CACHED_CAMERAS = 8
+#: A model output with a larger share of non-finite depths is a failed frame, not an image.
+MAX_NONFINITE_OUTPUT = 0.5
 
 
 class InputError(ValueError):
     """A frame that cannot be completed (bad encoding, sizes, calibration, no valid depth)."""
+
+
+class ModelOutputError(ValueError):
+    """The model returned mostly non-finite depth (corrupt weights): the frame failed."""
 
 
 @dataclasses.dataclass
@@ -56,7 +66,8 @@ class FrameResult:
     dense: metres, 0 where blanked by min_confidence; dense_unblanked: the model output before
     blanking (what metrics score); confidence: [0,1]; timings: seconds per stage;
     dense_32fc1: dense as 32FC1 values (NaN where 0) where the device path made them on the GPU
-    (None elsewhere: `dense_as_32fc1` makes them on the host).
+    (None elsewhere: `dense_as_32fc1` makes them on the host); input_coverage: the valid input
+    pixels (set by `process`).
     """
 
     rgb: np.ndarray
@@ -67,6 +78,7 @@ class FrameResult:
     camera: PinholeCamera
     timings: dict[str, float]
     dense_32fc1: Optional[np.ndarray] = None
+    input_coverage: Optional[InputCoverage] = None
 
     def dense_as_32fc1(self) -> np.ndarray:
         """dense as 32FC1 wire values: metres, NaN where missing (REP 117)."""
@@ -89,14 +101,18 @@ class CompletionPipeline:
     ToF depth is already in the colour camera; on_device: `process` takes the device path (None =
     when the completer runs on CUDA); rectified: the colour image is rectified (image_rect), so
     its camera is P without distortion instead of K + D (the output depth is pixel-aligned
-    with the image either way).
+    with the image either way); min_input_pixels, max_input_distance, max_image_size: the
+    input rules of `core.input_check` (`process` refuses frames with fewer input pixels; output
+    pixels farther from any input get confidence 0 and are blanked; larger images are refused).
     """
 
     def __init__(self, completer: Any, depth_source: str = 'lidar',
                  T_cam_from_sensor: Optional[np.ndarray] = None, min_depth: float = 0.1,
                  max_depth: float = float('inf'), min_confidence: float = 0.0,
                  tof_registered: bool = False, on_device: Optional[bool] = None,
-                 rectified: bool = False) -> None:
+                 rectified: bool = False, min_input_pixels: int = DEFAULT_MIN_INPUT_PIXELS,
+                 max_input_distance: float = DEFAULT_MAX_INPUT_DISTANCE,
+                 max_image_size: tuple[int, int] = DEFAULT_MAX_IMAGE_SIZE) -> None:
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f'depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}')
         if not 0.0 <= min_depth < max_depth:
@@ -115,6 +131,10 @@ class CompletionPipeline:
         self.tof_registered = bool(tof_registered)
         self.rectified = bool(rectified)
         self._on_device = on_device
+        self.min_input_pixels = int(min_input_pixels)
+        self.max_input_distance = float(max_input_distance)
+        self.max_image_size = tuple(int(size) for size in max_image_size)
+        self.last_input_coverage: Optional[InputCoverage] = None
         self._staging: Optional[HostStaging] = None
         self._cameras: dict[tuple, PinholeCamera] = {}
 
@@ -149,7 +169,8 @@ class CompletionPipeline:
         confidence = np.asarray(completion.confidence, dtype=np.float32)
         if depth.shape != inputs.sparse.shape:
             raise RuntimeError(f'completer returned {depth.shape}, expected {inputs.sparse.shape}')
-        dense, depth = self._blank(depth, confidence)
+        _check_output(int(np.count_nonzero(np.isfinite(depth))), depth.size)
+        dense, depth, confidence = self._blank(depth, confidence, inputs.sparse)
         timings = {**inputs.timings, 'model': time.perf_counter() - start}
         return FrameResult(rgb=inputs.rgb, sparse=inputs.sparse, dense=dense,
                            dense_unblanked=depth, confidence=confidence, camera=inputs.camera,
@@ -157,10 +178,13 @@ class CompletionPipeline:
 
     def process(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                 depth_info_msg: Any = None) -> FrameResult:
-        """prepare + complete, or process_on_device when `on_device`."""
+        """prepare + complete, or process_on_device when `on_device`; InputError when the frame
+        has fewer than min_input_pixels input pixels (`input_check`)."""
         if self.on_device:
             return self.process_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
-        return self.complete(self.prepare(image_msg, info_msg, depth_msg, depth_info_msg))
+        inputs = self.prepare(image_msg, info_msg, depth_msg, depth_info_msg)
+        coverage = self._check_coverage(inputs.sparse, inputs.camera, depth_msg)
+        return dataclasses.replace(self.complete(inputs), input_coverage=coverage)
 
     def process_on_device(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                           depth_info_msg: Any = None) -> FrameResult:
@@ -202,8 +226,10 @@ class CompletionPipeline:
         if tuple(depth_t.shape) != tuple(sparse_t.shape):
             raise RuntimeError(f'completer returned {tuple(depth_t.shape)}, expected '
                                f'{tuple(sparse_t.shape)}')
-        dense_t, unblanked_t = self._blank(depth_t.float(), confidence_t.float())
-        planes = [sparse_t, unblanked_t, confidence_t.float(), depth_to_32fc1(dense_t)]
+        finite_t = torch.isfinite(depth_t).sum()
+        dense_t, unblanked_t, confidence_t = self._blank(depth_t.float(), confidence_t.float(),
+                                                         sparse_t)
+        planes = [sparse_t, unblanked_t, confidence_t, depth_to_32fc1(dense_t)]
         if dense_t is not unblanked_t:
             planes.append(dense_t)
         clock.mark('model')
@@ -214,23 +240,47 @@ class CompletionPipeline:
         clock.mark('d2h')
         timings = clock.seconds()
         sparse, unblanked, confidence, dense_32fc1, *blanked = host.numpy()
+        coverage = self._check_coverage(sparse, camera, depth_msg)
+        _check_output(int(finite_t), sparse.size)  # synchronised already by clock.seconds()
         return FrameResult(rgb=rgb, sparse=sparse, dense=blanked[0] if blanked else unblanked,
                            dense_unblanked=unblanked, confidence=confidence, camera=camera,
-                           timings=timings, dense_32fc1=dense_32fc1)
+                           timings=timings, dense_32fc1=dense_32fc1, input_coverage=coverage)
 
-    def _blank(self, depth: Any, confidence: Any) -> tuple[Any, Any]:
-        """(H,W) model depth and confidence (numpy or torch) -> (dense, unblanked): non-finite
-        and non-positive depths -> 0, and in dense also confidence < min_confidence -> 0 (dense
-        is unblanked itself when min_confidence is 0)."""
+    def _blank(self, depth: Any, confidence: Any, sparse: Any) -> tuple[Any, Any, Any]:
+        """(H,W) model depth, confidence and sparse input (numpy or torch) -> (dense, unblanked,
+        confidence): non-finite and non-positive depths -> 0; confidence -> 0 where no input is
+        within max_input_distance; in dense also confidence < min_confidence or confidence 0
+        there -> 0 (dense is unblanked itself when nothing is blanked)."""
         xp = array_module(depth)
         zero = np.float32(0) if xp is np else 0.0
         depth = xp.where(xp.isfinite(depth) & (depth > 0), depth, zero)
-        if self.min_confidence <= 0:
-            return depth, depth
-        return xp.where(confidence >= self.min_confidence, depth, zero), depth
+        keep = None
+        if self.max_input_distance > 0:
+            keep = ~far_from_input(sparse > 0, self.max_input_distance)
+            confidence = xp.where(keep, confidence, zero)
+        if self.min_confidence > 0:
+            confident = confidence >= self.min_confidence
+            keep = confident if keep is None else keep & confident
+        if keep is None:
+            return depth, depth, confidence
+        return xp.where(keep, depth, zero), depth, confidence
+
+    def _check_coverage(self, sparse: np.ndarray, camera: PinholeCamera,
+                        depth_msg: Any) -> InputCoverage:
+        """Measure the input (kept as last_input_coverage); InputError naming the likely causes
+        when it has fewer than min_input_pixels pixels."""
+        coverage = measure_coverage(sparse)
+        self.last_input_coverage = coverage
+        problem = coverage_problem(coverage, self.min_input_pixels, (camera.width, camera.height))
+        if problem:
+            raise InputError(f'{problem}; ' + likely_causes(
+                camera, depth_msg, self.depth_source, self.T_cam_from_sensor, self.min_depth,
+                self.max_depth))
+        return coverage
 
     def _colour(self, image_msg: Any, info_msg: Any) -> tuple[np.ndarray, PinholeCamera]:
         """(H,W,3) uint8 rgb (a view of rgb8 messages) and the camera scaled to it."""
+        self._check_size(int(image_msg.width), int(image_msg.height), 'image')
         try:
             rgb = image_to_rgb(image_msg)
         except ConversionError as error:
@@ -281,6 +331,7 @@ class CompletionPipeline:
         distorted cameras) are computed once, not every frame."""
         if info_msg is None:
             raise InputError(f'{topic}: missing')
+        self._check_size(int(info_msg.width), int(info_msg.height), topic)
         key = (topic, width, height, int(info_msg.width), int(info_msg.height),
                str(info_msg.distortion_model),
                *(np.asarray(values, dtype=np.float64).tobytes()
@@ -324,9 +375,23 @@ class CompletionPipeline:
                              '(check the extrinsic and the depth range)')
         return sparse
 
-    @staticmethod
-    def _tof_depth(depth_msg: Any) -> np.ndarray:
+    def camera_info_problem(self, info_msg: Any) -> str:
+        """Why a colour CameraInfo cannot be used (size over max_image_size, invalid or
+        implausible calibration), or '': the node warms up only at a checked size."""
+        try:
+            self._camera(info_msg, int(info_msg.width), int(info_msg.height), 'camera_info')
+        except InputError as error:
+            return str(error)
+        return ''
+
+    def _check_size(self, width: int, height: int, what: str) -> None:
+        problem = image_size_problem(width, height, self.max_image_size, what)
+        if problem:
+            raise InputError(problem)
+
+    def _tof_depth(self, depth_msg: Any) -> np.ndarray:
         """ToF depth Image -> (h,w) float32 metres, 0 = missing (a view where possible)."""
+        self._check_size(int(depth_msg.width), int(depth_msg.height), 'ToF depth')
         try:
             return image_to_depth(depth_msg)
         except ConversionError as error:
@@ -358,6 +423,15 @@ class CompletionPipeline:
             raise InputError(f'ToF depth has no valid pixel within [{self.min_depth}, '
                              f'{self.max_depth}] m (all zero, NaN or inf)')
         return sparse
+
+
+def _check_output(finite: int, size: int) -> None:
+    """ModelOutputError when more than MAX_NONFINITE_OUTPUT of the size model depths are not
+    finite (finite of them are)."""
+    if size - finite > MAX_NONFINITE_OUTPUT * size:
+        raise ModelOutputError(f'the model returned {100 * (size - finite) / size:.1f}% '
+                               'non-finite depth (corrupt or diverged weights?); nothing '
+                               'published for this frame')
 
 
 class HostStaging:

@@ -3,12 +3,19 @@
 `.safetensors`: tensors, with the config, versions and meta as JSON strings in the file metadata.
 `.pt` / `.pth`: torch.save of {'state_dict', 'config' (dict), 'version', 'package_version',
 'meta'}, loadable with torch.load(weights_only=True). Both load without the training code.
+
+Integrity: `save_checkpoint` stores a SHA-256 of the content (`content_hash`: every tensor's
+name, dtype, shape and bytes, and the config) that `load_checkpoint` recomputes, so a file
+changed after it was written (flipped bytes, a truncated copy) is refused. Files written before
+the hash existed load with a warning. Non-finite (NaN / inf) weights are always refused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
@@ -19,6 +26,9 @@ from cspn_ros.config import FORMAT_VERSION, ModelConfig
 _SAFETENSORS_SUFFIXES = ('.safetensors',)
 _TORCH_SUFFIXES = ('.pt', '.pth')
 _DDP_PREFIX = 'module.'
+#: Metadata key (safetensors) / dict key (.pt) of the content hash.
+HASH_KEY = 'content_sha256'
+LOGGER = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -45,14 +55,15 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor],
     tensors = {key: value.detach().cpu().contiguous()
                for key, value in strip_ddp_prefix(state_dict).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
+    content_hash = checkpoint_hash(tensors, config.to_dict())
     if path.suffix in _SAFETENSORS_SUFFIXES:
         from safetensors.torch import save_file
         save_file(tensors, str(path), metadata={
             'format_version': str(FORMAT_VERSION), 'package_version': __version__,
-            'config': json.dumps(config.to_dict()), 'meta': meta_json})
+            'config': json.dumps(config.to_dict()), 'meta': meta_json, HASH_KEY: content_hash})
     elif path.suffix in _TORCH_SUFFIXES:
         torch.save({'state_dict': tensors, 'config': config.to_dict(), 'version': FORMAT_VERSION,
-                    'package_version': __version__, 'meta': meta}, path)
+                    'package_version': __version__, 'meta': meta, HASH_KEY: content_hash}, path)
     else:
         raise ValueError(f'checkpoint {str(path)!r}: unknown suffix {path.suffix!r}; use one of '
                          f'{_SAFETENSORS_SUFFIXES + _TORCH_SUFFIXES}')
@@ -62,8 +73,9 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor],
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
     """(state_dict on the CPU without DDP prefixes, ModelConfig, meta) from a checkpoint file.
 
-    Raises CheckpointError for a missing, corrupt or foreign file, an invalid config, or a
-    FORMAT_VERSION newer than this package reads.
+    Raises CheckpointError for a missing, corrupt or foreign file, content that does not match
+    its hash, non-finite weights, an invalid config, or a FORMAT_VERSION newer than this
+    package reads. A file without a hash (written before hashes) loads with a warning.
     """
     path = Path(path)
     if not path.is_file():
@@ -75,7 +87,18 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
     else:
         raise CheckpointError(path, f'unknown suffix {path.suffix!r}; expected one of '
                                     f'{_SAFETENSORS_SUFFIXES + _TORCH_SUFFIXES}')
-    version, config_dict, meta = header
+    version, config_dict, meta, stored_hash = header
+    if stored_hash is None:
+        LOGGER.warning('checkpoint %s has no content hash (written by an older cspn_ros): its '
+                       'integrity is not verified; re-save it with save_checkpoint', path)
+    elif checkpoint_hash(state_dict, config_dict) != stored_hash:
+        raise CheckpointError(path, 'content does not match its hash: the file was changed or '
+                                    'damaged after it was written (corrupt copy?)')
+    not_finite = [key for key, value in state_dict.items()
+                  if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if not_finite:
+        raise CheckpointError(path, f'{len(not_finite)} weight tensor(s) hold NaN or inf values '
+                                    f'(e.g. {not_finite[0]!r}): the weights are unusable')
     if version > FORMAT_VERSION:
         raise CheckpointError(path, f'format version {version} is newer than the version '
                                     f'{FORMAT_VERSION} this cspn_ros {__version__} reads; '
@@ -85,6 +108,16 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
     except (TypeError, ValueError) as error:
         raise CheckpointError(path, f'invalid model config: {error}') from None
     return strip_ddp_prefix(state_dict), config, dict(meta)
+
+
+def checkpoint_hash(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> str:
+    """SHA-256 hex digest of the tensors (sorted names, dtype, shape, bytes) and the config."""
+    digest = hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode())
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f'{key}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,7 +147,8 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     model.load_state_dict(state_dict, strict=True)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], tuple[int, dict, dict]]:
+def _read_safetensors(path: Path
+                      ) -> tuple[dict[str, torch.Tensor], tuple[int, dict, dict, Optional[str]]]:
     from safetensors import safe_open
     try:
         with safe_open(str(path), framework='pt', device='cpu') as handle:
@@ -127,13 +161,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], tuple[int, d
                                     'the safetensors metadata)')
     try:
         header = (int(metadata['format_version']), json.loads(metadata['config']),
-                  json.loads(metadata.get('meta', '{}')))
+                  json.loads(metadata.get('meta', '{}')), metadata.get(HASH_KEY))
     except ValueError as error:
         raise CheckpointError(path, f'unreadable checkpoint metadata ({error})') from None
     return state_dict, header
 
 
-def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], tuple[int, dict, dict]]:
+def _read_torch(path: Path
+                ) -> tuple[dict[str, torch.Tensor], tuple[int, dict, dict, Optional[str]]]:
     try:
         data = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises many types (pickle, zip, EOF) for bad files
@@ -144,4 +179,5 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], tuple[int, dict, d
     if not isinstance(data['config'], dict) or not isinstance(data['version'], int):
         raise CheckpointError(path, 'not a cspn_ros checkpoint (config is not a dict or '
                                     'version is not an int)')
-    return data['state_dict'], (data['version'], data['config'], data.get('meta') or {})
+    return data['state_dict'], (data['version'], data['config'], data.get('meta') or {},
+                                data.get(HASH_KEY))

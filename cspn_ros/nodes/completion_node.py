@@ -46,8 +46,12 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.conversions import (depth_fields, image_fields, pointcloud2_fields,
                                        stamp_to_ns)
-from cspn_ros.core.diagnostics import ERROR, OK, WARN, CompletionDiagnostics
-from cspn_ros.core.pipeline import DEPTH_SOURCES, CompletionPipeline, InputError
+from cspn_ros.core.diagnostics import ERROR, OK, WARN, CompletionDiagnostics, silent_topics
+from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
+                                       DEFAULT_MIN_INPUT_PIXELS, image_size_problem,
+                                       silent_input_hint)
+from cspn_ros.core.pipeline import (DEPTH_SOURCES, CompletionPipeline, InputError,
+                                    ModelOutputError)
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
 from cspn_ros.nodes.extrinsic_source import ExtrinsicSource
@@ -133,6 +137,15 @@ PARAMETERS = {
     'publish_sparse': (False, 'publish depth/sparse (the projected sensor input, 32FC1)', {},
                        False),
     'publish_confidence': (False, 'publish depth/confidence (32FC1 in [0, 1])', {}, False),
+    'min_input_pixels': (DEFAULT_MIN_INPUT_PIXELS, 'frames with fewer valid input pixels '
+                         '(after projection) are refused: nothing published, an error naming '
+                         'the likely cause', _int_range(1, 1_000_000), False),
+    'max_input_distance': (DEFAULT_MAX_INPUT_DISTANCE, 'output pixels with no input pixel '
+                           'within this share of the longer image side get confidence 0 and '
+                           'are published as NaN (0 = no limit)', _float_range(0.0, 1.0), False),
+    'max_image_size': (list(DEFAULT_MAX_IMAGE_SIZE), '[width, height] px; larger images, '
+                       'camera infos and ToF depth images are refused (and never warmed up at)',
+                       {}, True),
     'input_reliability': ('best_effort', 'QoS reliability of the inputs (otherwise the sensor '
                           'data profile): best_effort, or reliable where large clouds lose '
                           'fragments over best-effort UDP',
@@ -239,6 +252,7 @@ class CompletionCore:
         self._lock = threading.Lock()  # guards diagnostics (callbacks, worker and timer)
         self._loggers: dict[tuple, Any] = {}
         self._warmup_size: Optional[tuple[int, int]] = None
+        self._timer = self._diagnostics_publisher = None
         node.add_on_set_parameters_callback(self._check_parameters)
         node.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -260,10 +274,16 @@ class CompletionCore:
         problem = parameter_problem(values, self.completer.config.propagation)
         if problem:
             raise StartupError(problem)
+        max_image_size = tuple(self._value('max_image_size'))
+        if len(max_image_size) != 2 or min(max_image_size) < 1:
+            raise StartupError(f'max_image_size must be [width, height] > 0, got '
+                               f'{list(max_image_size)}')
         self.pipeline = CompletionPipeline(
             self.completer, depth_source=self.depth_source, min_depth=values['min_depth'],
             max_depth=values['max_depth'], min_confidence=self._value('min_confidence'),
-            tof_registered=self.tof_registered, rectified=self._value('rectified'))
+            tof_registered=self.tof_registered, rectified=self._value('rectified'),
+            min_input_pixels=self._value('min_input_pixels'),
+            max_input_distance=self._value('max_input_distance'), max_image_size=max_image_size)
 
         reliability = RELIABILITIES[self._choice('output_reliability', tuple(RELIABILITIES))]
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
@@ -292,6 +312,9 @@ class CompletionCore:
         width, height = self._value('warmup_size')
         self._warmed_up = False
         if width > 0 and height > 0:
+            problem = image_size_problem(width, height, max_image_size, 'warmup_size')
+            if problem:
+                raise StartupError(problem)
             self._warm_up(height, width)
 
     def activate(self) -> None:
@@ -339,13 +362,17 @@ class CompletionCore:
         self.deactivate()
         if self.completer is None:
             return
-        self.log.info(f'processed {self.frames_processed} frames, skipped '
-                      f'{self.diagnostics.failed} bad ones, dropped {self.stale_dropped} stale '
-                      f'ones; pairing {self.matcher.stats}')
-        self.node.destroy_timer(self._timer)
+        if self.diagnostics is not None:  # None when configure failed before it
+            self.log.info(f'processed {self.frames_processed} frames, skipped '
+                          f'{self.diagnostics.failed} bad ones, dropped {self.stale_dropped} '
+                          f'stale ones; pairing {self.matcher.stats}')
+        if self._timer is not None:
+            self.node.destroy_timer(self._timer)
         for publisher in self.publishers_by_topic.values():
             self.node.destroy_publisher(publisher)
-        self.node.destroy_publisher(self._diagnostics_publisher)
+        if self._diagnostics_publisher is not None:
+            self.node.destroy_publisher(self._diagnostics_publisher)
+        self._timer = self._diagnostics_publisher = None
         self.publishers_by_topic = {}
         if self._extrinsic is not None:
             self._extrinsic.close()
@@ -431,8 +458,11 @@ class CompletionCore:
         if self.pipeline is None:
             return  # read at configure
         for parameter in parameters:
-            if parameter.name in ('min_depth', 'max_depth', 'min_confidence'):
+            if parameter.name in ('min_depth', 'max_depth', 'min_confidence',
+                                  'max_input_distance'):
                 setattr(self.pipeline, parameter.name, float(parameter.value))
+            elif parameter.name == 'min_input_pixels':
+                self.pipeline.min_input_pixels = parameter.value
             elif parameter.name == 'precision':
                 self.completer.precision = parameter.value
             elif parameter.name == 'propagation_steps' and self.completer.model is not None:
@@ -474,7 +504,8 @@ class CompletionCore:
                 self._count_skipped_images(info)
             with self._lock:
                 self.diagnostics.received(resolved, time.monotonic())
-            if topic == 'camera_info' and not self._warmed_up and self._warmup_size is None:
+            if (topic == 'camera_info' and not self._warmed_up and self._warmup_size is None
+                    and not self.pipeline.camera_info_problem(msg)):  # a checked size only
                 self._warmup_size = (int(msg.height), int(msg.width))  # the worker warms up
             stamp_ns = stamp_to_ns(msg.header.stamp)
             if self.matcher.detect_jump_back(topic, stamp_ns):
@@ -513,11 +544,14 @@ class CompletionCore:
                  'checkpoint': self.model_source,
                  'stale images never taken (DDS)': self.images_skipped,
                  'state': 'active' if self.active else 'inactive'}
+        if self.pipeline.last_input_coverage is not None:
+            extra.update(self.pipeline.last_input_coverage.values())
         stats = self.matcher.stats
         stats['received'] = {self._resolved[t]: n for t, n in stats['received'].items()}
         with self._lock:
             level, message, values = self.diagnostics.report(now, stats, self.stale_dropped,
-                                                             extra)
+                                                             extra, self.images_skipped)
+            silent = silent_topics(now, self.diagnostics.last_arrival, self.diagnostics.timeout_s)
         if not self.active:
             level, message = OK, 'inactive'
         if level == ERROR:
@@ -530,6 +564,8 @@ class CompletionCore:
                 message += f': every frame fails, last error: {values["last error"]}'
             self._log_throttled(LoggingSeverity.ERROR, message)
         elif level == WARN:
+            message += silent_input_hint({topic: self.node.count_publishers(topic)
+                                          for topic in silent}, self._value('input_reliability'))
             self._log_throttled(LoggingSeverity.WARN, message)
         self._diagnostics_publisher.publish(diagnostic_array_msg(
             header_msg(self.node.get_clock().now().nanoseconds, ''),
@@ -575,6 +611,8 @@ class CompletionCore:
             self.frames_processed += 1
         except InputError as error:
             self._frame_failed(f'frame skipped, bad input: {error}')
+        except ModelOutputError as error:
+            self._frame_failed(f'frame failed: {error}')
         except Exception as error:  # keep running; the type says where to look
             self._frame_failed(f'frame skipped, unexpected {type(error).__name__}: {error}')
 
@@ -669,7 +707,9 @@ class CompletionNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker, release the model, then the node."""
-        self.core.cleanup()
+        core = getattr(self, 'core', None)  # None when declaring the parameters failed
+        if core is not None:
+            core.cleanup()
         super().destroy_node()
 
 

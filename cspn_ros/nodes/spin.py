@@ -2,28 +2,49 @@
 from __future__ import annotations
 
 import gc
+import signal
 from typing import Optional
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+#: Seconds the main thread waits in the executor at most, so Ctrl-C is seen that quickly.
+SIGNAL_CHECK_S = 0.2
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run(node_class: type, name: str, args: Optional[list[str]] = None) -> int:
-    """Init rclpy, construct node_class, spin until Ctrl-C or shutdown; exit code 0, or 1 with
-    one clear line (no traceback) when the node cannot start."""
-    rclpy.init(args=args)
+    """Init rclpy, construct node_class, spin until Ctrl-C (SIGINT), SIGTERM or shutdown; exit
+    code 0, or 1 with one clear line (no traceback) when the node cannot start.
+
+    rclpy's own signal handlers are off: they shut the context down at once, under the node's
+    worker threads (a frame in progress then fails, and its log line cannot reach /rosout).
+    Here a signal only ends the spin; the node is destroyed (its workers stopped) while the
+    context is still valid, and the context is shut down last."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _interrupt)
+    node = None
     try:
         node = node_class()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
     except Exception as error:  # a start-up problem: one clear line, no traceback
+        if node is not None:
+            raise
         rclpy.logging.get_logger(name).fatal(f'cannot start: {type(error).__name__}: {error}')
         rclpy.try_shutdown()
         return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
     finally:
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -291,11 +291,19 @@ class Trainer:
         return state_dict, saved_config
 
     def _resume_state(self) -> None:
-        state = torch.load(self.out_dir / STATE_FILE, map_location='cpu', weights_only=True)
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.scheduler.load_state_dict(state['scheduler'])
-        self.scaler.load_state_dict(state['scaler'])
-        self.step, self.epoch = int(state['step']), int(state['epoch'])
+        path = self.out_dir / STATE_FILE
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+            self.optimizer.load_state_dict(state['optimizer'])
+            self.scheduler.load_state_dict(state['scheduler'])
+            self.scaler.load_state_dict(state['scaler'])
+            self.step, self.epoch = int(state['step']), int(state['epoch'])
+        except Exception as error:  # torch raises many types (zip, pickle, EOF, key errors)
+            raise TrainingError(
+                f'cannot resume: {path} is corrupt or truncated ({type(error).__name__}: '
+                f'{error}); to restart from the last weights with a fresh optimizer and '
+                f'schedule, run with --init {self.out_dir / "last.safetensors"} instead of '
+                '--resume (and a new --out)') from None
         self.best_score = float(state.get('best_score', math.inf))  # older states: re-picked
         LOGGER.info('resumed at step %d, epoch %d', self.step, self.epoch)
 
