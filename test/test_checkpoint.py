@@ -173,3 +173,62 @@ def test_meta_must_be_json(tmp_path, trained_state):
     with pytest.raises(ValueError, match='JSON'):
         save_checkpoint(tmp_path / 'model.safetensors', trained_state, CONFIG,
                         {'when': object()})
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.pt'])
+def test_changed_content_is_refused_by_its_hash(tmp_path, trained_state, suffix):
+    path = save_checkpoint(tmp_path / f'model{suffix}', trained_state, CONFIG)
+    assert_same_state(load_checkpoint(path)[0], trained_state)  # the hash verifies
+    key = sorted(trained_state)[0]
+    changed = {**trained_state, key: trained_state[key] + 1e-3}
+    if suffix == '.pt':  # the same file with one tensor changed and the old hash kept
+        data = torch.load(path, weights_only=True)
+        torch.save({**data, 'state_dict': changed}, path)
+    else:
+        from safetensors import safe_open
+        with safe_open(str(path), framework='pt') as handle:
+            metadata = handle.metadata()
+        save_file(changed, str(path), metadata=metadata)
+    expect_error(path, 'does not match its hash')
+
+
+def test_hash_covers_the_config(tmp_path, trained_state):
+    from safetensors import safe_open
+    path = save_checkpoint(tmp_path / 'model.safetensors', trained_state, CONFIG)
+    with safe_open(str(path), framework='pt') as handle:
+        metadata = handle.metadata()
+    metadata['config'] = json.dumps({**CONFIG.to_dict(), 'steps': 6})
+    save_file(trained_state, str(path), metadata=metadata)
+    expect_error(path, 'does not match its hash')
+
+
+def test_non_finite_weights_are_always_refused(tmp_path, trained_state):
+    key = sorted(k for k, v in trained_state.items() if v.is_floating_point())[3]
+    for value in (float('nan'), float('inf')):
+        broken = {**trained_state, key: trained_state[key].clone()}
+        broken[key].view(-1)[0] = value
+        path = save_checkpoint(tmp_path / 'broken.safetensors', broken, CONFIG)  # hash valid
+        expect_error(path, 'NaN or inf', key)
+        save_file(broken, str(path), metadata={'config': json.dumps(CONFIG.to_dict()),
+                                               'format_version': str(FORMAT_VERSION)})
+        expect_error(path, 'NaN or inf', key)  # an older file without a hash too
+
+
+def test_older_file_without_hash_loads_with_a_warning(tmp_path, trained_state, caplog):
+    path = tmp_path / 'old.safetensors'
+    save_file(trained_state, str(path), metadata={'config': json.dumps(CONFIG.to_dict()),
+                                                  'format_version': str(FORMAT_VERSION)})
+    with caplog.at_level('WARNING'):
+        assert_same_state(load_checkpoint(path)[0], trained_state)
+    assert 'has no content hash' in caplog.text
+
+
+def test_packaged_default_carries_a_verified_hash():
+    from safetensors import safe_open
+    from cspn_ros.model.checkpoint import HASH_KEY, checkpoint_hash
+    from cspn_ros.model.completer import DEFAULT_CHECKPOINT
+    with safe_open(str(DEFAULT_CHECKPOINT), framework='pt') as handle:
+        stored = handle.metadata()[HASH_KEY]
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        config = json.loads(handle.metadata()['config'])
+    assert checkpoint_hash(state, config) == stored

@@ -212,8 +212,9 @@ def depth_fields(depth_m: np.ndarray, encoding: str = '32FC1') -> dict[str, Any]
 def pointcloud2_to_xyz(msg: Any) -> np.ndarray:
     """sensor_msgs/PointCloud2 -> (N,3) float32 x, y, z in the cloud's frame.
 
-    Any field layout: float32/float64 (or integer) x/y/z at any offsets, extra fields, padding
-    in point_step and row_step, either byte order. Organized clouds (height > 1) are read row by
+    Any field layout: float32/float64 x/y/z at any offsets, extra fields, padding in point_step
+    and row_step, either byte order. Integer x/y/z are refused (as metres they would be whole
+    metres; a wrong declaration over float bytes reads garbage). Organized clouds (height > 1) are read row by
     row as (height, width). Points with a non-finite coordinate are dropped.
     """
     fields = {field.name: field for field in msg.fields}
@@ -231,6 +232,10 @@ def pointcloud2_to_xyz(msg: Any) -> np.ndarray:
         if field.datatype not in POINTFIELD_DTYPES:
             raise ConversionError(f'PointCloud2 field {name!r} has unknown datatype '
                                   f'{field.datatype}')
+        if POINTFIELD_DTYPES[field.datatype].kind != 'f':
+            raise ConversionError(f'PointCloud2 field {name!r} is declared '
+                                  f'{POINTFIELD_DTYPES[field.datatype]}: x/y/z must be FLOAT32 '
+                                  'or FLOAT64 metres (check the field types)')
         dtype = POINTFIELD_DTYPES[field.datatype].newbyteorder('>' if msg.is_bigendian else '<')
         if field.offset + dtype.itemsize > point_step:
             raise ConversionError(f'PointCloud2 field {name!r} at offset {field.offset} does not '

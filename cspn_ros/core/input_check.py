@@ -27,11 +27,10 @@ DEFAULT_MIN_INPUT_PIXELS = 20
 DEFAULT_MAX_INPUT_DISTANCE = 0.25
 #: Largest accepted [width, height] of images, CameraInfos and ToF depth images.
 DEFAULT_MAX_IMAGE_SIZE = (4096, 4096)
+#: metres; a cloud whose points mostly lie farther away is not read right.
+MAX_PLAUSIBLE_RANGE = 1e4
 #: Spread of the input is counted in the cells of a GRID x GRID grid over the image.
 GRID = 8
-#: sensor_msgs/PointField datatype -> name.
-POINTFIELD_NAMES = {1: 'INT8', 2: 'UINT8', 3: 'INT16', 4: 'UINT16', 5: 'INT32', 6: 'UINT32',
-                    7: 'FLOAT32', 8: 'FLOAT64'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +97,20 @@ def far_from_input(valid: Any, max_distance: float) -> Any:
     return ~_near_along(_near_along(valid, 1, radius), 0, radius)
 
 
+def implausible_cloud(points: np.ndarray, is_bigendian: bool) -> str:
+    """Why an (N,3) float32 cloud (metres, finite) cannot be a sensor's, or '': more than
+    half of its points lie beyond MAX_PLAUSIBLE_RANGE, as when the byte order is declared wrong
+    (every float then reads as a random power of two)."""
+    if len(points) == 0:
+        return ''
+    beyond = np.count_nonzero(np.abs(points).max(axis=1) > MAX_PLAUSIBLE_RANGE)
+    if beyond <= 0.5 * len(points):
+        return ''
+    return (f'{100 * beyond / len(points):.0f}% of the {len(points)} points lie beyond '
+            f'{MAX_PLAUSIBLE_RANGE:g} m: the data does not match its declared byte order '
+            f'(is_bigendian={bool(is_bigendian)}) or field types')
+
+
 def likely_causes(camera: PinholeCamera, depth_msg: Any, depth_source: str,
                   T_cam_from_sensor: np.ndarray, min_depth: float, max_depth: float) -> str:
     """Why a sensor that works gives only a few input pixels: what the messages show first
@@ -120,12 +133,6 @@ def likely_causes(camera: PinholeCamera, depth_msg: Any, depth_source: str,
 def _cloud_causes(cloud_msg: Any, T_cam_from_sensor: np.ndarray, min_depth: float,
                   max_depth: float) -> list[str]:
     causes = []
-    types = {field.name: int(field.datatype) for field in cloud_msg.fields if field.name in 'xyz'}
-    not_float = {name: POINTFIELD_NAMES.get(kind, str(kind)) for name, kind in types.items()
-                 if kind not in (7, 8)}
-    if not_float:
-        causes.append(f'field types: {not_float} (FLOAT32 or FLOAT64 expected; integer fields '
-                      'over float bytes give small whole numbers)')
     if bool(cloud_msg.is_bigendian) != NATIVE_BIGENDIAN:
         causes.append(f'endianness: the cloud is flagged is_bigendian={bool(cloud_msg.is_bigendian)}'
                       f', unlike this machine; a wrong flag garbles every coordinate')
@@ -164,12 +171,13 @@ def coverage_problem(coverage: InputCoverage, min_input_pixels: int,
 def silent_input_hint(publishers_of_silent: dict[str, int], reliability: str) -> str:
     """Text to append to 'nothing received on ...' for silent topics that do have publishers
     ({topic: publisher count}): their messages are lost on the way, not missing ('' if none)."""
-    published = [f'{topic} ({count} publisher{"s" if count > 1 else ""})'
+    published = [f'{topic} has {count} publisher{"s" if count > 1 else ""}'
                  for topic, count in publishers_of_silent.items() if count > 0]
     if not published:
         return ''
     if reliability == 'best_effort':
-        return (f'; {", ".join(published)} published but nothing arrived whole: large messages '
-                'over best-effort QoS lose fragments; set input_reliability: reliable')
-    return (f'; {", ".join(published)} published but nothing arrived: a best-effort publisher '
-            'does not reach input_reliability: reliable; check its QoS')
+        return (f'; {", ".join(published)} but nothing arrived: if it publishes, its messages '
+                'are lost on the way (large messages over best-effort QoS lose fragments): set '
+                'input_reliability: reliable')
+    return (f'; {", ".join(published)} but nothing arrived: if it publishes, a best-effort '
+            'publisher does not reach input_reliability: reliable; check its QoS')

@@ -29,8 +29,8 @@ from cspn_ros.core.conversions import (NATIVE_BIGENDIAN, POINTFIELD_FLOAT32, Con
                                        message_bytes, pointcloud2_to_xyz)
 from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
                                        DEFAULT_MIN_INPUT_PIXELS, InputCoverage, coverage_problem,
-                                       far_from_input, image_size_problem, likely_causes,
-                                       measure_coverage)
+                                       far_from_input, image_size_problem, implausible_cloud,
+                                       likely_causes, measure_coverage)
 from cspn_ros.core.projection import (project_to_sparse_depth, project_to_sparse_depth_torch,
                                       register_depth)
 
@@ -360,6 +360,9 @@ class CompletionPipeline:
             raise InputError(f'point cloud: {error}') from error
         if len(points) == 0:
             raise InputError('point cloud has no finite points (empty or all NaN)')
+        problem = implausible_cloud(points, cloud_msg.is_bigendian)
+        if problem:
+            raise InputError(f'point cloud: {problem}')
         return points
 
     def _sparse_from_cloud(self, cloud_msg: Any, camera: PinholeCamera) -> np.ndarray:
