@@ -40,3 +40,18 @@ def test_invalid_values_name_the_problem(bad, message):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match='neither a file'):
         ModelConfig.load(tmp_path / 'nope.yaml')
+
+
+def test_model_config_file_that_is_not_a_mapping_says_so(tmp_path):
+    for content, words in (('root:x:0:0:root:/root:/bin/bash\n', 'holds a str'),
+                           ('- 1\n- 2\n', 'holds a list'),
+                           ('width: [8\n', 'not readable JSON/YAML')):
+        path = tmp_path / 'config.yaml'
+        path.write_text(content)
+        with pytest.raises(ValueError, match='model config file') as info:
+            ModelConfig.load(path)
+        assert words in str(info.value)
+    binary = tmp_path / 'config.bin'
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match='not readable JSON/YAML'):
+        ModelConfig.load(binary)

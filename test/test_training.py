@@ -104,7 +104,8 @@ def lidar_bag(tmp_path_factory):
 
 
 @pytest.mark.parametrize('supervision', ['dense', 'lidar-holdout', 'tof'])
-def test_training_writes_loadable_checkpoints_and_resumes(supervision, lidar_bag, tmp_path):
+def test_training_writes_loadable_checkpoints_and_resumes(supervision, lidar_bag, tmp_path,
+                                                          capsys):
     bag = lidar_bag
     if supervision == 'tof':
         bag = write_synthetic_bag(tmp_path / 'tof', 'sqlite3', num_frames=4, depth_source='tof',
@@ -127,6 +128,13 @@ def test_training_writes_loadable_checkpoints_and_resumes(supervision, lidar_bag
     assert any(not torch.equal(state[k], resumed_state[k]) for k in state)
     saved = torch.load(out / 'last_state.pt', weights_only=True)
     assert saved['step'] == 4 and saved['scheduler']['last_epoch'] == 4
+    if supervision == 'dense':  # a truncated state file: a clear error naming the way out
+        state_file = out / 'last_state.pt'
+        state_file.write_bytes(state_file.read_bytes()[:1000])
+        assert training_main(_args(bag, out, supervision, '--epochs', '3', '--resume')) == 1
+        error = capsys.readouterr().err
+        assert f'cannot resume: {state_file} is corrupt or truncated' in error, error
+        assert f'--init {out / "last.safetensors"}' in error and 'Traceback' not in error
 
 
 def _window_of(part, whole):
