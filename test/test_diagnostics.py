@@ -30,6 +30,20 @@ def test_rate_meter_counts_the_events_of_its_window():
         RateMeter(0)
 
 
+def test_rate_meter_reads_a_young_stream_at_its_own_rate():
+    # A node publishing 130 Hz for 2 s (a flood that just began) read 52 Hz with a 5 s window.
+    meter = RateMeter(5.0)
+    for i in range(260):
+        meter.tick(100.0 + i / 130)
+    assert meter.rate(102.0) == pytest.approx(130, rel=0.01)
+    assert meter.rate(107.05) == 0.0  # stopped: the window emptied
+    for i in range(130):  # the same after a gap: the new stream's own rate
+        meter.tick(200.0 + i / 130)
+    assert meter.rate(201.0) == pytest.approx(130, rel=0.01)
+    meter.tick(300.0)  # a single event reads at most 1 per MIN_SPAN_S
+    assert meter.rate(300.1) == pytest.approx(1.0)
+
+
 def test_percentile_tracker_keeps_only_the_last_samples():
     rng = np.random.default_rng()
     capacity = int(rng.integers(5, 50))
@@ -88,6 +102,9 @@ def test_completion_diagnostics_report():
     assert values['time complete p50 (ms)'] == '20.00' and 'time publish p50 (ms)' in values
     assert values['last error'] == 'frame skipped, bad input: x'
     assert values['last error age (s)'] == '0.1' and values['device'] == 'cpu'
+    # 100 more images overwritten in DDS before being taken: a share of all offered frames
+    level, message, _ = diagnostics.report(3.0, stats, 4 + 100, never_taken=100)
+    assert level == WARN and message.startswith('84% of paired frames dropped'), message
     # the cloud stops: WARN naming it; the rates fall as the window empties
     for i in range(30, 50):
         diagnostics.received('/image', 0.1 * i)

@@ -17,26 +17,37 @@ import numpy as np
 OK, WARN, ERROR = 0, 1, 2
 #: Latency percentiles reported.
 PERCENTILES = (50, 95, 99)
+#: Seconds: the shortest span a rate is averaged over.
+MIN_SPAN_S = 1.0
 
 
 class RateMeter:
-    """Events per second over the last `window_s` seconds."""
+    """Events per second over the last `window_s` seconds, or since the events (re)started when
+    that is more recent (at least MIN_SPAN_S): a stream that began 2 s ago at 130 Hz reads
+    130 Hz, not 2 x 130 / window_s."""
 
     def __init__(self, window_s: float = 5.0) -> None:
         if window_s <= 0:
             raise ValueError(f'window_s must be positive, got {window_s}')
         self.window_s = float(window_s)
         self._times: deque[float] = deque()
+        self._since = 0.0  # first event of the current stream
 
     def tick(self, now: float) -> None:
         """Count one event at time now (s)."""
-        self._times.append(now)
         self._forget(now)
+        if not self._times:  # first event, or the first after a window without any
+            self._since = now
+        self._times.append(now)
 
     def rate(self, now: float) -> float:
-        """Hz: events in (now - window_s, now] divided by window_s."""
+        """Hz: events in (now - window_s, now] divided by the window, or by the time since the
+        stream started when shorter (but at least min(MIN_SPAN_S, window_s))."""
         self._forget(now)
-        return len(self._times) / self.window_s
+        if not self._times:
+            return 0.0
+        span = min(self.window_s, max(now - self._since, min(MIN_SPAN_S, self.window_s)))
+        return len(self._times) / span
 
     def _forget(self, now: float) -> None:
         while self._times and self._times[0] <= now - self.window_s:
