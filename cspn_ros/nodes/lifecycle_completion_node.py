@@ -55,7 +55,9 @@ class LifecycleCompletionNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         """Release the core (whatever the state), then the node."""
-        self.core.cleanup()
+        core = getattr(self, 'core', None)  # None when declaring the parameters failed
+        if core is not None:
+            core.cleanup()
         super().destroy_node()
 
 
