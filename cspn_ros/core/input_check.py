@@ -64,37 +64,31 @@ def image_size_problem(width: int, height: int, max_size: tuple[int, int], what:
     return ''
 
 
-def _cummax(values: Any, axis: int) -> Any:
-    xp = array_module(values)
-    if xp is np:
-        return np.maximum.accumulate(values, axis=axis)
-    return xp.cummax(values, dim=axis).values
-
-
-def _flip(values: Any, axis: int) -> Any:
-    xp = array_module(values)
-    return np.flip(values, axis) if xp is np else xp.flip(values, (axis,))
-
-
-def _near_along(valid: Any, axis: int, radius: int) -> Any:
-    """(H,W) bool: a True of `valid` lies within `radius` entries along `axis` (0 or 1)."""
-    xp = array_module(valid)
-    size = valid.shape[axis]
-    shape = (size, 1) if axis == 0 else (1, size)
-    index = (np.arange(size).reshape(shape) if xp is np
-             else xp.arange(size, device=valid.device).reshape(shape))
-    far = size + radius + 1
-    before = _cummax(xp.where(valid, index, -far), axis)  # last True at or before each entry
-    last_reversed = _cummax(xp.where(_flip(valid, axis), index, -far), axis)
-    after = size - 1 - _flip(last_reversed, axis)  # first True at or after each entry
-    return (index - before <= radius) | (after - index <= radius)
+def _box_count(counts: Any, axis: int, radius: int) -> Any:
+    """(H,W) int counts (numpy or torch) -> sums over the entries within `radius` along `axis`
+    (the image border clips the box), from one cumulative sum."""
+    size = counts.shape[axis]
+    if array_module(counts) is np:
+        cumulative = np.cumsum(counts, axis=axis, dtype=np.int32)
+        cumulative = np.concatenate([np.zeros_like(np.take(cumulative, [0], axis=axis)),
+                                     cumulative], axis=axis)
+        index = np.arange(size)
+        upper, lower = np.minimum(index + radius + 1, size), np.maximum(index - radius, 0)
+        return np.take(cumulative, upper, axis=axis) - np.take(cumulative, lower, axis=axis)
+    import torch
+    cumulative = torch.cumsum(counts, dim=axis, dtype=torch.int32)
+    cumulative = torch.cat([torch.zeros_like(cumulative.narrow(axis, 0, 1)), cumulative], axis)
+    index = torch.arange(size, device=counts.device)
+    upper, lower = (index + radius + 1).clamp(max=size), (index - radius).clamp(min=0)
+    return (cumulative.index_select(axis, upper) - cumulative.index_select(axis, lower))
 
 
 def far_from_input(valid: Any, max_distance: float) -> Any:
     """(H,W) bool (numpy or torch): no True of `valid` within max_distance x max(H, W) pixels
-    (Chebyshev distance, i.e. in the square around the pixel). Exact, O(H W), no host sync."""
+    (Chebyshev distance, i.e. in the square around the pixel). Exact: box sums of cumulative
+    sums, O(H W), no host sync."""
     radius = int(max_distance * max(valid.shape))
-    return ~_near_along(_near_along(valid, 1, radius), 0, radius)
+    return _box_count(_box_count(valid, 1, radius), 0, radius) == 0
 
 
 def implausible_cloud(points: np.ndarray, is_bigendian: bool) -> str:
