@@ -16,6 +16,35 @@ import torch.nn.functional as F
 LOCAL_KERNELS = (3, 5, 7)
 #: Most pyramid levels: holes up to 2**MAX_LEVELS pixels across are filled.
 MAX_LEVELS = 12
+#: Holes up to 2**NEAR_LEVELS pixels across are filled from nearby measurements before the
+#: topmost measurement of each column is extended to the top of the image.
+NEAR_LEVELS = 4
+
+
+def _pyramid_fill(values: torch.Tensor, levels: int) -> torch.Tensor:
+    """(B,1,H,W) inverse depth, 0 = missing: fill holes up to 2**levels pixels across from a
+    max-pool pyramid (the nearest surface of the finest cell that holds a value)."""
+    pyramid = [values]
+    for _ in range(levels):
+        pyramid.append(F.max_pool2d(pyramid[-1], 2, stride=2, ceil_mode=True))
+    filled = pyramid.pop()
+    while pyramid:
+        finer = pyramid.pop()
+        coarse = F.interpolate(filled, size=finer.shape[-2:], mode='nearest')
+        filled = torch.where(finer > 0, finer, coarse)
+    return filled
+
+
+def _extend_up(values: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W), 0 = missing: every missing pixel above a column's topmost value takes that
+    value (as IP-Basic extends the highest measurement to the top of the image: above a LiDAR's
+    field of view, walls and trees go on upwards, the road ahead does not come nearer)."""
+    height = values.shape[-2]
+    present = values > 0
+    rows = torch.arange(height, device=values.device).view(1, 1, -1, 1)
+    first = torch.where(present, rows, height).amin(dim=-2, keepdim=True)      # (B,1,1,W)
+    top = values.gather(-2, first.clamp(max=height - 1))
+    return torch.where(~present & (rows < first), top, values)
 
 
 def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
@@ -32,15 +61,9 @@ def nearest_depth_fill(depth: torch.Tensor) -> torch.Tensor:
     for kernel in LOCAL_KERNELS:
         dilated = F.max_pool2d(inverse, kernel, stride=1, padding=kernel // 2)
         inverse = torch.where(inverse > 0, inverse, dilated)
-    pyramid = [inverse]
     levels = min(MAX_LEVELS, (max(int(size) for size in depth.shape[-2:]) - 1).bit_length())
-    for _ in range(levels):
-        pyramid.append(F.max_pool2d(pyramid[-1], 2, stride=2, ceil_mode=True))
-    filled = pyramid.pop()
-    while pyramid:
-        finer = pyramid.pop()
-        coarse = F.interpolate(filled, size=finer.shape[-2:], mode='nearest')
-        filled = torch.where(finer > 0, finer, coarse)
+    inverse = _extend_up(_pyramid_fill(inverse, min(levels, NEAR_LEVELS)))
+    filled = _pyramid_fill(inverse, levels)
     dense = torch.where(filled > 0, 1.0 / torch.where(filled > 0, filled, ones), filled)
     return torch.where(valid, depth, dense)
 
