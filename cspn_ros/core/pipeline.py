@@ -11,6 +11,9 @@ process:  prepare + complete in numpy on the host, or `process_on_device` when t
 
 Depth is float32 metres with 0 = no measurement. Bad input raises `InputError` with a message
 that says what is wrong; the pipeline never returns a silently wrong image.
+Optional steps after the projection, the same on both paths: the occlusion filter (LiDAR only,
+`core.occlusion`: drops points the camera cannot see) and the self-check's held-out points
+(`core.selfcheck`: removed from the model's input, returned as `held_out` for scoring).
 Timings are seconds per stage: convert, project, model (host path); convert, h2d, project,
 model, d2h (device path, measured with CUDA events, one synchronisation per frame besides the
 one the projection's z-buffer needs).
@@ -26,13 +29,15 @@ import numpy as np
 from cspn_ros.core.camera import CameraError, PinholeCamera, array_module
 from cspn_ros.core.conversions import (NATIVE_BIGENDIAN, POINTFIELD_FLOAT32, ConversionError,
                                        depth_to_32fc1, image_to_depth, image_to_rgb,
-                                       message_bytes, pointcloud2_to_xyz)
+                                       message_bytes, pointcloud2_to_xyz, stamp_to_ns)
 from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
                                        DEFAULT_MIN_INPUT_PIXELS, InputCoverage, coverage_problem,
                                        far_from_input, image_size_problem, implausible_cloud,
                                        likely_causes, measure_coverage)
+from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.projection import (project_to_sparse_depth, project_to_sparse_depth_torch,
                                       register_depth)
+from cspn_ros.core.selfcheck import HeldOutPoints
 
 DEPTH_SOURCES = ('lidar', 'tof')
 #: Calibrations remembered by a pipeline (a camera whose CameraInfo changes makes a new entry).
@@ -51,12 +56,14 @@ class ModelOutputError(ValueError):
 
 @dataclasses.dataclass
 class FrameInputs:
-    """Model inputs in the colour camera: rgb (H,W,3) uint8, sparse (H,W) float32 metres."""
+    """Model inputs in the colour camera: rgb (H,W,3) uint8, sparse (H,W) float32 metres;
+    held_out: the self-check's held-out points (H,W) metres, not in sparse (None when off)."""
 
     rgb: np.ndarray
     sparse: np.ndarray
     camera: PinholeCamera
     timings: dict[str, float]
+    held_out: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass
@@ -67,7 +74,7 @@ class FrameResult:
     blanking (what metrics score); confidence: [0,1]; timings: seconds per stage;
     dense_32fc1: dense as 32FC1 values (NaN where 0) where the device path made them on the GPU
     (None elsewhere: `dense_as_32fc1` makes them on the host); input_coverage: the valid input
-    pixels (set by `process`).
+    pixels (set by `process`); held_out: as in FrameInputs.
     """
 
     rgb: np.ndarray
@@ -79,6 +86,7 @@ class FrameResult:
     timings: dict[str, float]
     dense_32fc1: Optional[np.ndarray] = None
     input_coverage: Optional[InputCoverage] = None
+    held_out: Optional[np.ndarray] = None
 
     def dense_as_32fc1(self) -> np.ndarray:
         """dense as 32FC1 wire values: metres, NaN where missing (REP 117)."""
@@ -103,7 +111,9 @@ class CompletionPipeline:
     its camera is P without distortion instead of K + D (the output depth is pixel-aligned
     with the image either way); min_input_pixels, max_input_distance, max_image_size: the
     input rules of `core.input_check` (`process` refuses frames with fewer input pixels; output
-    pixels farther from any input get confidence 0 and are blanked; larger images are refused).
+    pixels farther from any input get confidence 0 and are blanked; larger images are refused);
+    occlusion: filter for LiDAR points the camera cannot see (None = keep all); holdout: the
+    self-check's held-out points, keyed by the image stamp (None = none held out).
     """
 
     def __init__(self, completer: Any, depth_source: str = 'lidar',
@@ -112,7 +122,9 @@ class CompletionPipeline:
                  tof_registered: bool = False, on_device: Optional[bool] = None,
                  rectified: bool = False, min_input_pixels: int = DEFAULT_MIN_INPUT_PIXELS,
                  max_input_distance: float = DEFAULT_MAX_INPUT_DISTANCE,
-                 max_image_size: tuple[int, int] = DEFAULT_MAX_IMAGE_SIZE) -> None:
+                 max_image_size: tuple[int, int] = DEFAULT_MAX_IMAGE_SIZE,
+                 occlusion: Optional[OcclusionFilter] = None,
+                 holdout: Optional[HeldOutPoints] = None) -> None:
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f'depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}')
         if not 0.0 <= min_depth < max_depth:
@@ -135,6 +147,8 @@ class CompletionPipeline:
         self.max_input_distance = float(max_input_distance)
         self.max_image_size = tuple(int(size) for size in max_image_size)
         self.last_input_coverage: Optional[InputCoverage] = None
+        self.occlusion = occlusion
+        self.holdout = holdout
         self._staging: Optional[HostStaging] = None
         self._cameras: dict[tuple, PinholeCamera] = {}
 
@@ -157,8 +171,9 @@ class CompletionPipeline:
             sparse = self._sparse_from_cloud(depth_msg, camera)
         else:
             sparse = self._sparse_from_tof(depth_msg, depth_info_msg, camera)
+        sparse, held_out = self._hold_out(sparse, image_msg)
         projected = time.perf_counter()
-        return FrameInputs(rgb=rgb, sparse=sparse, camera=camera,
+        return FrameInputs(rgb=rgb, sparse=sparse, camera=camera, held_out=held_out,
                            timings={'convert': converted - start, 'project': projected - converted})
 
     def complete(self, inputs: FrameInputs) -> FrameResult:
@@ -174,7 +189,7 @@ class CompletionPipeline:
         timings = {**inputs.timings, 'model': time.perf_counter() - start}
         return FrameResult(rgb=inputs.rgb, sparse=inputs.sparse, dense=dense,
                            dense_unblanked=depth, confidence=confidence, camera=inputs.camera,
-                           timings=timings)
+                           timings=timings, held_out=inputs.held_out)
 
     def process(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                 depth_info_msg: Any = None) -> FrameResult:
@@ -221,6 +236,7 @@ class CompletionPipeline:
                                  'check the extrinsic and the depth range)')
         else:
             sparse_t = self._register_tof(depth_t, depth_info_msg, camera)
+        sparse_t, held_out_t = self._hold_out(sparse_t, image_msg)
         clock.mark('project')
         depth_t, confidence_t = self.completer.complete_tensor(rgb_t, sparse_t)
         if tuple(depth_t.shape) != tuple(sparse_t.shape):
@@ -230,6 +246,8 @@ class CompletionPipeline:
         dense_t, unblanked_t, confidence_t = self._blank(depth_t.float(), confidence_t.float(),
                                                          sparse_t)
         planes = [sparse_t, unblanked_t, confidence_t, depth_to_32fc1(dense_t)]
+        if held_out_t is not None:
+            planes.append(held_out_t)
         if dense_t is not unblanked_t:
             planes.append(dense_t)
         clock.mark('model')
@@ -239,12 +257,21 @@ class CompletionPipeline:
                 host, non_blocking=True)
         clock.mark('d2h')
         timings = clock.seconds()
-        sparse, unblanked, confidence, dense_32fc1, *blanked = host.numpy()
+        sparse, unblanked, confidence, dense_32fc1, *rest = host.numpy()
+        held_out = rest.pop(0) if held_out_t is not None else None
         coverage = self._check_coverage(sparse, camera, depth_msg)
         _check_output(int(finite_t), sparse.size)  # synchronised already by clock.seconds()
-        return FrameResult(rgb=rgb, sparse=sparse, dense=blanked[0] if blanked else unblanked,
+        return FrameResult(rgb=rgb, sparse=sparse, dense=rest[0] if rest else unblanked,
                            dense_unblanked=unblanked, confidence=confidence, camera=camera,
-                           timings=timings, dense_32fc1=dense_32fc1, input_coverage=coverage)
+                           timings=timings, dense_32fc1=dense_32fc1, input_coverage=coverage,
+                           held_out=held_out)
+
+    def _hold_out(self, sparse: Any, image_msg: Any) -> tuple[Any, Any]:
+        """(model input, held-out points or None) of a projected (H,W) sparse depth (numpy or
+        torch), keyed by the image stamp."""
+        if self.holdout is None:
+            return sparse, None
+        return self.holdout.split(sparse, stamp_to_ns(image_msg.header.stamp))
 
     def _blank(self, depth: Any, confidence: Any, sparse: Any) -> tuple[Any, Any, Any]:
         """(H,W) model depth, confidence and sparse input (numpy or torch) -> (dense, unblanked,
@@ -318,11 +345,12 @@ class CompletionPipeline:
             finite = torch.isfinite(points).all(dim=1, keepdim=True)
             points = torch.where(finite, points, float('nan'))
         try:
-            return project_to_sparse_depth_torch(points, self.T_cam_from_sensor, camera,
-                                                 min_depth=self.min_depth,
-                                                 max_depth=self.max_depth)
+            sparse = project_to_sparse_depth_torch(points, self.T_cam_from_sensor, camera,
+                                                   min_depth=self.min_depth,
+                                                   max_depth=self.max_depth)
         except CameraError as error:
             raise InputError(f'point cloud: {error}') from error
+        return sparse if self.occlusion is None else self.occlusion(sparse)
 
     def _camera(self, info_msg: Any, width: int, height: int, topic: str) -> PinholeCamera:
         """The CameraInfo as a camera for a width x height image (scaled if sizes differ).
@@ -372,6 +400,8 @@ class CompletionPipeline:
                                              min_depth=self.min_depth, max_depth=self.max_depth)
         except CameraError as error:
             raise InputError(f'point cloud: {error}') from error
+        if self.occlusion is not None:
+            sparse = self.occlusion(sparse)
         if not np.any(sparse > 0):
             raise InputError(f'none of the {len(points)} cloud points project into the image '
                              f'within [{self.min_depth}, {self.max_depth}] m '

@@ -31,6 +31,7 @@ import numpy as np
 
 from cspn_ros.core.conversions import image_to_depth, image_to_rgb, pointcloud2_to_xyz
 from cspn_ros.core.extrinsic import matrix_from_transform_msg
+from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
 from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher
@@ -506,7 +507,7 @@ class BagTrainingSamples:
         accumulate_sweeps frames before and after it in the same bag and in this sample set (a
         validation frame's sweep never supervises training): T_cam_i_from_sensor_j =
         inv(T_world_from_cam_i) @ T_world_from_cam_j @ T_cam_from_sensor, projected with the
-        pipeline's z-buffer and depth range."""
+        pipeline's z-buffer, depth range and occlusion filter."""
         frames, options, pipeline = self.frames, self.options, self.pipeline
         bag_index = frames.frames[index].bag_index
         T_world_from_cam_i = frames.camera_pose(index, options.pose_slop_s,
@@ -528,10 +529,11 @@ class BagTrainingSamples:
                 continue
             cloud = frames.read_message(bag_index, frames.topics.points,
                                         frame.messages[frames.topics.points])
-            sweeps.append(project_to_sparse_depth(
+            sweep = project_to_sparse_depth(
                 pointcloud2_to_xyz(cloud),
                 T_cam_i_from_world @ T_world_from_cam_j @ pipeline.T_cam_from_sensor,
-                inputs.camera, pipeline.min_depth, pipeline.max_depth))
+                inputs.camera, pipeline.min_depth, pipeline.max_depth)
+            sweeps.append(sweep if pipeline.occlusion is None else pipeline.occlusion(sweep))
         return sweeps
 
     def _sources(self, index: int, inputs: FrameInputs) -> dict:
@@ -607,6 +609,15 @@ def add_bag_arguments(parser: argparse.ArgumentParser,
     group.add_argument('--queue-size', type=int, default=10)
     group.add_argument('--min-depth', type=float, default=0.1, help='metres')
     group.add_argument('--max-depth', type=float, default=100.0, help='metres')
+    occlusion = OcclusionFilter()
+    group.add_argument('--no-occlusion-filter', dest='occlusion_filter', action='store_false',
+                       help='keep LiDAR points the camera cannot see (the filter is on by default)')
+    group.add_argument('--occlusion-window', type=int, default=occlusion.window,
+                       help='occlusion filter: pixels searched around a point')
+    group.add_argument('--occlusion-min-gap', type=float, default=occlusion.min_gap,
+                       help='occlusion filter: relative depth gap of a nearer neighbour')
+    group.add_argument('--occlusion-min-quadrants', type=int, default=occlusion.min_quadrants,
+                       help='occlusion filter: quadrants with nearer points that drop a point')
 
 
 def _extrinsic(args: argparse.Namespace, frames: BagFrames, depth_source: str) -> np.ndarray:
@@ -621,6 +632,14 @@ def _extrinsic(args: argparse.Namespace, frames: BagFrames, depth_source: str) -
             args.extrinsic_translation or [0.0, 0.0, 0.0],
             args.extrinsic_rotation or [0.0, 0.0, 0.0, 1.0])
     return frames.sensor_extrinsic(depth_source)
+
+
+def _occlusion_filter(args: argparse.Namespace, depth_source: str) -> Optional[OcclusionFilter]:
+    """The --occlusion-* filter for LiDAR input (None for ToF or --no-occlusion-filter)."""
+    if depth_source != 'lidar' or not args.occlusion_filter:
+        return None
+    return OcclusionFilter(args.occlusion_window, args.occlusion_min_gap,
+                           args.occlusion_min_quadrants)
 
 
 def bag_topics(path: str | Path) -> set[str]:
@@ -660,7 +679,8 @@ def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
         result[source] = (frames, {'depth_source': source,
                                    'T_cam_from_sensor': _extrinsic(args, frames, source),
                                    'min_depth': args.min_depth, 'max_depth': args.max_depth,
-                                   'tof_registered': args.tof_registered})
+                                   'tof_registered': args.tof_registered,
+                                   'occlusion': _occlusion_filter(args, source)})
     if not result:
         raise BagError(f'none of {[str(p) for p in paths]} records a LiDAR ({topics.points}) '
                        f'or ToF ({topics.tof_depth}) topic')

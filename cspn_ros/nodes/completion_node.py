@@ -50,9 +50,11 @@ from cspn_ros.core.diagnostics import ERROR, OK, WARN, CompletionDiagnostics, si
 from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
                                        DEFAULT_MIN_INPUT_PIXELS, image_size_problem,
                                        silent_input_hint)
+from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import (DEPTH_SOURCES, CompletionPipeline, InputError,
                                     ModelOutputError)
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
+from cspn_ros.core.selfcheck import FALLBACKS, SelfCheck, SelfCheckConfig
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
 from cspn_ros.nodes.extrinsic_source import ExtrinsicSource
 from cspn_ros.nodes.hardware import hardware_id
@@ -152,6 +154,33 @@ PARAMETERS = {
                           {'additional_constraints': 'one of: reliable, best_effort'}, True),
     'output_reliability': ('reliable', 'QoS reliability of the outputs: reliable or best_effort',
                            {'additional_constraints': 'one of: reliable, best_effort'}, True),
+    'occlusion_filter.enabled': (True, 'drop LiDAR points the camera cannot see (parallax '
+                                 'see-through; depth_source lidar only)', {}, True),
+    'occlusion_filter.window': (OcclusionFilter.window, 'pixels searched around a point (half '
+                                'size)', _int_range(1, 64), True),
+    'occlusion_filter.min_gap': (OcclusionFilter.min_gap, 'a neighbour is nearer when its depth '
+                                 '< (1 - min_gap) x the point\'s', _float_range(0.01, 0.99),
+                                 True),
+    'occlusion_filter.min_quadrants': (OcclusionFilter.min_quadrants, 'quadrants around a point '
+                                       'with nearer points that drop it', _int_range(1, 4),
+                                       True),
+    'self_check.holdout_share': (SelfCheckConfig.holdout_share, 'share of input points held out '
+                                 'each frame (never fed to the model) to score model and '
+                                 'classical fill on /diagnostics; 0 = off',
+                                 _float_range(0.0, 0.5), True),
+    'self_check.window': (SelfCheckConfig.window, 'scored frames in the rolling self-check '
+                          'statistics', _int_range(1, 10000), True),
+    'self_check.classical_every': (SelfCheckConfig.classical_every, 'run the classical fill '
+                                   '(CPU) and score every n-th frame (every frame while the '
+                                   'fallback is active)', _int_range(1, 1000), True),
+    'self_check.min_frames': (SelfCheckConfig.min_frames, 'scored frames before the fallback '
+                              'switches, and between switches', _int_range(1, 10000), True),
+    'self_check.hysteresis': (SelfCheckConfig.hysteresis, 'back to the model once its rolling '
+                              'RMSE < (1 - hysteresis) x the fill\'s', _float_range(0.0, 0.99),
+                              True),
+    'fallback': ('none', 'none, or classical: publish the classical fill while the model\'s '
+                 'rolling held-out RMSE is worse than the fill\'s (diagnostics WARN)',
+                 {'additional_constraints': 'one of: none, classical'}, True),
 }
 
 
@@ -278,12 +307,18 @@ class CompletionCore:
         if len(max_image_size) != 2 or min(max_image_size) < 1:
             raise StartupError(f'max_image_size must be [width, height] > 0, got '
                                f'{list(max_image_size)}')
+        self.self_check = self._self_check()
+        occlusion = None
+        if self.depth_source == 'lidar' and self._value('occlusion_filter.enabled'):
+            occlusion = OcclusionFilter(*(self._value(f'occlusion_filter.{name}') for name in (
+                'window', 'min_gap', 'min_quadrants')))
         self.pipeline = CompletionPipeline(
             self.completer, depth_source=self.depth_source, min_depth=values['min_depth'],
             max_depth=values['max_depth'], min_confidence=self._value('min_confidence'),
             tof_registered=self.tof_registered, rectified=self._value('rectified'),
             min_input_pixels=self._value('min_input_pixels'),
-            max_input_distance=self._value('max_input_distance'), max_image_size=max_image_size)
+            max_input_distance=self._value('max_input_distance'), max_image_size=max_image_size,
+            occlusion=occlusion, holdout=self.self_check.holdout())
 
         reliability = RELIABILITIES[self._choice('output_reliability', tuple(RELIABILITIES))]
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
@@ -419,6 +454,16 @@ class CompletionCore:
                          if completer.model is not None else ''))
         return completer
 
+    def _self_check(self) -> SelfCheck:
+        from cspn_ros.model.completer import DepthCompleter
+        try:
+            config = SelfCheckConfig(fallback=self._choice('fallback', FALLBACKS), **{
+                name: self._value(f'self_check.{name}') for name in (
+                    'holdout_share', 'window', 'classical_every', 'min_frames', 'hysteresis')})
+        except ValueError as error:
+            raise StartupError(f'self_check / fallback: {error}') from error
+        return SelfCheck(config, DepthCompleter.from_config('classical'))
+
     def _parameter_extrinsic(self) -> np.ndarray:
         """T_cam_from_sensor (4,4) from extrinsic.matrix, else translation + rotation."""
         matrix = self.node.get_parameter_or('extrinsic.matrix').value  # None when not set
@@ -549,9 +594,14 @@ class CompletionCore:
         stats = self.matcher.stats
         stats['received'] = {self._resolved[t]: n for t, n in stats['received'].items()}
         with self._lock:
+            if self.pipeline.holdout is not None:
+                extra.update(self.self_check.diagnostic_values())
             level, message, values = self.diagnostics.report(now, stats, self.stale_dropped,
                                                              extra, self.images_skipped)
             silent = silent_topics(now, self.diagnostics.last_arrival, self.diagnostics.timeout_s)
+            if self.self_check.fallback_active and level == OK:
+                level, message = WARN, ('fallback: publishing the classical fill, the model is '
+                                        'worse on held-out points (self-check)')
         if not self.active:
             level, message = OK, 'inactive'
         if level == ERROR:
@@ -604,6 +654,10 @@ class CompletionCore:
             if self.depth_source == 'lidar' or not self.tof_registered:
                 self.pipeline.T_cam_from_sensor = self._extrinsic_for(matched)
             result = self._complete(messages)
+            with self._lock:
+                result, switched = self.self_check.check(result)
+            if switched:
+                self.log.warning(switched)
             timings = {**result.timings, **self._publish(messages['image'].header, result)}
             latency_s = (self.node.get_clock().now().nanoseconds - matched.stamp_ns) / 1e9
             with self._lock:
@@ -679,7 +733,9 @@ class CompletionCore:
                 return pointcloud2_msg(pointcloud2_fields(xyz, rgb), header)
             publish['depth/points'] = points
         if wanted('depth/sparse', 'publish_sparse'):
-            publish['depth/sparse'] = lambda: image_msg(depth_fields(result.sparse), header)
+            projected = (result.sparse if result.held_out is None  # the self-check's points too
+                         else result.sparse + result.held_out)
+            publish['depth/sparse'] = lambda: image_msg(depth_fields(projected), header)
         if wanted('depth/confidence', 'publish_confidence'):
             publish['depth/confidence'] = lambda: image_msg(
                 image_fields(result.confidence, '32FC1'), header)

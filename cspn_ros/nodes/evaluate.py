@@ -9,7 +9,11 @@ the input; the split is fixed by --seed). Metrics are computed per frame and ave
 frames (KITTI convention); blanking by min_confidence never enters them. The confidence report
 (summary key "confidence") gives, for each min_confidence in CONFIDENCE_THRESHOLDS, the share
 of scored pixels the model keeps (confidence >= threshold, as the node's blanking) and the RMSE
-over the kept pixels, pooled over all frames. Writes DIR/summary.json, DIR/frames.csv, DIR/frame_*.png (RGB |
+over the kept pixels, pooled over all frames. With --self-check SHARE the node's live
+self-check runs too (`core.selfcheck`, the same held-out points, keyed by the image stamps):
+that share of the input points is held out before both methods and scored (summary key
+"self_check": RMSE / MAE of model and classical fill pooled over all frames, share of frames
+the model wins); it needs no ground truth. Writes DIR/summary.json, DIR/frames.csv, DIR/frame_*.png (RGB |
 sparse | prediction | error) and DIR/error_vs_distance.png. Same bag + checkpoint + seed ->
 same numbers.
 """
@@ -28,6 +32,7 @@ import numpy as np
 
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.pipeline import CompletionPipeline
+from cspn_ros.core.selfcheck import SelfCheck, SelfCheckConfig
 from cspn_ros.data.bags import BagError, add_bag_arguments, frames_from_args, holdout_split
 from cspn_ros.model.completer import DepthCompleter
 from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, mean_metrics, scored_pixels
@@ -57,6 +62,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='cpu, cuda or auto')
     parser.add_argument('--pictures', type=int, default=4, help='frames drawn as PNG')
     parser.add_argument('--max-frames', type=int, default=0, help='0 = all')
+    parser.add_argument('--self-check', type=float, default=0.0, metavar='SHARE',
+                        help="also score the node's self-check on this held-out share of the "
+                             'input points (the node parameter self_check.holdout_share); 0 = off')
     add_bag_arguments(parser)
     args = parser.parse_args(argv)
     if args.gt_topic is None and args.holdout is None:
@@ -172,11 +180,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     frames, pipeline_options = frames_from_args(
         args, [args.bag], ground_truth=args.gt_topic)[args.depth_source]
+    count = len(frames) if args.max_frames <= 0 else min(args.max_frames, len(frames))
+    self_check = SelfCheck(SelfCheckConfig(holdout_share=args.self_check,
+                                           window=max(count, 1)), classical=None)
+    pipeline_options['holdout'] = self_check.holdout()
     pipelines = {'model': CompletionPipeline(_completer(args.checkpoint, args.device),
                                              **pipeline_options),
                  'baseline': CompletionPipeline(DepthCompleter.from_config('classical'),
                                                 **pipeline_options)}
-    count = len(frames) if args.max_frames <= 0 else min(args.max_frames, len(frames))
     drawn = set(np.linspace(0, count - 1, min(args.pictures, count)).round().astype(int).tolist())
     per_frame = {m: [] for m in METHODS}
     rows, skipped = [], []
@@ -209,6 +220,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             row.update({f'{method}_{k}': metrics[k] for k in (*METRIC_KEYS, 'count')})
         model = results['model']
         confidence_report.add(model.dense_unblanked, model.confidence, gt)
+        self_check.check(model, classical_depth=results['baseline'].dense_unblanked)
         rows.append(row)
         if index in drawn:
             cv2.imwrite(str(out / f'frame_{index:05d}.png'), error_picture(
@@ -221,6 +233,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                    target=args.gt_topic or f'holdout {args.holdout} (seed {args.seed})',
                    checkpoint=args.checkpoint or 'packaged default', skipped=skipped,
                    matcher=frames.matcher_stats[0], confidence=confidence_report.rows())
+    if self_check.frames_scored:
+        summary['self_check'] = {'holdout_share': args.self_check,
+                                 **self_check.summary()}
     (out / 'summary.json').write_text(json.dumps(summary, indent=2))
     with open(out / 'frames.csv', 'w', newline='') as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
@@ -244,6 +259,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f'min_confidence {row["min_confidence"]:g}: coverage {row["coverage"]:.3f}, '
         f'RMSE {row["rmse"] if row["rmse"] is None else round(row["rmse"], 4)} m'
         for row in summary['confidence']))
+    if 'self_check' in summary:
+        check = summary['self_check']
+        print(f'self-check on {check["points_in_window"]} held-out input points '
+              f'({check["frames_scored"]} frames): model RMSE {check["model_rmse"]:.4f} m, MAE '
+              f'{check["model_mae"]:.4f} m; classical fill RMSE {check["classical_rmse"]:.4f} m, '
+              f'MAE {check["classical_mae"]:.4f} m; model wins {check["model_wins_share"]:.0%} '
+              'of frames')
     print(f'{summary["aggregation"]}; target: {summary["target"]}; '
           f'skipped frames: {len(summary["skipped"])}; results in {args.out}')
     return 0
