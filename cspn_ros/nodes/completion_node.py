@@ -599,9 +599,12 @@ class CompletionCore:
             level, message, values = self.diagnostics.report(now, stats, self.stale_dropped,
                                                              extra, self.images_skipped)
             silent = silent_topics(now, self.diagnostics.last_arrival, self.diagnostics.timeout_s)
-            if self.self_check.fallback_active and level == OK:
-                level, message = WARN, ('fallback: publishing the classical fill, the model is '
-                                        'worse on held-out points (self-check)')
+            only_fallback = self.self_check.fallback_active and level == OK  # logged once
+            if self.self_check.fallback_active:
+                fallback = ('fallback: publishing the classical fill, the model is worse on '
+                            'held-out points (self-check)')
+                message = fallback if level == OK else f'{message}; {fallback}'
+                level = max(level, WARN)
         if not self.active:
             level, message = OK, 'inactive'
         if level == ERROR:
@@ -613,7 +616,7 @@ class CompletionCore:
             else:
                 message += f': every frame fails, last error: {values["last error"]}'
             self._log_throttled(LoggingSeverity.ERROR, message)
-        elif level == WARN:
+        elif level == WARN and not only_fallback:
             message += silent_input_hint({topic: self.node.count_publishers(topic)
                                           for topic in silent}, self._value('input_reliability'))
             self._log_throttled(LoggingSeverity.WARN, message)
