@@ -7,7 +7,7 @@ filtered (`OcclusionFilter`). Scored on the input's own pixels that have ground 
 MAE (metres, pooled over points), the share of points removed, the share of WRONG points
 (|depth - truth| > max(0.1 m, 5% of the truth): see-through background, pixel-quantised edges)
 removed, and the share of CORRECT points removed. Time: median ms per frame, numpy on the CPU and
-the torch version on --device (CUDA events there).
+the torch version on --device (CUDA events there; one thread on the CPU).
 
     .venv/bin/python bench/bench_occlusion.py [--frames 4] [--device cuda]
         [--setting 8 0.1 3 --setting 12 0.1 3 ...]   # window, min_gap, min_quadrants
@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument('--out', default=None, help='JSON path (default bench/results/'
                         'occlusion_<device-or-hostname>.json)')
     args = parser.parse_args()
+    if args.device == 'cpu':
+        import torch
+        torch.set_num_threads(1)  # as numpy: one core (intra-op threads thrash a shared CPU)
     summary = run(args)
     name = ('nvidia_' + summary['machine'].split()[-1].lower() if args.device == 'cuda'
             else socket.gethostname().split('.')[0])
