@@ -20,11 +20,10 @@ import argparse
 import json
 import platform
 import socket
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from bench_core import median_ms_cpu, median_ms_cuda
 
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.projection import project_to_sparse_depth
@@ -78,26 +77,6 @@ class Tally:
                 'correct_removed_share': s['correct_removed'] / (s['points'] - s['wrong'])}
 
 
-def median_ms(function, device: str) -> float:
-    """Median ms of function() over 10 runs after a warm-up (CUDA events on CUDA)."""
-    function()
-    times = []
-    for _ in range(10):
-        if device == 'cuda':
-            import torch
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            function()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            function()
-            times.append(1000 * (time.perf_counter() - begin))
-    return statistics.median(times)
-
-
 def run(args: argparse.Namespace) -> dict:
     filters = [OcclusionFilter(int(w), float(g), int(q)) for w, g, q in args.setting] or [
         OcclusionFilter()]
@@ -131,8 +110,9 @@ def time_filter(occlusion: OcclusionFilter, sparse: np.ndarray, device: str) -> 
     """Median ms of the numpy filter and of the torch filter on `device`."""
     import torch
     tensor = torch.from_numpy(sparse).to(device)
-    times = {'numpy_cpu': median_ms(lambda: occlusion(sparse), 'cpu'),
-             f'torch_{device}': median_ms(lambda: occlusion(tensor), device)}
+    torch_ms = median_ms_cuda if device == 'cuda' else median_ms_cpu
+    times = {'numpy_cpu': median_ms_cpu(lambda: occlusion(sparse), 10),
+             f'torch_{device}': torch_ms(lambda: occlusion(tensor), 10)}
     if not torch.equal(occlusion.occluded(tensor).cpu(), torch.from_numpy(
             occlusion.occluded(sparse))):
         raise RuntimeError(f'torch on {device} and numpy masks differ')
