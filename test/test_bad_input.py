@@ -194,7 +194,7 @@ def test_tof_bad_inputs(start_node, ros_node):
 
     # partly NaN/inf depth is a good frame: invalid pixels are holes, not values
     node = start_node('completion_node', depth_source='tof', checkpoint='classical',
-                      **{'tof.registered': True})
+                      **{'tof.registered': True, 'self_check.holdout_share': 0.0})
     holes = plane_depth(W, H)
     holes[10:20, 10:20], holes[0, :] = np.nan, np.inf
     depth = publish_until(lambda i: feeder.publish(tof(holes)), ros_node.inbox(Image, 'depth'))

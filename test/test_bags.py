@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.core.projection import (project_to_sparse_depth, register_depth,
                                       transform_from_translation_quaternion)
@@ -314,9 +315,9 @@ def test_both_sources_give_a_lidar_and_a_tof_sample_per_frame_with_dense_targets
     for index in np.random.default_rng().permutation(count):
         truth = scene.frame(int(index))
         lidar, tof = samples[int(index)], samples[count + int(index)]
-        np.testing.assert_array_equal(lidar['sparse'], project_to_sparse_depth(
+        np.testing.assert_array_equal(lidar['sparse'], OcclusionFilter()(project_to_sparse_depth(
             truth.lidar_points, scene.T_cam_from_lidar, truth.camera, min_depth=0.1,
-            max_depth=100.0))
+            max_depth=100.0)))  # training sees the node's input: occlusion filter on
         np.testing.assert_array_equal(tof['sparse'], register_depth(
             truth.tof_depth, truth.tof_camera, scene.T_cam_from_tof, truth.camera,
             min_depth=0.1, max_depth=100.0))
