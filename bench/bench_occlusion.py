@@ -6,10 +6,12 @@ does (`project_to_sparse_depth`) with the LiDAR mounted at several offsets from 
 filtered (`OcclusionFilter`). Scored on the input's own pixels that have ground truth: RMSE and
 MAE (metres, pooled over points), the share of points removed, the share of WRONG points
 (|depth - truth| > max(0.1 m, 5% of the truth): see-through background, pixel-quantised edges)
-removed, and the share of CORRECT points removed. Time: median ms per frame, numpy on the CPU and
+removed, the share of CORRECT points removed, and what decides: the RMSE at every ground-truth
+pixel of the classical fill (and with --model of the packaged model, 320x240 frames only) of the
+input before / after the filter. Time: median ms per frame, numpy on the CPU and
 the torch version on --device (CUDA events there; one thread on the CPU).
 
-    .venv/bin/python bench/bench_occlusion.py [--frames 4] [--device cuda]
+    .venv/bin/python bench/bench_occlusion.py [--frames 4] [--device cuda] [--model]
         [--setting 8 0.1 3 --setting 12 0.1 3 ...]   # window, min_gap, min_quadrants
 
 Writes bench/results/occlusion_<device-or-hostname>.json and prints a markdown table.
@@ -28,6 +30,7 @@ from bench_core import median_ms_cpu, median_ms_cuda
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.projection import project_to_sparse_depth
 from cspn_ros.data.synthetic import DEFAULT_LIDAR_TRANSLATION, SyntheticScene
+from cspn_ros.model.completer import DepthCompleter
 
 #: name -> LiDAR origin [x, y, z] metres in the colour optical frame (x right, y down, z ahead).
 RIGS = {'coincident (control)': [0.0, 0.0, 0.0],
@@ -38,6 +41,8 @@ RIGS = {'coincident (control)': [0.0, 0.0, 0.0],
 SIZES = ((320, 240), (640, 480))
 BEAMS = (16, 32, 64)
 SCENES = ('outdoor', 'indoor')
+#: The packaged model (--model) is scored at this size only (a CPU run stays in minutes).
+MODEL_SIZE = (320, 240)
 
 
 def wrong_points(depth: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -52,6 +57,17 @@ class Tally:
         self.sums = dict.fromkeys(('points', 'kept', 'wrong', 'wrong_removed',
                                    'correct_removed', 'se_before', 'ae_before', 'se_after',
                                    'ae_after'), 0.0)
+        self.dense: dict[str, list[float]] = {}  # method -> [pixels, se before, se after]
+
+    def add_dense(self, method: str, before: np.ndarray, after: np.ndarray,
+                  truth: np.ndarray) -> None:
+        """Dense depth completed by `method` from the input before / after the filter, scored
+        at every ground-truth pixel."""
+        scored = truth > 0
+        sums = self.dense.setdefault(method, [0.0, 0.0, 0.0])
+        sums[0] += float(scored.sum())
+        for index, dense in ((1, before), (2, after)):
+            sums[index] += float(((dense[scored] - truth[scored]).astype(np.float64) ** 2).sum())
 
     def add(self, sparse: np.ndarray, occluded: np.ndarray, truth: np.ndarray) -> None:
         scored = (sparse > 0) & (truth > 0)
@@ -74,13 +90,19 @@ class Tally:
                 'wrong_share': s['wrong'] / s['points'],
                 'removed_share': (s['points'] - s['kept']) / s['points'],
                 'wrong_removed_share': s['wrong_removed'] / max(s['wrong'], 1),
-                'correct_removed_share': s['correct_removed'] / (s['points'] - s['wrong'])}
+                'correct_removed_share': s['correct_removed'] / (s['points'] - s['wrong']),
+                **{f'{method}_rmse_{when}': (sums[index] / sums[0]) ** 0.5
+                   for method, sums in self.dense.items()
+                   for index, when in ((1, 'before'), (2, 'after'))}}
 
 
 def run(args: argparse.Namespace) -> dict:
     filters = [OcclusionFilter(int(w), float(g), int(q)) for w, g, q in args.setting] or [
         OcclusionFilter()]
     tallies = {(rig, f): Tally() for rig in RIGS for f in filters}
+    completers = {'classical': DepthCompleter.from_config('classical')}
+    if args.model:
+        completers['model'] = DepthCompleter.from_checkpoint(None, args.device)
     timings = {}
     for rig, translation in RIGS.items():
         for width, height in SIZES:
@@ -93,9 +115,17 @@ def run(args: argparse.Namespace) -> dict:
                         frame = scene.frame(3 * seed)
                         sparse = project_to_sparse_depth(frame.lidar_points,
                                                          frame.T_cam_from_lidar, frame.camera)
+                        methods = {name: completer for name, completer in completers.items()
+                                   if name == 'classical' or width == MODEL_SIZE[0]}
+                        before = {name: completer(frame.rgb, sparse)
+                                  for name, completer in methods.items()}
                         for occlusion in filters:
-                            tallies[rig, occlusion].add(sparse, occlusion.occluded(sparse),
-                                                        frame.depth)
+                            occluded = occlusion.occluded(sparse)
+                            tally = tallies[rig, occlusion]
+                            tally.add(sparse, occluded, frame.depth)
+                            for name, completer in methods.items():
+                                tally.add_dense(name, before[name], completer(
+                                    frame.rgb, np.where(occluded, 0, sparse)), frame.depth)
                         if rig == next(iter(RIGS)) and seed == 0 and scene_kind == 'outdoor':
                             timings[f'{width}x{height} {beams} beams'] = time_filter(
                                 filters[0], sparse, args.device)
@@ -133,14 +163,18 @@ def machine(device: str) -> str:
 
 def table(summary: dict) -> str:
     lines = ['| rig | window, gap, quadrants | points | RMSE before -> after (m) | MAE before -> '
-             'after (m) | removed | wrong points | wrong removed | correct removed |',
-             '|---|---|---|---|---|---|---|---|---|']
+             'after (m) | removed | wrong points | wrong removed | correct removed | classical '
+             'fill RMSE before -> after (m) | model RMSE before -> after (m, 320x240) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in summary['results']:
         lines.append(f'| {r["rig"]} | {r["window"]}, {r["min_gap"]:g}, {r["min_quadrants"]} | '
                      f'{r["points"]} | {r["rmse_before"]:.3f} -> {r["rmse_after"]:.3f} | '
                      f'{r["mae_before"]:.4f} -> {r["mae_after"]:.4f} | '
                      f'{r["removed_share"]:.2%} | {r["wrong_share"]:.2%} | '
-                     f'{r["wrong_removed_share"]:.1%} | {r["correct_removed_share"]:.2%} |')
+                     f'{r["wrong_removed_share"]:.1%} | {r["correct_removed_share"]:.2%} | '
+                     f'{r["classical_rmse_before"]:.3f} -> {r["classical_rmse_after"]:.3f} | '
+                     + (f'{r["model_rmse_before"]:.3f} -> {r["model_rmse_after"]:.3f} |'
+                        if 'model_rmse_before' in r else '- |'))
     lines.append('')
     lines.append('| frame | ' + ' | '.join(next(iter(summary['timing_ms'].values()))) + ' |')
     lines.append('|---|---|---|')
@@ -158,6 +192,8 @@ def main() -> None:
     parser.add_argument('--setting', nargs=3, action='append', default=[],
                         metavar=('WINDOW', 'MIN_GAP', 'MIN_QUADRANTS'),
                         help='a filter setting (repeatable); default: OcclusionFilter()')
+    parser.add_argument('--model', action='store_true', help='also complete with the packaged '
+                        'model (at 320x240) before / after the filter')
     parser.add_argument('--out', default=None, help='JSON path (default bench/results/'
                         'occlusion_<device-or-hostname>.json)')
     args = parser.parse_args()

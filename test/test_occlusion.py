@@ -38,7 +38,7 @@ def reference_occluded(sparse, window, min_gap, min_quadrants):
     return occluded
 
 
-@pytest.mark.parametrize('window,min_gap,min_quadrants', [(1, 0.1, 1), (2, 0.2, 3), (3, 0.05, 4),
+@pytest.mark.parametrize('window,min_gap,min_quadrants', [(1, 0.1, 1), (2, 0.2, 3), (12, 0.2, 4),
                                                           (5, 0.3, 2)])
 def test_mask_matches_the_per_point_reference_in_numpy_and_torch(window, min_gap, min_quadrants):
     rng = np.random.default_rng()
@@ -68,6 +68,7 @@ def test_see_through_points_go_and_edge_and_slanted_plane_points_stay():
     inside[:, 10:12] = inside[:, 28:30] = False
     occluded = OcclusionFilter(window=3, min_gap=0.2, min_quadrants=3).occluded(sparse)
     assert occluded[inside].all()
+    assert OcclusionFilter(window=3, min_gap=0.2, min_quadrants=4).occluded(sparse)[inside].all()
     assert not occluded[sparse == 2.0].any()
     wall_outside = (sparse == 10.0) & ~box
     assert not occluded[wall_outside].any()  # beside the silhouette: nearer points on one side
@@ -77,7 +78,7 @@ def test_see_through_points_go_and_edge_and_slanted_plane_points_stay():
     assert not OcclusionFilter(window=6, min_gap=0.05, min_quadrants=3).occluded(ground).any()
 
 
-def test_lidar_above_the_camera_loses_most_of_its_wrong_points_and_few_correct_ones():
+def test_lidar_above_the_camera_loses_its_worst_points_and_hardly_any_correct_ones():
     errors = {'before': [], 'after': []}
     wrong_total = wrong_removed = correct_total = correct_removed = 0
     for seed in range(3):
@@ -97,9 +98,9 @@ def test_lidar_above_the_camera_loses_most_of_its_wrong_points_and_few_correct_o
         correct_total += (~wrong).sum()
         correct_removed += (~wrong & removed).sum()
     rmse = {k: float(np.sqrt(np.mean(np.concatenate(v) ** 2))) for k, v in errors.items()}
-    assert rmse['after'] < 0.8 * rmse['before'], rmse
-    assert wrong_removed > 0.4 * wrong_total
-    assert correct_removed < 0.03 * correct_total
+    assert rmse['after'] < 0.85 * rmse['before'], rmse  # the worst points go
+    assert wrong_removed > 0.15 * wrong_total
+    assert correct_removed < 0.003 * correct_total
 
 
 def synthetic_messages(frame):
