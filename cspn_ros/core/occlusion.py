@@ -80,8 +80,9 @@ def _quadrant_minima(depth: Any, r: int) -> tuple[Any, ...]:
         import torch.nn.functional as functional
         padded = functional.pad(depth, (r, r, r, r), value=float('inf'))
 
-        def minimum(rows: int, cols: int) -> Any:
-            return -functional.max_pool2d(-padded[None, None], (rows, cols), stride=1)[0, 0]
+        def minimum(rows: int, cols: int) -> Any:  # separable: a row pass, then a column pass
+            negated = functional.max_pool2d(-padded[None, None], (1, cols), stride=1)
+            return -functional.max_pool2d(negated, (rows, 1), stride=1)[0, 0]
 
     tall, wide = minimum(r + 1, r), minimum(r, r + 1)
     return (tall[r:r + height, r + 1:r + 1 + width], wide[r + 1:r + 1 + height, :width],
