@@ -129,8 +129,12 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image (colour or mono) -> (H,W,3) uint8 RGB; mono is replicated.
 
     rgb8 (and 8UC3, taken as RGB) is returned as a view of the message; other encodings are
-    copied. mono16 keeps its high byte.
+    copied. mono16 keeps its high byte. A sensor_msgs/CompressedImage (jpeg/png) is decoded by
+    `core.compressed`.
     """
+    from cspn_ros.core import compressed  # OpenCV, imported when first needed
+    if compressed.is_compressed(msg):
+        return compressed.compressed_to_rgb(msg)
     array = image_to_array(msg)
     encoding = msg.encoding
     if encoding in ('rgb8', '8UC3'):
@@ -151,8 +155,13 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 def image_to_depth(msg: Any) -> np.ndarray:
     """Depth image -> (H,W) float32 metres with 0 = missing (always a new array).
 
-    32FC1 is metres (NaN, inf and values <= 0 become 0); 16UC1 / mono16 are millimetres.
+    32FC1 is metres (NaN, inf and values <= 0 become 0); 16UC1 / mono16 are millimetres. A
+    sensor_msgs/CompressedImage in image_transport's compressedDepth format is decoded by
+    `core.compressed`.
     """
+    from cspn_ros.core import compressed  # OpenCV, imported when first needed
+    if compressed.is_compressed(msg):
+        return compressed.compressed_depth_to_depth(msg)
     array = image_to_array(msg)
     if msg.encoding == '32FC1':
         return np.where(np.isfinite(array) & (array > 0), array, np.float32(0))

@@ -13,7 +13,12 @@ Extrinsics: `T_cam_from_sensor` maps sensor points into the colour optical frame
 p_sensor + t`: tf's transform from the sensor frame into the camera frame (`lookup_transform(
 camera_frame, sensor_frame)`). Without --extrinsic-* flags it is read from the bag's /tf_static
 (then the first sample of each /tf transform), composing chains, from the image header frame_id
-to the depth message's header frame_id.
+to the depth message's header frame_id; a depth message in the image's own frame needs none
+(identity).
+
+Compressed images: an image topic recorded only through image_transport (`<image>/compressed`
+jpeg/png colour, `<depth>/compressedDepth` ToF) is found under its plain name and decoded by the
+same conversions as the live node (`core.compressed`).
 """
 from __future__ import annotations
 
@@ -30,12 +35,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from cspn_ros.core.conversions import image_to_depth, image_to_rgb, pointcloud2_to_xyz
-from cspn_ros.core.extrinsic import matrix_from_transform_msg
+from cspn_ros.core.extrinsic import matrix_from_transform_msg, same_frame
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
 from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher
-from cspn_ros.core.topics import BAG_TOPICS, TF_STATIC_TOPIC, TF_TOPIC
+from cspn_ros.core.topics import BAG_TOPICS, TF_STATIC_TOPIC, TF_TOPIC, recorded_topic
 
 LOGGER = logging.getLogger(__name__)
 SUPERVISIONS = ('dense', 'tof', 'lidar-holdout', 'photometric')
@@ -173,13 +178,20 @@ class BagFrames:
     def _index(self, bag_index: int, path: Path, slop_s: float, queue_size: int) -> None:
         reader = self._reader(bag_index, path)
         available = {c.topic: c.msgtype for c in reader.connections}
-        wanted = list(self.paired_topics) + ([self.topics.pose] if self.topics.pose else [])
-        missing = [t for t in wanted if t not in available]
+        # recorded topic -> the topic it stands for: an image recorded only through
+        # image_transport (`<image>/compressed`, `<depth>/compressedDepth`) is found by its name
+        logical = {recorded_topic(t, available) or t: t for t in self.paired_topics}
+        logical.update({t: t for t in [self.topics.pose] if t})
+        missing = [t for r, t in logical.items() if r not in available]
         if missing:
-            raise BagError(f'{path}: topic(s) {missing} not in the bag; it has '
+            raise BagError(f'{path}: topic(s) {missing} not in the bag (nor their '
+                           '/compressed or /compressedDepth transports); it has '
                            + ', '.join(f'{t} [{m}]' for t, m in sorted(available.items())))
+        for recorded, topic in logical.items():
+            if recorded != topic:
+                LOGGER.info('%s: %s read from %s', path, topic, recorded)
         matcher = ApproximateTimeMatcher(self.paired_topics, slop_s, queue_size)
-        connections = [c for c in reader.connections if c.topic in wanted]
+        connections = [c for c in reader.connections if c.topic in logical]
         poses: list[MessageRef] = []
         log_time = None
         try:
@@ -189,10 +201,11 @@ class BagFrames:
                 except ValueError as error:
                     raise BagError(f'{path}: {connection.topic} message logged at {log_time} ns: '
                                    f'{error}') from error
-                if connection.topic == self.topics.pose:
+                topic = logical[connection.topic]
+                if topic == self.topics.pose:
                     poses.append(ref)
                     continue
-                for matched in matcher.add(connection.topic, ref.stamp_ns, ref):
+                for matched in matcher.add(topic, ref.stamp_ns, ref):
                     self.frames.append(FrameRef(bag_index, matched.stamp_ns, matched.messages))
         except BagError:
             raise
@@ -307,7 +320,9 @@ class BagFrames:
                 raise BagError(f'{path}: {self.topics.image} or {depth_topic} has an empty '
                                'header frame_id, so the extrinsic cannot be looked up in tf; '
                                'pass --extrinsic-translation and --extrinsic-rotation')
-            T, origin = self.lookup_transform(bag_index, camera, sensor)
+            T, origin = ((np.eye(4), 'the same frame (no tf needed)')
+                         if same_frame(camera, sensor)
+                         else self.lookup_transform(bag_index, camera, sensor))
             if T is None:
                 raise BagError(
                     f'{path}: no extrinsic {camera!r} <- {sensor!r} ({depth_topic} into '
@@ -670,8 +685,10 @@ def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
     recorded = {str(path): bag_topics(path) for path in paths} if both else {}
     result = {}
     for source in DEPTH_SOURCES if both else (args.depth_source,):
-        wanted = set(topics.sensor(source, args.tof_registered))
-        source_paths = [p for p in paths if wanted <= recorded[str(p)]] if both else list(paths)
+        wanted = topics.sensor(source, args.tof_registered)
+        source_paths = ([p for p in paths
+                         if all(recorded_topic(t, recorded[str(p)]) for t in wanted)]
+                        if both else list(paths))
         if not source_paths:
             continue
         frames = BagFrames(source_paths, topics, source, args.tof_registered, args.slop,

@@ -14,8 +14,9 @@ every waiting message, feeds the stamp matcher (`core.sync`) and completes only 
 matched set; older sets are dropped and counted. Bad frames are logged (throttled per problem)
 and skipped; the node keeps running.
 
-Topics (relative): in `image`, `camera_info`, and `points` (depth_source=lidar) or `tof/depth`
-(+ `tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
+Topics (relative): in `image` (or `image/compressed`: image_transport), `camera_info`, and
+`points` (depth_source=lidar) or `tof/depth` (or `tof/depth/compressedDepth`) (+
+`tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
 header), `depth/camera_info` (the colour CameraInfo as scaled to the image, same header; the
 depth is pixel-aligned with `image`, raw or rectified), `depth/colorized` (bgr8),
 `depth/points` (PointCloud2 xyz+rgb), `depth/sparse` (32FC1), `depth/confidence` (32FC1 in
@@ -41,7 +42,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.conversions import (depth_fields, image_fields, pointcloud2_fields,
@@ -56,6 +57,7 @@ from cspn_ros.core.pipeline import (DEPTH_SOURCES, CompletionPipeline, InputErro
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
 from cspn_ros.core.selfcheck import FALLBACKS, SelfCheck, SelfCheckConfig
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
+from cspn_ros.core.topics import COLOUR_TRANSPORTS, DEPTH_TRANSPORTS, transport_topic
 from cspn_ros.nodes.extrinsic_source import ExtrinsicSource
 from cspn_ros.nodes.hardware import hardware_id
 from cspn_ros.nodes.messages import (camera_info_msg, diagnostic_array_msg, header_msg, image_msg,
@@ -117,6 +119,14 @@ PARAMETERS = {
                          'T_cam_from_sensor; overrides translation/rotation when set', {}, True),
     'rectified': (False, 'the `image` is rectified (image_rect): its camera is the CameraInfo '
                   'P, no distortion; false = a raw image, K + D', {}, True),
+    'image_transport': ('raw', 'transport of `image` (image_transport naming): raw = '
+                        'sensor_msgs/Image on `image`; compressed = CompressedImage (jpeg/png) on '
+                        '`image/compressed`', {'additional_constraints': 'one of: raw, compressed'},
+                        True),
+    'tof.image_transport': ('raw', 'transport of `tof/depth`: raw = Image; compressedDepth = '
+                            "image_transport's compressedDepth (png of 16UC1, or of 32FC1 "
+                            'quantised inverse depth) on `tof/depth/compressedDepth`',
+                            {'additional_constraints': 'one of: raw, compressedDepth'}, True),
     'tof.registered': (False, 'the ToF depth is already registered to the colour camera '
                        '(no tof/camera_info, no extrinsic)', {}, True),
     'slop': (0.05, 'largest stamp difference (s) between paired messages', _float_range(0.0, 10.0),
@@ -328,17 +338,23 @@ class CompletionCore:
                                     for topic, msg_type in OUTPUT_TOPICS.items()}
         self._diagnostics_publisher = self.node.create_publisher(DiagnosticArray,
                                                                  '/diagnostics', 10)
-        self.inputs = {'image': Image, 'camera_info': CameraInfo}
+        transports = {'image': self._choice('image_transport', COLOUR_TRANSPORTS),
+                      'tof/depth': self._choice('tof.image_transport', DEPTH_TRANSPORTS)}
+        image_type = {transport: Image if transport == 'raw' else CompressedImage
+                      for transport in transports.values()}
+        self.inputs = {'image': image_type[transports['image']], 'camera_info': CameraInfo}
         if self.depth_source == 'lidar':
             self.inputs['points'] = PointCloud2
         else:
-            self.inputs['tof/depth'] = Image
+            self.inputs['tof/depth'] = image_type[transports['tof/depth']]
             if not self.tof_registered:
                 self.inputs['tof/camera_info'] = CameraInfo
         self.matcher = ApproximateTimeMatcher(list(self.inputs), slop_s=self._value('slop'),
                                               queue_size=self._value('queue_size'),
                                               reference='image')
-        self._resolved = {topic: self.node.resolve_topic_name(topic) for topic in self.inputs}
+        self._resolved = {topic: transport_topic(self.node.resolve_topic_name(topic),
+                                                 transports.get(topic, 'raw'))
+                          for topic in self.inputs}
         self.diagnostics = CompletionDiagnostics(tuple(self._resolved.values()),
                                                  timeout_s=self._value('input_timeout'))
         self._last_match = time.monotonic()
