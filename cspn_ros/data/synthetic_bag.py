@@ -149,8 +149,8 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
     `<image>/compressed` only, as image_transport records it); tof_compressed: the ToF depth as
     compressedDepth (png of tof_encoding) on `<tof depth>/compressedDepth` only;
     cloud_in_camera_frame: the LiDAR points moved into the camera optical frame and stamped
-    with its frame id, and no LiDAR transform in /tf_static (a rig that publishes its cloud in
-    the camera frame).
+    with its frame id, and no LiDAR transform in /tf_static (no /tf_static at all without a
+    ToF): a rig that publishes its cloud in the camera frame.
     """
     if storage not in STORAGES:
         raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
@@ -174,8 +174,9 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
     if tof_compressed:
         topics['tof_depth'] = transport_topic(topics['tof_depth'], 'compressedDepth')
     with BagWriter(path, storage) as bag:
-        bag.write(TF_STATIC_TOPIC, scene.start_stamp_ns, bag.tf_message(
-            extrinsics, bag.header(scene.start_stamp_ns, FRAME_IDS['camera'])))
+        if extrinsics:
+            bag.write(TF_STATIC_TOPIC, scene.start_stamp_ns, bag.tf_message(
+                extrinsics, bag.header(scene.start_stamp_ns, FRAME_IDS['camera'])))
         for index in range(num_frames):
             frame = scene.frame(index)
             stamp = frame.stamp_ns
