@@ -66,8 +66,9 @@ DRIVER_TIME_FIELDS = {
 
 
 def point_times_ns(cloud_msg: Any, field: TimeField, stamp_ns: int) -> np.ndarray:
-    """(N,) float64 absolute times (ns) of the points `pointcloud2_to_xyz` keeps, in its
-    order. stamp_ns: the cloud's header stamp. MotionError when the field is missing."""
+    """(N,) float64 absolute times (ns; float64 resolves 0.26 us at today's epoch, 3 um at
+    10 m/s) of the points `pointcloud2_to_xyz` keeps, in its order. stamp_ns: the cloud's
+    header stamp. MotionError when the field is missing."""
     try:
         values = pointcloud2_field(cloud_msg, field.name)
     except ConversionError as error:
