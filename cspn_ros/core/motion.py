@@ -12,7 +12,8 @@ measured at t_i in the sensor frame S is moved to the image stamp t:
 (`compensate`), the gap between the cloud's stamp and the image's included. Poses are
 interpolated linearly in translation and by slerp in rotation between the two samples around
 each time; a time outside the track (beyond `max_extrapolation_ns`) raises MotionError, so a
-frame is never compensated with a guessed motion.
+frame is never compensated with a guessed motion. `MotionCompensation` is what
+`core.pipeline.CompletionPipeline` applies to every cloud (its `motion`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from cspn_ros.core.conversions import ConversionError, pointcloud2_field
+from cspn_ros.core.conversions import ConversionError, pointcloud2_field, stamp_to_ns
 from cspn_ros.core.projection import quaternion_from_rotation
 
 TIME_UNITS = {'s': 1e9, 'ms': 1e6, 'us': 1e3, 'ns': 1.0}
@@ -63,6 +64,18 @@ DRIVER_TIME_FIELDS = {
     'livox': TimeField('timestamp', 'ns', 'absolute'),      # livox_ros_driver2, float64
     'livox_offset': TimeField('offset_time', 'ns', 'relative'),  # uint32 ns since the stamp
 }
+
+
+def parse_time_field(text: str) -> TimeField:
+    """A driver name of DRIVER_TIME_FIELDS, or 'NAME[:UNIT[:REFERENCE]]' (e.g. 't:ns:relative')
+    -> TimeField; ValueError naming the choices otherwise."""
+    if text in DRIVER_TIME_FIELDS:
+        return DRIVER_TIME_FIELDS[text]
+    name, unit, reference = (text.split(':') + ['s', 'relative'])[:3]
+    if not name or text.count(':') > 2:
+        raise ValueError(f'time field {text!r}: give a driver ({", ".join(DRIVER_TIME_FIELDS)}) '
+                         'or NAME[:UNIT[:REFERENCE]]')
+    return TimeField(name, unit or 's', reference or 'relative')
 
 
 def point_times_ns(cloud_msg: Any, field: TimeField, stamp_ns: int) -> np.ndarray:
@@ -191,3 +204,23 @@ def compensate(points: np.ndarray, times_ns: np.ndarray, target_ns: int, track: 
     rotations = T_target_from_then[inverse, :3, :3]
     moved = np.einsum('nij,nj->ni', rotations, points.astype(np.float64))
     return (moved + T_target_from_then[inverse, :3, 3]).astype(np.float32)
+
+
+@dataclasses.dataclass
+class MotionCompensation:
+    """Compensation settings of a pipeline: time_field (where the cloud keeps per-point times),
+    track (the platform's poses around the frame, refilled by the caller: odometry), and
+    T_body_from_sensor (the track's body frame <- the LiDAR frame)."""
+
+    time_field: TimeField
+    track: PoseTrack = dataclasses.field(default_factory=PoseTrack)
+    T_body_from_sensor: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(4))
+
+    def apply(self, cloud_msg: Any, points: np.ndarray, target_ns: int) -> np.ndarray:
+        """The (N,3) points of cloud_msg (as `pointcloud2_to_xyz` gives them) moved to
+        target_ns; unchanged when the cloud has no time field (an instantaneous sweep, as
+        without compensation). MotionError when the track does not cover the sweep."""
+        if not any(field.name == self.time_field.name for field in cloud_msg.fields):
+            return points
+        times = point_times_ns(cloud_msg, self.time_field, stamp_to_ns(cloud_msg.header.stamp))
+        return compensate(points, times, target_ns, self.track, self.T_body_from_sensor)

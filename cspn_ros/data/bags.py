@@ -36,6 +36,8 @@ import numpy as np
 
 from cspn_ros.core.conversions import image_to_depth, image_to_rgb, pointcloud2_to_xyz
 from cspn_ros.core.extrinsic import matrix_from_transform_msg, same_frame
+from cspn_ros.core.motion import (DRIVER_TIME_FIELDS, MotionCompensation, PoseTrack,
+                                  parse_time_field)
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
 from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
@@ -46,6 +48,10 @@ LOGGER = logging.getLogger(__name__)
 SUPERVISIONS = ('dense', 'tof', 'lidar-holdout', 'photometric')
 #: depth sources of a pipeline; training also reads 'both' (each bag feeds the sources it records).
 DEPTH_SOURCES = ('lidar', 'tof')
+#: Poses read around a frame for motion compensation: from this long before its earliest
+#: message stamp (a sweep stamped at its start) to this long after its image stamp.
+MOTION_BEFORE_NS = 300_000_000
+MOTION_AFTER_NS = 100_000_000
 
 
 class BagError(ValueError):
@@ -344,9 +350,55 @@ class BagFrames:
         return (messages[self.topics.image], messages[self.topics.camera_info],
                 messages[depth_topic], messages.get(self.topics.tof_camera_info))
 
-    def prepare(self, pipeline: CompletionPipeline, messages: dict[str, Any]) -> FrameInputs:
-        """pipeline.prepare on a frame's messages (the node's convert + project)."""
+    def prepare(self, pipeline: CompletionPipeline, messages: dict[str, Any],
+                index: Optional[int] = None) -> FrameInputs:
+        """pipeline.prepare on the messages of frame `index` (the node's convert + project);
+        with motion compensation its pose track is first filled from the pose topic around the
+        frame (`index` needed then)."""
+        if pipeline.motion is not None:
+            if index is None:
+                raise ValueError('motion compensation needs the frame index')
+            pipeline.motion.track = self.pose_track(index)
         return pipeline.prepare(*self.pipeline_arguments(messages, pipeline.depth_source))
+
+    def pose_track(self, index: int, before_ns: int = MOTION_BEFORE_NS,
+                   after_ns: int = MOTION_AFTER_NS) -> PoseTrack:
+        """The pose topic's T_world_from_body samples from before_ns before the earliest stamp
+        of frame `index` to after_ns after its image stamp, as a PoseTrack."""
+        frame = self.frames[index]
+        first = min(ref.stamp_ns for ref in frame.messages.values()) - before_ns
+        last = frame.stamp_ns + after_ns
+        poses = self.poses[frame.bag_index]
+        stamps = [p.stamp_ns for p in poses]
+        track = PoseTrack()
+        for ref in poses[bisect.bisect_left(stamps, first):bisect.bisect_right(stamps, last)]:
+            track.add(ref.stamp_ns, pose_matrix(self.read_message(frame.bag_index,
+                                                                  self.topics.pose, ref)))
+        return track
+
+    def motion_body_extrinsic(self, T_cam_from_sensor: np.ndarray) -> np.ndarray:
+        """T_body_from_sensor (4,4) for compensation: the pose topic's body frame (an Odometry's
+        child_frame_id; PoseStamped and an empty child: the camera) <- the LiDAR frame: the
+        camera extrinsic, the identity (body = LiDAR frame), or the bags' tf."""
+        frame = self.frames[0]
+        pose_ref = next(iter(self.poses[frame.bag_index]), None)
+        if pose_ref is None:
+            raise BagError(f'{self.paths[frame.bag_index]}: no {self.topics.pose} message for '
+                           'motion compensation')
+        messages = self.read(0)
+        camera = messages[self.topics.image].header.frame_id.lstrip('/')
+        sensor = messages[self.topics.points].header.frame_id.lstrip('/')
+        body = getattr(self.read_message(frame.bag_index, self.topics.pose, pose_ref),
+                       'child_frame_id', '').lstrip('/') or camera
+        if body == camera:
+            return np.asarray(T_cam_from_sensor, dtype=np.float64)
+        if same_frame(body, sensor):
+            return np.eye(4)
+        T, origin = self.lookup_transform(frame.bag_index, body, sensor)
+        if T is None:
+            raise BagError(f'{self.paths[frame.bag_index]}: no transform {body!r} <- '
+                           f'{sensor!r} for motion compensation ({origin})')
+        return T
 
     def ground_truth(self, messages: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
         """The ground-truth depth (H,W) metres of a frame; InputError if its size differs."""
@@ -370,11 +422,14 @@ class BagFrames:
             return None
         best = min(candidates, key=lambda p: abs(p.stamp_ns - frame.stamp_ns))
         msg = self.read_message(frame.bag_index, self.topics.pose, best)
-        pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
-        p, q = pose.position, pose.orientation
-        T_world_from_body = transform_from_translation_quaternion([p.x, p.y, p.z],
-                                                                  [q.x, q.y, q.z, q.w])
-        return T_world_from_body @ T_body_from_camera
+        return pose_matrix(msg) @ T_body_from_camera
+
+
+def pose_matrix(msg: Any) -> np.ndarray:
+    """T_world_from_body (4,4) of a nav_msgs/Odometry or geometry_msgs/PoseStamped."""
+    pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
+    p, q = pose.position, pose.orientation
+    return transform_from_translation_quaternion([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
 
 
 def holdout_split(sparse: np.ndarray, fraction: float,
@@ -494,7 +549,7 @@ class BagTrainingSamples:
 
     def _sample(self, index: int, rng: np.random.Generator) -> dict:
         messages = self.frames.read(index)
-        inputs = self.frames.prepare(self.pipeline, messages)
+        inputs = self.frames.prepare(self.pipeline, messages, index)
         sample = {'rgb': inputs.rgb, 'K': inputs.camera.camera_matrix.copy()}
         mode = self.options.supervision
         if mode == 'dense':
@@ -620,6 +675,14 @@ def add_bag_arguments(parser: argparse.ArgumentParser,
                        metavar=('X', 'Y', 'Z'), help=f'metres; {extrinsic}')
     group.add_argument('--extrinsic-rotation', type=float, nargs=4, default=None,
                        metavar=('QX', 'QY', 'QZ', 'QW'), help=f'quaternion; {extrinsic}')
+    group.add_argument('--motion-topic', default='',
+                       help='odometry (nav_msgs/Odometry or PoseStamped) of the platform: every '
+                       "LiDAR point is moved to the image's stamp (motion compensation, "
+                       'README "Moving LiDAR"); default: none')
+    group.add_argument('--lidar-time-field', default='velodyne',
+                       help='per-point time of the cloud for --motion-topic: a driver ('
+                       + ', '.join(DRIVER_TIME_FIELDS) + ') or NAME[:UNIT[:REFERENCE]] '
+                       "(unit s/ms/us/ns, reference relative/absolute); default %(default)s")
     group.add_argument('--slop', type=float, default=0.05, help='pairing slop, seconds')
     group.add_argument('--queue-size', type=int, default=10)
     group.add_argument('--min-depth', type=float, default=0.1, help='metres')
@@ -676,8 +739,13 @@ def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
     feeds every source whose topics it records (an outdoor bag without a ToF feeds only
     'lidar'); both extrinsics then come from the bags' tf.
     """
+    motion_topic = getattr(args, 'motion_topic', '')
+    if pose and motion_topic and pose != motion_topic:
+        raise ValueError(f'--motion-topic {motion_topic} and the pose topic {pose} differ: '
+                         'give one odometry')
     topics = BagTopics(args.image_topic, args.camera_info_topic, args.points_topic,
-                       args.tof_depth_topic, args.tof_camera_info_topic, ground_truth, pose)
+                       args.tof_depth_topic, args.tof_camera_info_topic, ground_truth,
+                       pose or motion_topic or None)
     both = args.depth_source == 'both'
     if both and (args.extrinsic_translation is not None or args.extrinsic_rotation is not None):
         raise ValueError("--depth-source both reads both extrinsics from the bag's tf; "
@@ -693,11 +761,15 @@ def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
             continue
         frames = BagFrames(source_paths, topics, source, args.tof_registered, args.slop,
                            args.queue_size)
-        result[source] = (frames, {'depth_source': source,
-                                   'T_cam_from_sensor': _extrinsic(args, frames, source),
-                                   'min_depth': args.min_depth, 'max_depth': args.max_depth,
-                                   'tof_registered': args.tof_registered,
-                                   'occlusion': _occlusion_filter(args, source)})
+        options = {'depth_source': source, 'T_cam_from_sensor': _extrinsic(args, frames, source),
+                   'min_depth': args.min_depth, 'max_depth': args.max_depth,
+                   'tof_registered': args.tof_registered,
+                   'occlusion': _occlusion_filter(args, source)}
+        if motion_topic and source == 'lidar':
+            options['motion'] = MotionCompensation(
+                parse_time_field(args.lidar_time_field),
+                T_body_from_sensor=frames.motion_body_extrinsic(options['T_cam_from_sensor']))
+        result[source] = (frames, options)
     if not result:
         raise BagError(f'none of {[str(p) for p in paths]} records a LiDAR ({topics.points}) '
                        f'or ToF ({topics.tof_depth}) topic')

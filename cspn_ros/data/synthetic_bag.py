@@ -137,7 +137,7 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
                         depth_source: str = 'both', tof_encoding: str = '32FC1',
                         topics: Mapping[str, str] = BAG_TOPICS, colour_codec: str = 'raw',
                         tof_compressed: bool = False, cloud_in_camera_frame: bool = False,
-                        **scene_kwargs: Any) -> Path:
+                        odometry_hz: float = 0.0, **scene_kwargs: Any) -> Path:
     """Render frames 0 .. num_frames-1 of SyntheticScene(**scene_kwargs) into a new rosbag2
     directory `path` (must not exist) and return it.
 
@@ -150,7 +150,11 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
     compressedDepth (png of tof_encoding) on `<tof depth>/compressedDepth` only;
     cloud_in_camera_frame: the LiDAR points moved into the camera optical frame and stamped
     with its frame id, and no LiDAR transform in /tf_static (no /tf_static at all without a
-    ToF): a rig that publishes its cloud in the camera frame.
+    ToF): a rig that publishes its cloud in the camera frame. A scene with `lidar_sweep_s` > 0 (a sweep that takes time, e.g. with
+    `platform_motion` [m/s, deg/s]) records a float32 'time' field per point, seconds relative to
+    the cloud's stamp = the sweep's end = the image stamp (so negative; `core.motion`'s
+    'velodyne' layout). odometry_hz > 0: /odom at that rate from 0.2 s before the first frame to
+    the last (what compensation needs), instead of one per frame.
     """
     if storage not in STORAGES:
         raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
@@ -187,16 +191,19 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
                               compressed_image_fields(frame.rgb, colour_codec), camera_head)),
                 'camera_info': bag.camera_info(frame.camera, camera_head),
                 'ground_truth': bag.image(depth_fields(frame.depth, '32FC1'), camera_head),
-                'odometry': bag.odometry(frame.T_world_from_cam,
-                                         bag.header(stamp, FRAME_IDS['odom']),
-                                         FRAME_IDS['camera']),
             }
+            if odometry_hz <= 0:
+                messages['odometry'] = bag.odometry(frame.T_world_from_cam,
+                                                    bag.header(stamp, FRAME_IDS['odom']),
+                                                    FRAME_IDS['camera'])
             if records_lidar:
                 points = frame.lidar_points
                 if cloud_in_camera_frame:
                     T = frame.T_cam_from_lidar
                     points = (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-                messages['points'] = bag.cloud(pointcloud2_fields(points),
+                extra = None if frame.lidar_times_ns is None else {
+                    'time': ((frame.lidar_times_ns - stamp) / 1e9).astype(np.float32)}
+                messages['points'] = bag.cloud(pointcloud2_fields(points, extra=extra),
                                                bag.header(stamp, lidar_frame))
             if records_tof:
                 tof_head = bag.header(stamp, FRAME_IDS['tof'])
@@ -207,4 +214,13 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
                 messages['tof_camera_info'] = bag.camera_info(frame.tof_camera, tof_head)
             for key, msg in messages.items():
                 bag.write(topics[key], stamp, msg)
+        if odometry_hz > 0:
+            first = -0.2
+            for k in range(int((num_frames - 1) / scene.rate_hz * odometry_hz
+                               - first * odometry_hz) + 1):
+                time_s = first + k / odometry_hz
+                stamp = scene.start_stamp_ns + round(time_s * 1e9)
+                bag.write(topics['odometry'], stamp, bag.odometry(
+                    scene.pose_at(time_s), bag.header(stamp, FRAME_IDS['odom']),
+                    FRAME_IDS['camera']))
     return Path(path)
