@@ -201,3 +201,57 @@ def test_pipeline_projects_clouds_without_times_as_before_and_refuses_unknown_mo
     np.testing.assert_allclose(
         compensating.prepare(msgs['image'], msgs['camera_info'], timed).sparse, expected,
         atol=1e-5)
+
+
+def test_node_compensates_a_moving_sweep_with_odometry_over_dds(start_node, ros_node):
+    """completion_node as a real process: a platform driving forward at 10 m/s along the
+    camera's optical axis, a 100 ms sweep stamped at its start (per-point 't', Ouster layout),
+    PoseStamped odometry of the camera at 100 Hz: the published sparse depth is the scene at
+    the image stamp, not where the sweep saw it."""
+    from conftest import plane_camera, plane_frame, plane_points, publish_until
+    from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from cspn_ros.core.conversions import image_to_array, stamp_to_ns
+    from cspn_ros.nodes.messages import header_msg, pointcloud2_msg
+    width, height, speed = 48, 36, 10.0
+    node = start_node('completion_node', checkpoint='classical', publish_sparse=True, slop=0.15,
+                      **{'motion.odometry_topic': 'odom', 'motion.odometry_type': 'pose',
+                         'motion.time_field': 'ouster'})
+    publishers = {topic: ros_node.publisher(kind, topic) for topic, kind in
+                  (('odom', PoseStamped), ('points', PointCloud2), ('camera_info', CameraInfo),
+                   ('image', Image))}
+    sparse_inbox = ros_node.inbox(Image, 'depth/sparse')
+    truth = plane_points(width, height)  # in the camera (= LiDAR) frame at the image stamp
+    rng = np.random.default_rng()
+    offsets_ns = rng.integers(0, 100_000_000, len(truth)).astype(np.uint32)
+    ago_s = (100_000_000 - offsets_ns.astype(np.float64)) / 1e9  # before the image
+    measured = truth.copy()
+    measured[:, 2] += (speed * ago_s).astype(np.float32)  # the camera was further back
+
+    def publish(i: int) -> None:
+        image_ns = STAMP_NS + i * 10**9
+        for k in range(-20, 2):  # odometry: camera pose, z forward at `speed`
+            stamp = image_ns + k * 10_000_000
+            publishers['odom'].publish(PoseStamped(header=header_msg(stamp, 'odom'), pose=Pose(
+                position=Point(x=0.0, y=0.0, z=speed * k * 0.01 + i * 100.0),
+                orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))))
+        msgs = plane_frame(image_ns, width, height)
+        msgs['points'] = pointcloud2_msg(pointcloud2_fields(measured, extra={'t': offsets_ns}),
+                                         header_msg(image_ns - 100_000_000, 'lidar'))
+        for topic in ('points', 'camera_info', 'image'):
+            publishers[topic].publish(msgs[topic])
+
+    sparse = publish_until(publish, sparse_inbox, timeout=60, period=0.5)
+    assert sparse is not None, node.log()
+    assert stamp_to_ns(sparse.header.stamp) % 10**9 == STAMP_NS % 10**9
+    camera = plane_camera(width, height)
+    received = np.nan_to_num(image_to_array(sparse))
+    expected = project_to_sparse_depth(truth, np.eye(4), camera, 0.1, 100.0)
+    uncompensated = project_to_sparse_depth(measured, np.eye(4), camera, 0.1, 100.0)
+    both = (received > 0) & (expected > 0)
+    assert both.sum() > 0.9 * (expected > 0).sum()
+    np.testing.assert_allclose(received[both], expected[both], atol=2e-3)
+    raw = (uncompensated > 0) & (expected > 0)
+    assert np.abs(uncompensated[raw] - expected[raw]).mean() > 0.2  # what it removed
+    assert node.stop() == 0 and 'Traceback' not in node.log()

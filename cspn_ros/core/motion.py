@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from cspn_ros.core.conversions import ConversionError, pointcloud2_field, stamp_to_ns
-from cspn_ros.core.projection import quaternion_from_rotation
+from cspn_ros.core.extrinsic import same_frame
+from cspn_ros.core.projection import quaternion_from_rotation, transform_from_translation_quaternion
 
 TIME_UNITS = {'s': 1e9, 'ms': 1e6, 'us': 1e3, 'ns': 1.0}
 TIME_REFERENCES = ('relative', 'absolute')
@@ -76,6 +77,34 @@ def parse_time_field(text: str) -> TimeField:
         raise ValueError(f'time field {text!r}: give a driver ({", ".join(DRIVER_TIME_FIELDS)}) '
                          'or NAME[:UNIT[:REFERENCE]]')
     return TimeField(name, unit or 's', reference or 'relative')
+
+
+def pose_matrix(msg: Any) -> np.ndarray:
+    """T_fixed_from_body (4,4) of a nav_msgs/Odometry or geometry_msgs/PoseStamped (duck-typed:
+    `pose.pose` or `pose`)."""
+    pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
+    p, q = pose.position, pose.orientation
+    return transform_from_translation_quaternion([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
+
+
+def body_from_sensor(body_frame: str, camera_frame: str, sensor_frame: str,
+                     T_cam_from_sensor: np.ndarray,
+                     lookup: Optional[Callable[[str, str], Optional[np.ndarray]]] = None
+                     ) -> np.ndarray:
+    """T_body_from_sensor (4,4) for `compensate`: the pose source's body frame ('' = the
+    camera's, as a PoseStamped of the camera) <- the LiDAR frame. The camera extrinsic when
+    the body is the camera, the identity when it is the LiDAR, else lookup(body, sensor) (tf;
+    None or no lookup: MotionError naming the frames)."""
+    body = body_frame.lstrip('/') or camera_frame.lstrip('/')
+    if same_frame(body, camera_frame):
+        return np.asarray(T_cam_from_sensor, dtype=np.float64)
+    if same_frame(body, sensor_frame):
+        return np.eye(4)
+    T = lookup(body, sensor_frame) if lookup is not None else None
+    if T is None:
+        raise MotionError(f'no transform {body!r} <- {sensor_frame!r}: the odometry body frame '
+                          'must be the camera frame, the LiDAR frame, or joined to it in tf')
+    return np.asarray(T, dtype=np.float64)
 
 
 def point_times_ns(cloud_msg: Any, field: TimeField, stamp_ns: int) -> np.ndarray:

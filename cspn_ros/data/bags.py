@@ -36,8 +36,8 @@ import numpy as np
 
 from cspn_ros.core.conversions import image_to_depth, image_to_rgb, pointcloud2_to_xyz
 from cspn_ros.core.extrinsic import matrix_from_transform_msg, same_frame
-from cspn_ros.core.motion import (DRIVER_TIME_FIELDS, MotionCompensation, PoseTrack,
-                                  parse_time_field)
+from cspn_ros.core.motion import (DRIVER_TIME_FIELDS, MotionCompensation, MotionError,
+                                  PoseTrack, body_from_sensor, parse_time_field, pose_matrix)
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
 from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
@@ -377,28 +377,25 @@ class BagFrames:
         return track
 
     def motion_body_extrinsic(self, T_cam_from_sensor: np.ndarray) -> np.ndarray:
-        """T_body_from_sensor (4,4) for compensation: the pose topic's body frame (an Odometry's
-        child_frame_id; PoseStamped and an empty child: the camera) <- the LiDAR frame: the
-        camera extrinsic, the identity (body = LiDAR frame), or the bags' tf."""
+        """T_body_from_sensor (4,4) for compensation (`core.motion.body_from_sensor`: the pose
+        topic's body frame, an Odometry's child_frame_id, <- the LiDAR frame), from the first
+        frame's frame ids and the bags' tf."""
         frame = self.frames[0]
         pose_ref = next(iter(self.poses[frame.bag_index]), None)
         if pose_ref is None:
             raise BagError(f'{self.paths[frame.bag_index]}: no {self.topics.pose} message for '
                            'motion compensation')
         messages = self.read(0)
-        camera = messages[self.topics.image].header.frame_id.lstrip('/')
-        sensor = messages[self.topics.points].header.frame_id.lstrip('/')
         body = getattr(self.read_message(frame.bag_index, self.topics.pose, pose_ref),
-                       'child_frame_id', '').lstrip('/') or camera
-        if body == camera:
-            return np.asarray(T_cam_from_sensor, dtype=np.float64)
-        if same_frame(body, sensor):
-            return np.eye(4)
-        T, origin = self.lookup_transform(frame.bag_index, body, sensor)
-        if T is None:
-            raise BagError(f'{self.paths[frame.bag_index]}: no transform {body!r} <- '
-                           f'{sensor!r} for motion compensation ({origin})')
-        return T
+                       'child_frame_id', '')
+        try:
+            return body_from_sensor(
+                body, messages[self.topics.image].header.frame_id,
+                messages[self.topics.points].header.frame_id, T_cam_from_sensor,
+                lambda target, source: self.lookup_transform(frame.bag_index, target, source)[0])
+        except MotionError as error:
+            raise BagError(f'{self.paths[frame.bag_index]}: motion compensation: '
+                           f'{error}') from error
 
     def ground_truth(self, messages: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
         """The ground-truth depth (H,W) metres of a frame; InputError if its size differs."""
@@ -424,12 +421,6 @@ class BagFrames:
         msg = self.read_message(frame.bag_index, self.topics.pose, best)
         return pose_matrix(msg) @ T_body_from_camera
 
-
-def pose_matrix(msg: Any) -> np.ndarray:
-    """T_world_from_body (4,4) of a nav_msgs/Odometry or geometry_msgs/PoseStamped."""
-    pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
-    p, q = pose.position, pose.orientation
-    return transform_from_translation_quaternion([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
 
 
 def holdout_split(sparse: np.ndarray, fraction: float,

@@ -51,6 +51,7 @@ from cspn_ros.core.diagnostics import ERROR, OK, WARN, CompletionDiagnostics, si
 from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
                                        DEFAULT_MIN_INPUT_PIXELS, image_size_problem,
                                        silent_input_hint)
+from cspn_ros.core.motion import MotionCompensation, parse_time_field
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import (DEPTH_SOURCES, CompletionPipeline, InputError,
                                     ModelOutputError)
@@ -60,6 +61,7 @@ from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
 from cspn_ros.core.topics import COLOUR_TRANSPORTS, DEPTH_TRANSPORTS, transport_topic
 from cspn_ros.nodes.extrinsic_source import ExtrinsicSource
 from cspn_ros.nodes.hardware import hardware_id
+from cspn_ros.nodes.motion_source import ODOMETRY_TYPES, MotionSource, odometry_message_type
 from cspn_ros.nodes.messages import (camera_info_msg, diagnostic_array_msg, header_msg, image_msg,
                                      pointcloud2_msg)
 from cspn_ros.nodes.spin import freeze_long_lived_objects, run
@@ -127,6 +129,15 @@ PARAMETERS = {
                             "image_transport's compressedDepth (png of 16UC1, or of 32FC1 "
                             'quantised inverse depth) on `tof/depth/compressedDepth`',
                             {'additional_constraints': 'one of: raw, compressedDepth'}, True),
+    'motion.odometry_topic': ('', "platform odometry for LiDAR motion compensation ('' = "
+                              "off): every cloud point is moved to the image's stamp using "
+                              'its per-point time (motion.time_field)', {}, True),
+    'motion.odometry_type': ('odometry', 'odometry = nav_msgs/Odometry (child_frame_id: the '
+                             'body); pose = geometry_msgs/PoseStamped of the camera',
+                             {'additional_constraints': 'one of: odometry, pose'}, True),
+    'motion.time_field': ('velodyne', 'per-point time of the cloud: a driver (velodyne, ouster, '
+                          'hesai, robosense, livox, livox_offset) or NAME:UNIT:REFERENCE '
+                          '(unit s/ms/us/ns, reference relative/absolute)', {}, True),
     'tof.registered': (False, 'the ToF depth is already registered to the colour camera '
                        '(no tof/camera_info, no extrinsic)', {}, True),
     'slop': (0.05, 'largest stamp difference (s) between paired messages', _float_range(0.0, 10.0),
@@ -322,13 +333,15 @@ class CompletionCore:
         if self.depth_source == 'lidar' and self._value('occlusion_filter.enabled'):
             occlusion = OcclusionFilter(*(self._value(f'occlusion_filter.{name}') for name in (
                 'window', 'min_gap', 'min_quadrants')))
+        self.motion = self._motion_source()
         self.pipeline = CompletionPipeline(
             self.completer, depth_source=self.depth_source, min_depth=values['min_depth'],
             max_depth=values['max_depth'], min_confidence=self._value('min_confidence'),
             tof_registered=self.tof_registered, rectified=self._value('rectified'),
             min_input_pixels=self._value('min_input_pixels'),
             max_input_distance=self._value('max_input_distance'), max_image_size=max_image_size,
-            occlusion=occlusion, holdout=self.self_check.holdout())
+            occlusion=occlusion, holdout=self.self_check.holdout(),
+            motion=self.motion and self.motion.compensation)
 
         reliability = RELIABILITIES[self._choice('output_reliability', tuple(RELIABILITIES))]
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
@@ -386,6 +399,12 @@ class CompletionCore:
         for topic, msg_type in self.inputs.items():
             self._inputs_node.create_subscription(msg_type, self._resolved[topic],
                                                   self._callback_for(topic), input_qos)
+        if self.motion is not None:  # every pose between two frames is kept
+            self._inputs_node.create_subscription(
+                odometry_message_type(self._value('motion.odometry_type')),
+                self.node.resolve_topic_name(self._value('motion.odometry_topic')),
+                self.motion.callback, QoSProfile(**{**{k: getattr(input_qos, k) for k in (
+                    'history', 'durability', 'reliability')}, 'depth': 200}))
         self._inputs_executor = SingleThreadedExecutor(context=self.node.context)
         self._inputs_executor.add_node(self._inputs_node)
         self._stop.clear()
@@ -479,6 +498,21 @@ class CompletionCore:
         except ValueError as error:
             raise StartupError(f'self_check / fallback: {error}') from error
         return SelfCheck(config, DepthCompleter.from_config('classical'))
+
+    def _motion_source(self) -> Optional[MotionSource]:
+        """The odometry-driven MotionSource when motion.odometry_topic is set (LiDAR only)."""
+        if not self._value('motion.odometry_topic') or self.depth_source != 'lidar':
+            return None
+        self._choice('motion.odometry_type', ODOMETRY_TYPES)
+        try:
+            odometry_message_type(self._value('motion.odometry_type'))
+            time_field = parse_time_field(self._value('motion.time_field'))
+        except (ImportError, ValueError) as error:
+            raise StartupError(str(error)) from error
+        self.log.info(f'LiDAR motion compensation: odometry on '
+                      f'{self.node.resolve_topic_name(self._value("motion.odometry_topic"))}, '
+                      f'per-point time {time_field}')
+        return MotionSource(MotionCompensation(time_field))
 
     def _parameter_extrinsic(self) -> np.ndarray:
         """T_cam_from_sensor (4,4) from extrinsic.matrix, else translation + rotation."""
@@ -672,6 +706,12 @@ class CompletionCore:
         try:
             if self.depth_source == 'lidar' or not self.tof_registered:
                 self.pipeline.T_cam_from_sensor = self._extrinsic_for(matched)
+            if self.motion is not None:
+                self.motion.prepare(messages['image'].header.frame_id,
+                                    messages['points'].header.frame_id,
+                                    self.pipeline.T_cam_from_sensor,
+                                    self._extrinsic.for_frames if self._extrinsic.kind == 'tf'
+                                    else None)
             result = self._complete(messages)
             with self._lock:
                 result, switched = self.self_check.check(result)
