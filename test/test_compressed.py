@@ -276,3 +276,23 @@ def test_node_completes_compressed_inputs_and_skips_truncated_ones(source, start
     assert node.stop() == 0
     log = node.log()
     assert 'Traceback' not in log and 1 <= log.count('no IEND') < len(feeder.bad_stamps)
+
+
+def test_size_is_read_from_the_header_and_an_oversized_image_is_refused_undecoded():
+    from cspn_ros.core.conversions import image_size
+    rng = np.random.default_rng()
+    width, height = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+    rgb = _smooth_rgb(rng, height, width)
+    depth = rng.uniform(0.5, 5, (height, width)).astype(np.float32)
+    for fields in (compressed_image_fields(rgb, 'jpeg'), compressed_image_fields(rgb, 'png'),
+                   compressed_depth_fields(depth, '16UC1'),
+                   compressed_depth_fields(depth, '32FC1')):
+        assert image_size(_message(fields)) == (width, height)
+    with pytest.raises(ConversionError, match='no JPEG or PNG header'):
+        image_size(types.SimpleNamespace(format='jpeg', data=b'\xff\xd8\xff'))
+    raw = plane_frame(START_NS, W, H)
+    png = compressed_image_msg(compressed_image_fields(image_to_array(raw['image']), 'png'),
+                               raw['image'].header)
+    pipeline = CompletionPipeline(None, max_image_size=(W - 1, H))
+    with pytest.raises(InputError, match=f'image is {W}x{H}, larger than max_image_size'):
+        pipeline.prepare(png, raw['camera_info'], raw['points'])

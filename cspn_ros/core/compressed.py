@@ -64,6 +64,36 @@ def _whole_file(data: np.ndarray, what: str) -> None:
         raise ConversionError(f'{what}: {data.size} bytes that are neither JPEG nor PNG')
 
 
+#: JPEG start-of-frame markers (they carry the image size); C4, C8 and CC are other segments.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def compressed_size(msg: Any) -> tuple[int, int]:
+    """(width, height) of a CompressedImage from its JPEG/PNG header, without decoding (so an
+    oversized image is refused before it is decompressed); ConversionError when the header
+    cannot be read."""
+    data = message_bytes(msg.data)
+    if 'compressedDepth' in str(msg.format):
+        data = data[DEPTH_HEADER_BYTES:]
+    head = data[:8].tobytes()
+    if head == _PNG_SIGNATURE and data.size >= 24 and data[12:16].tobytes() == b'IHDR':
+        width, height = np.frombuffer(data[16:24].tobytes(), '>u4')
+        return int(width), int(height)
+    if head.startswith(_JPEG_START):
+        position = 2
+        while position + 9 <= data.size and data[position] == 0xFF:
+            marker = int(data[position + 1])
+            if marker == 0xFF:  # fill byte
+                position += 1
+                continue
+            if marker in _JPEG_FRAME_MARKERS:
+                height, width = np.frombuffer(data[position + 5:position + 9].tobytes(), '>u2')
+                return int(width), int(height)
+            position += 2 + int(data[position + 2]) * 256 + int(data[position + 3])
+    raise ConversionError(f'compressed image ({str(msg.format)!r}): no JPEG or PNG header '
+                          f'giving its size in {data.size} bytes')
+
+
 def compressed_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg/png colour or mono) -> (H,W,3) uint8 RGB."""
     text = str(msg.format)

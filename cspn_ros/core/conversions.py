@@ -125,6 +125,15 @@ def image_to_array(msg: Any) -> np.ndarray:
     return array[..., 0] if channels == 1 else array
 
 
+def image_size(msg: Any) -> tuple[int, int]:
+    """(width, height) of a sensor_msgs/Image, or of a CompressedImage read from its header
+    (`core.compressed.compressed_size`, nothing decoded)."""
+    from cspn_ros.core import compressed  # OpenCV, imported when first needed
+    if compressed.is_compressed(msg):
+        return compressed.compressed_size(msg)
+    return int(msg.width), int(msg.height)
+
+
 def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image (colour or mono) -> (H,W,3) uint8 RGB; mono is replicated.
 

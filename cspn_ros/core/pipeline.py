@@ -28,7 +28,7 @@ import numpy as np
 
 from cspn_ros.core.camera import CameraError, PinholeCamera, array_module
 from cspn_ros.core.conversions import (NATIVE_BIGENDIAN, POINTFIELD_FLOAT32, ConversionError,
-                                       depth_to_32fc1, image_to_depth, image_to_rgb,
+                                       depth_to_32fc1, image_size, image_to_depth, image_to_rgb,
                                        message_bytes, pointcloud2_to_xyz, stamp_to_ns)
 from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
                                        DEFAULT_MIN_INPUT_PIXELS, InputCoverage, coverage_problem,
@@ -311,8 +311,8 @@ class CompletionPipeline:
 
     def _colour(self, image_msg: Any, info_msg: Any) -> tuple[np.ndarray, PinholeCamera]:
         """(H,W,3) uint8 rgb (a view of rgb8 messages) and the camera scaled to it."""
-        self._check_size(int(image_msg.width), int(image_msg.height), 'image')
         try:
+            self._check_size(*image_size(image_msg), 'image')
             rgb = image_to_rgb(image_msg)
         except ConversionError as error:
             raise InputError(f'image: {error}') from error
@@ -436,8 +436,8 @@ class CompletionPipeline:
 
     def _tof_depth(self, depth_msg: Any) -> np.ndarray:
         """ToF depth Image -> (h,w) float32 metres, 0 = missing (a view where possible)."""
-        self._check_size(int(depth_msg.width), int(depth_msg.height), 'ToF depth')
         try:
+            self._check_size(*image_size(depth_msg), 'ToF depth')
             return image_to_depth(depth_msg)
         except ConversionError as error:
             raise InputError(f'ToF depth: {error}') from error
