@@ -7,7 +7,8 @@ the time of each point (`TimeField`, read by `point_times_ns`) and the platform'
 (`PoseTrack`: poses of a body frame in a fixed frame, e.g. odometry, interpolated), a point p_i
 measured at t_i in the sensor frame S is moved to the image stamp t:
 
-    p_i' = inv(T_fixed_from_body(t) T_body_from_sensor) T_fixed_from_body(t_i) T_body_from_sensor p_i
+    p_i' = inv(T_fixed_from_body(t) T_body_from_sensor)
+           T_fixed_from_body(t_i) T_body_from_sensor p_i
 
 (`compensate`), the gap between the cloud's stamp and the image's included. Poses are
 interpolated linearly in translation and by slerp in rotation between the two samples around

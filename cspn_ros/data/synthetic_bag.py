@@ -150,10 +150,10 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
     compressedDepth (png of tof_encoding) on `<tof depth>/compressedDepth` only;
     cloud_in_camera_frame: the LiDAR points moved into the camera optical frame and stamped
     with its frame id, and no LiDAR transform in /tf_static (no /tf_static at all without a
-    ToF): a rig that publishes its cloud in the camera frame. A scene with `lidar_sweep_s` > 0 (a sweep that takes time, e.g. with
-    `platform_motion` [m/s, deg/s]) records a float32 'time' field per point, seconds relative to
-    the cloud's stamp = the sweep's end = the image stamp (so negative; `core.motion`'s
-    'velodyne' layout). odometry_hz > 0: /odom at that rate from 0.2 s before the first frame to
+    ToF): a rig that publishes its cloud in the camera frame. A scene with `lidar_sweep_s` > 0
+    (a sweep that takes time, e.g. with `platform_motion` [m/s, deg/s]) records a float32 'time'
+    field per point, seconds relative to the cloud's stamp = the sweep's end = the image stamp
+    (so negative; `core.motion`'s 'velodyne' layout). odometry_hz > 0: /odom at that rate from 0.2 s before the first frame to
     the last (what compensation needs), instead of one per frame.
     """
     if storage not in STORAGES:
