@@ -244,7 +244,8 @@ def _cloud_colours(cloud) -> np.ndarray:
 def test_node_completes_compressed_inputs_and_skips_truncated_ones(source, start_node, ros_node):
     parameters = ({'image_transport': 'compressed', 'publish_points': True, 'points_stride': 1}
                   if source == 'lidar' else {'depth_source': 'tof',
-                                             'tof.image_transport': 'compressedDepth'})
+                                             'tof.image_transport': 'compressedDepth',
+                                             'self_check.holdout_share': 0.0})  # every pixel in
     node = start_node('completion_node', checkpoint='classical', **parameters)
     feeder = Feeder(ros_node, source)
     depth_inbox, rosout = ros_node.inbox(Image, 'depth'), ros_node.rosout()
