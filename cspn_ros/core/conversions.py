@@ -125,12 +125,25 @@ def image_to_array(msg: Any) -> np.ndarray:
     return array[..., 0] if channels == 1 else array
 
 
+def image_size(msg: Any) -> tuple[int, int]:
+    """(width, height) of a sensor_msgs/Image, or of a CompressedImage read from its header
+    (`core.compressed.compressed_size`, nothing decoded)."""
+    from cspn_ros.core import compressed  # OpenCV, imported when first needed
+    if compressed.is_compressed(msg):
+        return compressed.compressed_size(msg)
+    return int(msg.width), int(msg.height)
+
+
 def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image (colour or mono) -> (H,W,3) uint8 RGB; mono is replicated.
 
     rgb8 (and 8UC3, taken as RGB) is returned as a view of the message; other encodings are
-    copied. mono16 keeps its high byte.
+    copied. mono16 keeps its high byte. A sensor_msgs/CompressedImage (jpeg/png) is decoded by
+    `core.compressed`.
     """
+    from cspn_ros.core import compressed  # OpenCV, imported when first needed
+    if compressed.is_compressed(msg):
+        return compressed.compressed_to_rgb(msg)
     array = image_to_array(msg)
     encoding = msg.encoding
     if encoding in ('rgb8', '8UC3'):
@@ -151,8 +164,13 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 def image_to_depth(msg: Any) -> np.ndarray:
     """Depth image -> (H,W) float32 metres with 0 = missing (always a new array).
 
-    32FC1 is metres (NaN, inf and values <= 0 become 0); 16UC1 / mono16 are millimetres.
+    32FC1 is metres (NaN, inf and values <= 0 become 0); 16UC1 / mono16 are millimetres. A
+    sensor_msgs/CompressedImage in image_transport's compressedDepth format is decoded by
+    `core.compressed`.
     """
+    from cspn_ros.core import compressed  # OpenCV, imported when first needed
+    if compressed.is_compressed(msg):
+        return compressed.compressed_depth_to_depth(msg)
     array = image_to_array(msg)
     if msg.encoding == '32FC1':
         return np.where(np.isfinite(array) & (array > 0), array, np.float32(0))
@@ -229,24 +247,49 @@ def pointcloud2_to_xyz(msg: Any) -> np.ndarray:
     xyz = np.empty((height, width, 3), dtype=np.float32)
     for axis, name in enumerate('xyz'):
         field = fields[name]
-        if field.datatype not in POINTFIELD_DTYPES:
-            raise ConversionError(f'PointCloud2 field {name!r} has unknown datatype '
-                                  f'{field.datatype}')
-        if POINTFIELD_DTYPES[field.datatype].kind != 'f':
+        if field.datatype in POINTFIELD_DTYPES and POINTFIELD_DTYPES[field.datatype].kind != 'f':
             raise ConversionError(f'PointCloud2 field {name!r} is declared '
                                   f'{POINTFIELD_DTYPES[field.datatype]}: x/y/z must be FLOAT32 '
                                   'or FLOAT64 metres (check the field types)')
-        dtype = POINTFIELD_DTYPES[field.datatype].newbyteorder('>' if msg.is_bigendian else '<')
-        if field.offset + dtype.itemsize > point_step:
-            raise ConversionError(f'PointCloud2 field {name!r} at offset {field.offset} does not '
-                                  f'fit in point_step {point_step}')
-        if xyz.size == 0:  # an empty cloud has no buffer to view (numpy rejects the strides)
-            continue
-        xyz[..., axis] = np.ndarray((height, width), dtype=dtype, buffer=buffer,
-                                    offset=field.offset, strides=(row_step, point_step))
+        xyz[..., axis] = _field_view(msg, field, buffer)
     xyz = xyz.reshape(-1, 3)
     finite = np.isfinite(xyz).all(axis=1)
     return xyz if finite.all() else xyz[finite]
+
+
+def _field_view(msg: Any, field: Any, buffer: np.ndarray) -> np.ndarray:
+    """(height, width) view of one PointField of a PointCloud2 whose data is `buffer` (an empty
+    array for an empty cloud); ConversionError for unknown datatypes or a field that does not
+    fit in point_step."""
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    if field.datatype not in POINTFIELD_DTYPES:
+        raise ConversionError(f'PointCloud2 field {field.name!r} has unknown datatype '
+                              f'{field.datatype}')
+    dtype = POINTFIELD_DTYPES[field.datatype].newbyteorder('>' if msg.is_bigendian else '<')
+    if field.offset + dtype.itemsize > point_step:
+        raise ConversionError(f'PointCloud2 field {field.name!r} at offset {field.offset} does '
+                              f'not fit in point_step {point_step}')
+    if height * width == 0:  # an empty cloud has no buffer to view (numpy rejects the strides)
+        return np.empty((height, width), dtype)
+    return np.ndarray((height, width), dtype=dtype, buffer=buffer, offset=field.offset,
+                      strides=(row_step, point_step))
+
+
+def pointcloud2_field(msg: Any, name: str) -> np.ndarray:
+    """One PointCloud2 field -> (N,) float64 for the points `pointcloud2_to_xyz` keeps (finite
+    x, y, z), in the same order. ConversionError when the cloud has no such field."""
+    fields = {field.name: field for field in msg.fields}
+    if name not in fields or any(axis not in fields for axis in 'xyz'):
+        raise ConversionError(f'PointCloud2 lacks field {name!r}; it has {sorted(fields)}')
+    buffer = _rows_buffer(msg.data, int(msg.height), int(msg.width), int(msg.point_step),
+                          int(msg.row_step), 'PointCloud2', 'row_step',
+                          f'point_step {msg.point_step}')
+    values = _field_view(msg, fields[name], buffer).astype(np.float64).reshape(-1)
+    finite = np.ones(values.shape, bool)
+    for axis in 'xyz':
+        finite &= np.isfinite(_field_view(msg, fields[axis], buffer).reshape(-1))
+    return values if finite.all() else values[finite]
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -255,12 +298,17 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     return ((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]).view(np.float32)
 
 
-def pointcloud2_fields(xyz: np.ndarray, rgb: np.ndarray | None = None) -> dict[str, Any]:
+def pointcloud2_fields(xyz: np.ndarray, rgb: np.ndarray | None = None,
+                       extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """(N,3) float32 points (+ (N,3) uint8 colours) -> unorganized PointCloud2 fields.
 
     Layout: x, y, z float32 at offsets 0, 4, 8 and, with colours, a packed float32 'rgb' at 12
-    (point_step 16); `fields` is a list of {name, offset, datatype, count} dicts.
+    (point_step 16); `fields` is a list of {name, offset, datatype, count} dicts. extra: more
+    per-point fields after those, name -> (N,) array of any PointField dtype (e.g. a LiDAR's
+    per-point time), packed without padding.
     """
+    if extra:
+        return _pointcloud2_fields_with(xyz, rgb, extra)
     xyz = np.asarray(xyz, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
         raise ConversionError(f'points must have shape (N,3), got {xyz.shape}')
@@ -280,3 +328,30 @@ def pointcloud2_fields(xyz: np.ndarray, rgb: np.ndarray | None = None) -> dict[s
             'is_bigendian': NATIVE_BIGENDIAN, 'point_step': point_step,
             'row_step': point_step * xyz.shape[0], 'data': points.reshape(-1).view(np.uint8),
             'is_dense': bool(np.isfinite(xyz).all())}
+
+
+def _pointcloud2_fields_with(xyz: np.ndarray, rgb: np.ndarray | None,
+                             extra: dict[str, np.ndarray]) -> dict[str, Any]:
+    """`pointcloud2_fields` with extra per-point fields (a structured array, one copy)."""
+    base = pointcloud2_fields(xyz, rgb)
+    count = int(base['width'])
+    datatypes = {dtype: code for code, dtype in POINTFIELD_DTYPES.items()}
+    columns = [(f['name'], np.dtype(np.float32)) for f in base['fields']]
+    for name, values in extra.items():
+        values = np.asarray(values)
+        if values.shape != (count,) or values.dtype.newbyteorder('=') not in datatypes:
+            raise ConversionError(f'extra field {name!r} must be ({count},) of a PointField '
+                                  f'dtype, got {values.shape} {values.dtype}')
+        columns.append((name, values.dtype.newbyteorder('=')))
+    points = np.empty(count, np.dtype(columns))
+    head = np.frombuffer(base['data'], np.dtype(columns[:len(base['fields'])]))
+    for name, _ in columns[:len(base['fields'])]:
+        points[name] = head[name]
+    for name, values in extra.items():
+        points[name] = values
+    point_step = points.dtype.itemsize
+    return {**base, 'fields': [{'name': name, 'offset': points.dtype.fields[name][1],
+                                'datatype': datatypes[dtype], 'count': 1}
+                               for name, dtype in columns],
+            'point_step': point_step, 'row_step': point_step * count,
+            'data': points.view(np.uint8).reshape(-1)}

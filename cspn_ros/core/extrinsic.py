@@ -4,7 +4,9 @@ The precedence (README "Robot integration"): with `extrinsic.from_tf` true and t
 transform `image frame <- sensor frame` is taken from tf alone and the extrinsic.* parameters are
 ignored; frames wait (skipped with a clear, throttled error) until tf has it, and a changed
 /tf_static (a recalibration) is followed without a restart. With `extrinsic.from_tf` false, or
-where tf2_ros is not installed, the parameters are used.
+where tf2_ros is not installed, the parameters are used. Data whose frame_id is the image's
+(`same_frame`: a cloud or depth already in the camera optical frame) needs no tf: its transform
+is the identity without a look-up (explicit parameters are still used as given).
 
 ROS-free: tf is reached through a `lookup(target_frame, source_frame)` callable returning a
 geometry_msgs/TransformStamped (duck-typed: `.transform.translation.x`, `.rotation.w`, ...) or
@@ -31,6 +33,13 @@ def matrix_from_transform_msg(transform_stamped: Any) -> np.ndarray:
     return transform_from_translation_quaternion([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
 
 
+def same_frame(camera_frame: str, sensor_frame: str) -> bool:
+    """Whether sensor data in `sensor_frame` is already in the camera's `camera_frame` (equal,
+    non-empty frame ids; a leading '/' ignored, as tf2 does): T_cam_from_sensor = identity."""
+    camera, sensor = camera_frame.lstrip('/'), sensor_frame.lstrip('/')
+    return bool(camera) and camera == sensor
+
+
 class FixedExtrinsic:
     """T_cam_from_sensor from parameters: the same matrix for every frame."""
 
@@ -43,7 +52,8 @@ class FixedExtrinsic:
 
 
 class TfExtrinsic:
-    """T_cam_from_sensor looked up in tf per (camera frame, sensor frame) pair.
+    """T_cam_from_sensor looked up in tf per (camera frame, sensor frame) pair (the identity,
+    never looked up, when the frames are the same).
 
     lookup(target_frame, source_frame) -> TransformStamped, raising while tf does not have it.
     log(text): called once when a transform is first found and whenever it changes (with the
@@ -70,6 +80,8 @@ class TfExtrinsic:
                 raise InputError(f'the {role} message has an empty header.frame_id: tf cannot '
                                  'say where it is; set extrinsic.from_tf false and give the '
                                  'extrinsic.* parameters')
+        if same_frame(camera_frame, sensor_frame):
+            return np.eye(4)
         key = (camera_frame, sensor_frame)
         now = self._clock()
         known = self._known.get(key)

@@ -28,7 +28,7 @@ import numpy as np
 
 from cspn_ros.core.camera import CameraError, PinholeCamera, array_module
 from cspn_ros.core.conversions import (NATIVE_BIGENDIAN, POINTFIELD_FLOAT32, ConversionError,
-                                       depth_to_32fc1, image_to_depth, image_to_rgb,
+                                       depth_to_32fc1, image_size, image_to_depth, image_to_rgb,
                                        message_bytes, pointcloud2_to_xyz, stamp_to_ns)
 from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
                                        DEFAULT_MIN_INPUT_PIXELS, InputCoverage, coverage_problem,
@@ -113,7 +113,9 @@ class CompletionPipeline:
     input rules of `core.input_check` (`process` refuses frames with fewer input pixels; output
     pixels farther from any input get confidence 0 and are blanked; larger images are refused);
     occlusion: filter for LiDAR points the camera cannot see (None = keep all); holdout: the
-    self-check's held-out points, keyed by the image stamp (None = none held out).
+    self-check's held-out points, keyed by the image stamp (None = none held out);
+    motion: a `core.motion.MotionCompensation` that moves every cloud point to the image's
+    stamp (None: clouds are projected as they are).
     """
 
     def __init__(self, completer: Any, depth_source: str = 'lidar',
@@ -124,7 +126,8 @@ class CompletionPipeline:
                  max_input_distance: float = DEFAULT_MAX_INPUT_DISTANCE,
                  max_image_size: tuple[int, int] = DEFAULT_MAX_IMAGE_SIZE,
                  occlusion: Optional[OcclusionFilter] = None,
-                 holdout: Optional[HeldOutPoints] = None) -> None:
+                 holdout: Optional[HeldOutPoints] = None,
+                 motion: Any = None) -> None:
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f'depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}')
         if not 0.0 <= min_depth < max_depth:
@@ -142,6 +145,7 @@ class CompletionPipeline:
         self.min_confidence = float(min_confidence)
         self.tof_registered = bool(tof_registered)
         self.rectified = bool(rectified)
+        self.motion = motion
         self._on_device = on_device
         self.min_input_pixels = int(min_input_pixels)
         self.max_input_distance = float(max_input_distance)
@@ -168,7 +172,7 @@ class CompletionPipeline:
         rgb, camera = self._colour(image_msg, info_msg)
         converted = time.perf_counter()
         if self.depth_source == 'lidar':
-            sparse = self._sparse_from_cloud(depth_msg, camera)
+            sparse = self._sparse_from_cloud(depth_msg, camera, image_msg)
         else:
             sparse = self._sparse_from_tof(depth_msg, depth_info_msg, camera)
         sparse, held_out = self._hold_out(sparse, image_msg)
@@ -218,9 +222,9 @@ class CompletionPipeline:
         rgb, camera = self._colour(image_msg, info_msg)
         cloud = None
         if self.depth_source == 'lidar':
-            cloud = self._cloud_layout(depth_msg)
+            cloud = None if self.motion is not None else self._cloud_layout(depth_msg)
             host_depth = (message_bytes(depth_msg.data) if cloud is not None
-                          else self._cloud_points(depth_msg))
+                          else self._cloud_points(depth_msg, image_msg))
         else:
             host_depth = self._tof_depth(depth_msg)
         clock.mark('convert')
@@ -307,8 +311,8 @@ class CompletionPipeline:
 
     def _colour(self, image_msg: Any, info_msg: Any) -> tuple[np.ndarray, PinholeCamera]:
         """(H,W,3) uint8 rgb (a view of rgb8 messages) and the camera scaled to it."""
-        self._check_size(int(image_msg.width), int(image_msg.height), 'image')
         try:
+            self._check_size(*image_size(image_msg), 'image')
             rgb = image_to_rgb(image_msg)
         except ConversionError as error:
             raise InputError(f'image: {error}') from error
@@ -377,9 +381,9 @@ class CompletionPipeline:
             self._cameras[key] = camera
         return camera
 
-    @staticmethod
-    def _cloud_points(cloud_msg: Any) -> np.ndarray:
-        """PointCloud2 -> (N,3) float32 finite points; InputError when there are none."""
+    def _cloud_points(self, cloud_msg: Any, image_msg: Any) -> np.ndarray:
+        """PointCloud2 -> (N,3) float32 finite points, moved to the image's stamp with
+        `motion`; InputError when there are none or the motion is unknown."""
         if int(cloud_msg.width) * int(cloud_msg.height) == 0:
             raise InputError('point cloud is empty (no finite points)')
         try:
@@ -391,10 +395,18 @@ class CompletionPipeline:
         problem = implausible_cloud(points, cloud_msg.is_bigendian)
         if problem:
             raise InputError(f'point cloud: {problem}')
+        if self.motion is not None:
+            from cspn_ros.core.motion import MotionError
+            try:
+                points = self.motion.apply(cloud_msg, points,
+                                           stamp_to_ns(image_msg.header.stamp))
+            except MotionError as error:
+                raise InputError(f'motion compensation: {error}') from error
         return points
 
-    def _sparse_from_cloud(self, cloud_msg: Any, camera: PinholeCamera) -> np.ndarray:
-        points = self._cloud_points(cloud_msg)
+    def _sparse_from_cloud(self, cloud_msg: Any, camera: PinholeCamera,
+                           image_msg: Any) -> np.ndarray:
+        points = self._cloud_points(cloud_msg, image_msg)
         try:
             sparse = project_to_sparse_depth(points, self.T_cam_from_sensor, camera,
                                              min_depth=self.min_depth, max_depth=self.max_depth)
@@ -424,8 +436,8 @@ class CompletionPipeline:
 
     def _tof_depth(self, depth_msg: Any) -> np.ndarray:
         """ToF depth Image -> (h,w) float32 metres, 0 = missing (a view where possible)."""
-        self._check_size(int(depth_msg.width), int(depth_msg.height), 'ToF depth')
         try:
+            self._check_size(*image_size(depth_msg), 'ToF depth')
             return image_to_depth(depth_msg)
         except ConversionError as error:
             raise InputError(f'ToF depth: {error}') from error

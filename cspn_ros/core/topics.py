@@ -17,9 +17,33 @@ TOPICS = {
 }
 #: stream -> absolute topic, as recorded from nodes in the root namespace.
 BAG_TOPICS = {key: '/' + name for key, name in TOPICS.items()}
+#: image_transport transport -> suffix of its topic after the base image topic
+#: (`<image>/compressed`, `<depth>/compressedDepth`); 'raw' is the base topic itself.
+TRANSPORT_SUFFIXES = {'raw': '', 'compressed': '/compressed', 'compressedDepth': '/compressedDepth'}
+#: Transports each image input takes (parameters `image_transport`, `tof.image_transport`).
+COLOUR_TRANSPORTS = ('raw', 'compressed')
+DEPTH_TRANSPORTS = ('raw', 'compressedDepth')
 #: tf topics (always absolute): transforms that change and transforms that never do.
 TF_TOPIC = '/tf'
 TF_STATIC_TOPIC = '/tf_static'
 #: Frame ids of the embedded rig; 'odom' is the fixed frame of the camera odometry (REP 105).
 FRAME_IDS = {'camera': 'camera_optical', 'lidar': 'lidar', 'tof': 'tof_optical',
              'odom': 'odom'}
+
+
+def transport_topic(base: str, transport: str) -> str:
+    """The topic of `transport` for the image topic `base` (image_transport's naming)."""
+    if transport not in TRANSPORT_SUFFIXES:
+        raise ValueError(f'transport must be one of {tuple(TRANSPORT_SUFFIXES)}, '
+                         f'got {transport!r}')
+    return base.rstrip('/') + TRANSPORT_SUFFIXES[transport]
+
+
+def recorded_topic(base: str, recorded: set[str] | dict) -> str | None:
+    """Which topic holds the image topic `base` in a recording: `base` itself, else its
+    compressed / compressedDepth transport topic, else None."""
+    for transport in TRANSPORT_SUFFIXES:
+        topic = transport_topic(base, transport)
+        if topic in recorded:
+            return topic
+    return None

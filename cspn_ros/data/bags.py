@@ -13,7 +13,12 @@ Extrinsics: `T_cam_from_sensor` maps sensor points into the colour optical frame
 p_sensor + t`: tf's transform from the sensor frame into the camera frame (`lookup_transform(
 camera_frame, sensor_frame)`). Without --extrinsic-* flags it is read from the bag's /tf_static
 (then the first sample of each /tf transform), composing chains, from the image header frame_id
-to the depth message's header frame_id.
+to the depth message's header frame_id; a depth message in the image's own frame needs none
+(identity).
+
+Compressed images: an image topic recorded only through image_transport (`<image>/compressed`
+jpeg/png colour, `<depth>/compressedDepth` ToF) is found under its plain name and decoded by the
+same conversions as the live node (`core.compressed`).
 """
 from __future__ import annotations
 
@@ -30,17 +35,23 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from cspn_ros.core.conversions import image_to_depth, image_to_rgb, pointcloud2_to_xyz
-from cspn_ros.core.extrinsic import matrix_from_transform_msg
+from cspn_ros.core.extrinsic import matrix_from_transform_msg, same_frame
+from cspn_ros.core.motion import (DRIVER_TIME_FIELDS, MotionCompensation, MotionError,
+                                  PoseTrack, body_from_sensor, parse_time_field, pose_matrix)
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import CompletionPipeline, FrameInputs, InputError
 from cspn_ros.core.projection import project_to_sparse_depth, transform_from_translation_quaternion
 from cspn_ros.core.sync import ApproximateTimeMatcher
-from cspn_ros.core.topics import BAG_TOPICS, TF_STATIC_TOPIC, TF_TOPIC
+from cspn_ros.core.topics import BAG_TOPICS, TF_STATIC_TOPIC, TF_TOPIC, recorded_topic
 
 LOGGER = logging.getLogger(__name__)
 SUPERVISIONS = ('dense', 'tof', 'lidar-holdout', 'photometric')
 #: depth sources of a pipeline; training also reads 'both' (each bag feeds the sources it records).
 DEPTH_SOURCES = ('lidar', 'tof')
+#: Poses read around a frame for motion compensation: from this long before its earliest
+#: message stamp (a sweep stamped at its start) to this long after its image stamp.
+MOTION_BEFORE_NS = 300_000_000
+MOTION_AFTER_NS = 100_000_000
 
 
 class BagError(ValueError):
@@ -173,13 +184,20 @@ class BagFrames:
     def _index(self, bag_index: int, path: Path, slop_s: float, queue_size: int) -> None:
         reader = self._reader(bag_index, path)
         available = {c.topic: c.msgtype for c in reader.connections}
-        wanted = list(self.paired_topics) + ([self.topics.pose] if self.topics.pose else [])
-        missing = [t for t in wanted if t not in available]
+        # recorded topic -> the topic it stands for: an image recorded only through
+        # image_transport (`<image>/compressed`, `<depth>/compressedDepth`) is found by its name
+        logical = {recorded_topic(t, available) or t: t for t in self.paired_topics}
+        logical.update({t: t for t in [self.topics.pose] if t})
+        missing = [t for r, t in logical.items() if r not in available]
         if missing:
-            raise BagError(f'{path}: topic(s) {missing} not in the bag; it has '
+            raise BagError(f'{path}: topic(s) {missing} not in the bag (nor their '
+                           '/compressed or /compressedDepth transports); it has '
                            + ', '.join(f'{t} [{m}]' for t, m in sorted(available.items())))
+        for recorded, topic in logical.items():
+            if recorded != topic:
+                LOGGER.info('%s: %s read from %s', path, topic, recorded)
         matcher = ApproximateTimeMatcher(self.paired_topics, slop_s, queue_size)
-        connections = [c for c in reader.connections if c.topic in wanted]
+        connections = [c for c in reader.connections if c.topic in logical]
         poses: list[MessageRef] = []
         log_time = None
         try:
@@ -189,10 +207,11 @@ class BagFrames:
                 except ValueError as error:
                     raise BagError(f'{path}: {connection.topic} message logged at {log_time} ns: '
                                    f'{error}') from error
-                if connection.topic == self.topics.pose:
+                topic = logical[connection.topic]
+                if topic == self.topics.pose:
                     poses.append(ref)
                     continue
-                for matched in matcher.add(connection.topic, ref.stamp_ns, ref):
+                for matched in matcher.add(topic, ref.stamp_ns, ref):
                     self.frames.append(FrameRef(bag_index, matched.stamp_ns, matched.messages))
         except BagError:
             raise
@@ -307,7 +326,9 @@ class BagFrames:
                 raise BagError(f'{path}: {self.topics.image} or {depth_topic} has an empty '
                                'header frame_id, so the extrinsic cannot be looked up in tf; '
                                'pass --extrinsic-translation and --extrinsic-rotation')
-            T, origin = self.lookup_transform(bag_index, camera, sensor)
+            T, origin = ((np.eye(4), 'the same frame (no tf needed)')
+                         if same_frame(camera, sensor)
+                         else self.lookup_transform(bag_index, camera, sensor))
             if T is None:
                 raise BagError(
                     f'{path}: no extrinsic {camera!r} <- {sensor!r} ({depth_topic} into '
@@ -329,9 +350,52 @@ class BagFrames:
         return (messages[self.topics.image], messages[self.topics.camera_info],
                 messages[depth_topic], messages.get(self.topics.tof_camera_info))
 
-    def prepare(self, pipeline: CompletionPipeline, messages: dict[str, Any]) -> FrameInputs:
-        """pipeline.prepare on a frame's messages (the node's convert + project)."""
+    def prepare(self, pipeline: CompletionPipeline, messages: dict[str, Any],
+                index: Optional[int] = None) -> FrameInputs:
+        """pipeline.prepare on the messages of frame `index` (the node's convert + project);
+        with motion compensation its pose track is first filled from the pose topic around the
+        frame (`index` needed then)."""
+        if pipeline.motion is not None:
+            if index is None:
+                raise ValueError('motion compensation needs the frame index')
+            pipeline.motion.track = self.pose_track(index)
         return pipeline.prepare(*self.pipeline_arguments(messages, pipeline.depth_source))
+
+    def pose_track(self, index: int, before_ns: int = MOTION_BEFORE_NS,
+                   after_ns: int = MOTION_AFTER_NS) -> PoseTrack:
+        """The pose topic's T_world_from_body samples from before_ns before the earliest stamp
+        of frame `index` to after_ns after its image stamp, as a PoseTrack."""
+        frame = self.frames[index]
+        first = min(ref.stamp_ns for ref in frame.messages.values()) - before_ns
+        last = frame.stamp_ns + after_ns
+        poses = self.poses[frame.bag_index]
+        stamps = [p.stamp_ns for p in poses]
+        track = PoseTrack()
+        for ref in poses[bisect.bisect_left(stamps, first):bisect.bisect_right(stamps, last)]:
+            track.add(ref.stamp_ns, pose_matrix(self.read_message(frame.bag_index,
+                                                                  self.topics.pose, ref)))
+        return track
+
+    def motion_body_extrinsic(self, T_cam_from_sensor: np.ndarray) -> np.ndarray:
+        """T_body_from_sensor (4,4) for compensation (`core.motion.body_from_sensor`: the pose
+        topic's body frame, an Odometry's child_frame_id, <- the LiDAR frame), from the first
+        frame's frame ids and the bags' tf."""
+        frame = self.frames[0]
+        pose_ref = next(iter(self.poses[frame.bag_index]), None)
+        if pose_ref is None:
+            raise BagError(f'{self.paths[frame.bag_index]}: no {self.topics.pose} message for '
+                           'motion compensation')
+        messages = self.read(0)
+        body = getattr(self.read_message(frame.bag_index, self.topics.pose, pose_ref),
+                       'child_frame_id', '')
+        try:
+            return body_from_sensor(
+                body, messages[self.topics.image].header.frame_id,
+                messages[self.topics.points].header.frame_id, T_cam_from_sensor,
+                lambda target, source: self.lookup_transform(frame.bag_index, target, source)[0])
+        except MotionError as error:
+            raise BagError(f'{self.paths[frame.bag_index]}: motion compensation: '
+                           f'{error}') from error
 
     def ground_truth(self, messages: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
         """The ground-truth depth (H,W) metres of a frame; InputError if its size differs."""
@@ -355,11 +419,8 @@ class BagFrames:
             return None
         best = min(candidates, key=lambda p: abs(p.stamp_ns - frame.stamp_ns))
         msg = self.read_message(frame.bag_index, self.topics.pose, best)
-        pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
-        p, q = pose.position, pose.orientation
-        T_world_from_body = transform_from_translation_quaternion([p.x, p.y, p.z],
-                                                                  [q.x, q.y, q.z, q.w])
-        return T_world_from_body @ T_body_from_camera
+        return pose_matrix(msg) @ T_body_from_camera
+
 
 
 def holdout_split(sparse: np.ndarray, fraction: float,
@@ -479,7 +540,7 @@ class BagTrainingSamples:
 
     def _sample(self, index: int, rng: np.random.Generator) -> dict:
         messages = self.frames.read(index)
-        inputs = self.frames.prepare(self.pipeline, messages)
+        inputs = self.frames.prepare(self.pipeline, messages, index)
         sample = {'rgb': inputs.rgb, 'K': inputs.camera.camera_matrix.copy()}
         mode = self.options.supervision
         if mode == 'dense':
@@ -605,6 +666,14 @@ def add_bag_arguments(parser: argparse.ArgumentParser,
                        metavar=('X', 'Y', 'Z'), help=f'metres; {extrinsic}')
     group.add_argument('--extrinsic-rotation', type=float, nargs=4, default=None,
                        metavar=('QX', 'QY', 'QZ', 'QW'), help=f'quaternion; {extrinsic}')
+    group.add_argument('--motion-topic', default='',
+                       help='odometry (nav_msgs/Odometry or PoseStamped) of the platform: every '
+                       "LiDAR point is moved to the image's stamp (motion compensation, "
+                       'README "Moving LiDAR"); default: none')
+    group.add_argument('--lidar-time-field', default='velodyne',
+                       help='per-point time of the cloud for --motion-topic: a driver ('
+                       + ', '.join(DRIVER_TIME_FIELDS) + ') or NAME[:UNIT[:REFERENCE]] '
+                       "(unit s/ms/us/ns, reference relative/absolute); default %(default)s")
     group.add_argument('--slop', type=float, default=0.05, help='pairing slop, seconds')
     group.add_argument('--queue-size', type=int, default=10)
     group.add_argument('--min-depth', type=float, default=0.1, help='metres')
@@ -661,8 +730,13 @@ def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
     feeds every source whose topics it records (an outdoor bag without a ToF feeds only
     'lidar'); both extrinsics then come from the bags' tf.
     """
+    motion_topic = getattr(args, 'motion_topic', '')
+    if pose and motion_topic and pose != motion_topic:
+        raise ValueError(f'--motion-topic {motion_topic} and the pose topic {pose} differ: '
+                         'give one odometry')
     topics = BagTopics(args.image_topic, args.camera_info_topic, args.points_topic,
-                       args.tof_depth_topic, args.tof_camera_info_topic, ground_truth, pose)
+                       args.tof_depth_topic, args.tof_camera_info_topic, ground_truth,
+                       pose or motion_topic or None)
     both = args.depth_source == 'both'
     if both and (args.extrinsic_translation is not None or args.extrinsic_rotation is not None):
         raise ValueError("--depth-source both reads both extrinsics from the bag's tf; "
@@ -670,17 +744,23 @@ def frames_from_args(args: argparse.Namespace, paths: Sequence[str | Path],
     recorded = {str(path): bag_topics(path) for path in paths} if both else {}
     result = {}
     for source in DEPTH_SOURCES if both else (args.depth_source,):
-        wanted = set(topics.sensor(source, args.tof_registered))
-        source_paths = [p for p in paths if wanted <= recorded[str(p)]] if both else list(paths)
+        wanted = topics.sensor(source, args.tof_registered)
+        source_paths = ([p for p in paths
+                         if all(recorded_topic(t, recorded[str(p)]) for t in wanted)]
+                        if both else list(paths))
         if not source_paths:
             continue
         frames = BagFrames(source_paths, topics, source, args.tof_registered, args.slop,
                            args.queue_size)
-        result[source] = (frames, {'depth_source': source,
-                                   'T_cam_from_sensor': _extrinsic(args, frames, source),
-                                   'min_depth': args.min_depth, 'max_depth': args.max_depth,
-                                   'tof_registered': args.tof_registered,
-                                   'occlusion': _occlusion_filter(args, source)})
+        options = {'depth_source': source, 'T_cam_from_sensor': _extrinsic(args, frames, source),
+                   'min_depth': args.min_depth, 'max_depth': args.max_depth,
+                   'tof_registered': args.tof_registered,
+                   'occlusion': _occlusion_filter(args, source)}
+        if motion_topic and source == 'lidar':
+            options['motion'] = MotionCompensation(
+                parse_time_field(args.lidar_time_field),
+                T_body_from_sensor=frames.motion_body_extrinsic(options['T_cam_from_sensor']))
+        result[source] = (frames, options)
     if not result:
         raise BagError(f'none of {[str(p) for p in paths]} records a LiDAR ({topics.points}) '
                        f'or ToF ({topics.tof_depth}) topic')

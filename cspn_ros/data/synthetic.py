@@ -52,6 +52,9 @@ class SyntheticFrame:
     rgb (H,W,3) uint8 and depth (H,W) ground truth in the colour camera; lidar_points (N,3)
     float32 in the LiDAR frame; tof_depth (h,w) in the ToF camera; T_cam_from_* (4,4) float64 map
     sensor points into the colour optical frame; T_world_from_cam (4,4) float64 camera pose.
+    lidar_times_ns (N,) int64: when each LiDAR point was measured (a sweep that takes time,
+    `lidar_sweep_s`; None for an instantaneous sweep at stamp_ns); lidar_points are then in the
+    LiDAR frame *at that time*.
     """
 
     index: int
@@ -65,6 +68,7 @@ class SyntheticFrame:
     tof_camera: PinholeCamera
     T_cam_from_tof: np.ndarray
     T_world_from_cam: np.ndarray
+    lidar_times_ns: Optional[np.ndarray] = None
 
 
 # --- materials ------------------------------------------------------------------------------
@@ -369,6 +373,10 @@ def _focal_from_hfov(width: int, hfov_deg: float) -> float:
 
 # --- the scene ------------------------------------------------------------------------------
 
+#: Time slices a LiDAR sweep that takes time is rendered in (5 ms each for a 100 ms sweep).
+SWEEP_SLICES = 20
+
+
 class SyntheticScene:
     """Endless procedural scene seen by a moving rig: colour camera + spinning LiDAR + ToF camera.
 
@@ -377,7 +385,12 @@ class SyntheticScene:
     lidar_horizontal_resolution_deg: azimuth step; scene: 'outdoor' | 'indoor'; rate_hz and
     start_stamp_ns: frame i is stamped start_stamp_ns + i / rate_hz; tof_*: ToF image size and
     range (metres); lidar_/tof_ translation [x, y, z] m + rotation [qx, qy, qz, qw]: the sensors'
-    poses in the colour optical frame (T_cam_from_sensor).
+    poses in the colour optical frame (T_cam_from_sensor). lidar_sweep_s: seconds one LiDAR sweep
+    takes (0 = instantaneous, at the frame stamp); a sweep ends at the frame stamp, spinning
+    from azimuth -180 deg (behind) so it faces forward half-way, and is rendered in
+    SWEEP_SLICES time slices, each from the rig's pose at its time (the points' times).
+    platform_motion: [speed m/s, yaw rate deg/s] replaces the default path by a circular arc
+    (straight for yaw rate 0) at constant speed and yaw rate.
     """
 
     def __init__(self, seed: int = 0, width: int = 640, height: int = 480,
@@ -388,11 +401,18 @@ class SyntheticScene:
                  lidar_translation: Sequence[float] = DEFAULT_LIDAR_TRANSLATION,
                  lidar_rotation: Sequence[float] = DEFAULT_LIDAR_ROTATION,
                  tof_translation: Sequence[float] = DEFAULT_TOF_TRANSLATION,
-                 tof_rotation: Sequence[float] = DEFAULT_TOF_ROTATION) -> None:
+                 tof_rotation: Sequence[float] = DEFAULT_TOF_ROTATION,
+                 lidar_sweep_s: float = 0.0,
+                 platform_motion: Optional[Sequence[float]] = None) -> None:
         if scene not in SCENES:
             raise ValueError(f'scene must be one of {SCENES}, got {scene!r}')
         if rate_hz <= 0 or tof_max_range <= 0:
             raise ValueError('rate_hz and tof_max_range must be positive')
+        if lidar_sweep_s < 0:
+            raise ValueError(f'lidar_sweep_s must be >= 0, got {lidar_sweep_s}')
+        self.lidar_sweep_s = float(lidar_sweep_s)
+        self.platform_motion = (None if platform_motion is None
+                                else tuple(float(v) for v in platform_motion))
         self.seed, self.scene, self.rate_hz = int(seed), scene, float(rate_hz)
         self.start_stamp_ns = int(start_stamp_ns)
         self.camera = _pinhole(width, height, fx or _focal_from_hfov(width, 70.0))
@@ -490,9 +510,21 @@ class SyntheticScene:
     def world_from_camera(self, index: int) -> np.ndarray:
         """(4,4) float64 pose of the colour optical frame at frame index: a smooth path with
         forward motion and yaw (outdoor: 6 m/s down a weaving street; indoor: a 1 m circle with
-        the view sweeping left and right)."""
-        time = index / self.rate_hz
-        if self.scene == 'outdoor':
+        the view sweeping left and right), or the `platform_motion` arc."""
+        return self.pose_at(index / self.rate_hz)
+
+    def pose_at(self, time: float) -> np.ndarray:
+        """(4,4) float64 pose of the colour optical frame `time` seconds after frame 0."""
+        if self.platform_motion is not None:
+            speed, yaw_rate = self.platform_motion[0], math.radians(self.platform_motion[1])
+            yaw = yaw_rate * time
+            if abs(yaw_rate) < 1e-12:
+                position = [speed * time, 0.0, 1.6 if self.scene == 'outdoor' else 0.9]
+            else:
+                radius = speed / yaw_rate
+                position = [radius * math.sin(yaw), radius * (1 - math.cos(yaw)),
+                            1.6 if self.scene == 'outdoor' else 0.9]
+        elif self.scene == 'outdoor':
             speed, amplitude, period = 6.0, 0.8, 14.0
             omega = 2 * math.pi / period
             position = [speed * time, amplitude * math.sin(omega * time), 1.6]
@@ -527,10 +559,15 @@ class SyntheticScene:
         world_from_cam = self.world_from_camera(index)
         objects = self._objects_near(world_from_cam[:3, 3])
         rgb, depth = self._render_camera(world_from_cam, objects)
+        lidar_times_ns = None
+        if self.lidar_sweep_s > 0:
+            lidar_points, lidar_times_ns = self._render_sweep(index, objects, rng)
+        else:
+            lidar_points = self._render_lidar(world_from_cam @ self.T_cam_from_lidar, objects, rng)
         return SyntheticFrame(
             index=index, stamp_ns=self.start_stamp_ns + round(index * 1e9 / self.rate_hz),
             rgb=rgb, depth=depth, camera=self.camera,
-            lidar_points=self._render_lidar(world_from_cam @ self.T_cam_from_lidar, objects, rng),
+            lidar_points=lidar_points, lidar_times_ns=lidar_times_ns,
             T_cam_from_lidar=self.T_cam_from_lidar,
             tof_depth=self._render_tof(world_from_cam @ self.T_cam_from_tof, objects, rng),
             tof_camera=self.tof_camera, T_cam_from_tof=self.T_cam_from_tof,
@@ -589,6 +626,26 @@ class SyntheticScene:
         hit = np.isfinite(t) & (t >= 0.3)
         ranges = t[hit] + rng.normal(0, 0.02, int(hit.sum())).astype(np.float32)
         return (self._lidar_rays.directions[:, hit] * ranges).T.copy()
+
+    def _render_sweep(self, index: int, objects: list, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """A sweep of lidar_sweep_s ending at frame index's stamp: ((N,3) float32 points, each
+        in the LiDAR frame of its slice's time, (N,) int64 times ns), SWEEP_SLICES slices of
+        azimuth columns in firing order (-180 deg first)."""
+        stamp_ns = self.start_stamp_ns + round(index * 1e9 / self.rate_hz)
+        columns = self._lidar_rays.count
+        points, times = [], []
+        for k in range(SWEEP_SLICES):
+            offset_s = self.lidar_sweep_s * ((k + 0.5) / SWEEP_SLICES - 1.0)
+            pose = self.pose_at(index / self.rate_hz + offset_s) @ self.T_cam_from_lidar
+            t, _, _ = self._cast(self._lidar_rays, pose, objects, self.max_range)
+            in_slice = np.zeros(t.shape, bool)
+            in_slice[:, k * columns // SWEEP_SLICES:(k + 1) * columns // SWEEP_SLICES] = True
+            hit = np.isfinite(t) & (t >= 0.3) & in_slice
+            ranges = t[hit] + rng.normal(0, 0.02, int(hit.sum())).astype(np.float32)
+            points.append((self._lidar_rays.directions[:, hit] * ranges).T)
+            times.append(np.full(len(ranges), stamp_ns + round(offset_s * 1e9), np.int64))
+        return np.concatenate(points).astype(np.float32), np.concatenate(times)
 
     def tof_view(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ToF camera's noise-free view of frame `index`: (t (h,w) float32 metres, inf =

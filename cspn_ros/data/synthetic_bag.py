@@ -18,9 +18,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from cspn_ros.core.camera import PinholeCamera, camera_info_fields
+from cspn_ros.core.compressed import compressed_depth_fields, compressed_image_fields
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
 from cspn_ros.core.projection import quaternion_from_rotation
-from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC
+from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC, transport_topic
 from cspn_ros.data.synthetic import SyntheticScene
 
 DEPTH_SOURCES = ('both', 'lidar', 'tof')
@@ -84,6 +85,11 @@ class BagWriter:
         """sensor_msgs/Image from `image_fields` / `depth_fields`."""
         return self.types['sensor_msgs/msg/Image'](header=header, **fields)
 
+    def compressed_image(self, fields: Mapping[str, Any], header: Any) -> Any:
+        """sensor_msgs/CompressedImage from `compressed_image_fields` /
+        `compressed_depth_fields`."""
+        return self.types['sensor_msgs/msg/CompressedImage'](header=header, **fields)
+
     def camera_info(self, camera: PinholeCamera, header: Any) -> Any:
         """sensor_msgs/CameraInfo describing `camera`."""
         roi = self.types['sensor_msgs/msg/RegionOfInterest'](x_offset=0, y_offset=0, height=0,
@@ -129,7 +135,9 @@ class BagWriter:
 
 def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: int = 10,
                         depth_source: str = 'both', tof_encoding: str = '32FC1',
-                        topics: Mapping[str, str] = BAG_TOPICS, **scene_kwargs: Any) -> Path:
+                        topics: Mapping[str, str] = BAG_TOPICS, colour_codec: str = 'raw',
+                        tof_compressed: bool = False, cloud_in_camera_frame: bool = False,
+                        odometry_hz: float = 0.0, **scene_kwargs: Any) -> Path:
     """Render frames 0 .. num_frames-1 of SyntheticScene(**scene_kwargs) into a new rosbag2
     directory `path` (must not exist) and return it.
 
@@ -137,7 +145,16 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
     only, 'tof' = ToF depth + its CameraInfo only; /tf_static holds the recorded sensors'
     extrinsics); tof_encoding: '32FC1' (m, NaN invalid) or '16UC1' (mm, 0 invalid). Image,
     CameraInfo, ground truth and odometry are always recorded. topics: stream -> topic, keys as
-    in BAG_TOPICS.
+    in BAG_TOPICS. colour_codec: 'raw' (sensor_msgs/Image) or 'jpeg' / 'png' (CompressedImage on
+    `<image>/compressed` only, as image_transport records it); tof_compressed: the ToF depth as
+    compressedDepth (png of tof_encoding) on `<tof depth>/compressedDepth` only;
+    cloud_in_camera_frame: the LiDAR points moved into the camera optical frame and stamped
+    with its frame id, and no LiDAR transform in /tf_static (no /tf_static at all without a
+    ToF): a rig that publishes its cloud in the camera frame. A scene with `lidar_sweep_s` > 0
+    (a sweep that takes time, e.g. with `platform_motion` [m/s, deg/s]) records a float32 'time'
+    field per point, seconds relative to the cloud's stamp = the sweep's end = the image stamp
+    (so negative; `core.motion`'s 'velodyne' layout). odometry_hz > 0: /odom at that rate from 0.2 s before the first frame to
+    the last (what compensation needs), instead of one per frame.
     """
     if storage not in STORAGES:
         raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
@@ -145,35 +162,65 @@ def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: 
         raise ValueError(f'depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}')
     if tof_encoding not in ('32FC1', '16UC1'):
         raise ValueError(f'tof_encoding must be 32FC1 or 16UC1, got {tof_encoding!r}')
+    if colour_codec not in ('raw', 'jpeg', 'png'):
+        raise ValueError(f"colour_codec must be 'raw', 'jpeg' or 'png', got {colour_codec!r}")
     if num_frames < 1:
         raise ValueError(f'num_frames must be >= 1, got {num_frames}')
     scene = SyntheticScene(**scene_kwargs)
     records_lidar = depth_source in ('both', 'lidar')
     records_tof = depth_source in ('both', 'tof')
-    extrinsics = scene.sensor_extrinsics(lidar=records_lidar, tof=records_tof)
+    extrinsics = scene.sensor_extrinsics(lidar=records_lidar and not cloud_in_camera_frame,
+                                         tof=records_tof)
+    lidar_frame = FRAME_IDS['camera' if cloud_in_camera_frame else 'lidar']
+    topics = dict(topics)
+    if colour_codec != 'raw':
+        topics['image'] = transport_topic(topics['image'], 'compressed')
+    if tof_compressed:
+        topics['tof_depth'] = transport_topic(topics['tof_depth'], 'compressedDepth')
     with BagWriter(path, storage) as bag:
-        bag.write(TF_STATIC_TOPIC, scene.start_stamp_ns, bag.tf_message(
-            extrinsics, bag.header(scene.start_stamp_ns, FRAME_IDS['camera'])))
+        if extrinsics:
+            bag.write(TF_STATIC_TOPIC, scene.start_stamp_ns, bag.tf_message(
+                extrinsics, bag.header(scene.start_stamp_ns, FRAME_IDS['camera'])))
         for index in range(num_frames):
             frame = scene.frame(index)
             stamp = frame.stamp_ns
             camera_head = bag.header(stamp, FRAME_IDS['camera'])
             messages = {
-                'image': bag.image(image_fields(frame.rgb, 'rgb8'), camera_head),
+                'image': (bag.image(image_fields(frame.rgb, 'rgb8'), camera_head)
+                          if colour_codec == 'raw' else bag.compressed_image(
+                              compressed_image_fields(frame.rgb, colour_codec), camera_head)),
                 'camera_info': bag.camera_info(frame.camera, camera_head),
                 'ground_truth': bag.image(depth_fields(frame.depth, '32FC1'), camera_head),
-                'odometry': bag.odometry(frame.T_world_from_cam,
-                                         bag.header(stamp, FRAME_IDS['odom']),
-                                         FRAME_IDS['camera']),
             }
+            if odometry_hz <= 0:
+                messages['odometry'] = bag.odometry(frame.T_world_from_cam,
+                                                    bag.header(stamp, FRAME_IDS['odom']),
+                                                    FRAME_IDS['camera'])
             if records_lidar:
-                messages['points'] = bag.cloud(pointcloud2_fields(frame.lidar_points),
-                                               bag.header(stamp, FRAME_IDS['lidar']))
+                points = frame.lidar_points
+                if cloud_in_camera_frame:
+                    T = frame.T_cam_from_lidar
+                    points = (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+                extra = None if frame.lidar_times_ns is None else {
+                    'time': ((frame.lidar_times_ns - stamp) / 1e9).astype(np.float32)}
+                messages['points'] = bag.cloud(pointcloud2_fields(points, extra=extra),
+                                               bag.header(stamp, lidar_frame))
             if records_tof:
                 tof_head = bag.header(stamp, FRAME_IDS['tof'])
-                messages['tof_depth'] = bag.image(depth_fields(frame.tof_depth, tof_encoding),
-                                                  tof_head)
+                messages['tof_depth'] = (
+                    bag.compressed_image(compressed_depth_fields(frame.tof_depth, tof_encoding),
+                                         tof_head) if tof_compressed
+                    else bag.image(depth_fields(frame.tof_depth, tof_encoding), tof_head))
                 messages['tof_camera_info'] = bag.camera_info(frame.tof_camera, tof_head)
             for key, msg in messages.items():
                 bag.write(topics[key], stamp, msg)
+        if odometry_hz > 0:
+            first = -0.2
+            for k in range(int((num_frames - 1) / scene.rate_hz * odometry_hz
+                               - first * odometry_hz) + 1):
+                time_s = first + k / odometry_hz
+                stamp = scene.start_stamp_ns + round(time_s * 1e9)
+                bag.write(topics['odometry'], stamp, bag.odometry(
+                    scene.pose_at(time_s), bag.header(stamp, FRAME_IDS['odom']),
+                    FRAME_IDS['camera']))
     return Path(path)

@@ -14,8 +14,9 @@ every waiting message, feeds the stamp matcher (`core.sync`) and completes only 
 matched set; older sets are dropped and counted. Bad frames are logged (throttled per problem)
 and skipped; the node keeps running.
 
-Topics (relative): in `image`, `camera_info`, and `points` (depth_source=lidar) or `tof/depth`
-(+ `tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
+Topics (relative): in `image` (or `image/compressed`: image_transport), `camera_info`, and
+`points` (depth_source=lidar) or `tof/depth` (or `tof/depth/compressedDepth`) (+
+`tof/camera_info` unless tof.registered); out `depth` (32FC1 metres, NaN invalid, the image's
 header), `depth/camera_info` (the colour CameraInfo as scaled to the image, same header; the
 depth is pixel-aligned with `image`, raw or rectified), `depth/colorized` (bgr8),
 `depth/points` (PointCloud2 xyz+rgb), `depth/sparse` (32FC1), `depth/confidence` (32FC1 in
@@ -41,7 +42,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.conversions import (depth_fields, image_fields, pointcloud2_fields,
@@ -50,14 +51,17 @@ from cspn_ros.core.diagnostics import ERROR, OK, WARN, CompletionDiagnostics, si
 from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT_DISTANCE,
                                        DEFAULT_MIN_INPUT_PIXELS, image_size_problem,
                                        silent_input_hint)
+from cspn_ros.core.motion import MotionCompensation, parse_time_field
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import (DEPTH_SOURCES, CompletionPipeline, InputError,
                                     ModelOutputError)
 from cspn_ros.core.projection import depth_to_points, transform_from_translation_quaternion
 from cspn_ros.core.selfcheck import FALLBACKS, SelfCheck, SelfCheckConfig
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
+from cspn_ros.core.topics import COLOUR_TRANSPORTS, DEPTH_TRANSPORTS, transport_topic
 from cspn_ros.nodes.extrinsic_source import ExtrinsicSource
 from cspn_ros.nodes.hardware import hardware_id
+from cspn_ros.nodes.motion_source import ODOMETRY_TYPES, MotionSource, odometry_message_type
 from cspn_ros.nodes.messages import (camera_info_msg, diagnostic_array_msg, header_msg, image_msg,
                                      pointcloud2_msg)
 from cspn_ros.nodes.spin import freeze_long_lived_objects, run
@@ -117,6 +121,23 @@ PARAMETERS = {
                          'T_cam_from_sensor; overrides translation/rotation when set', {}, True),
     'rectified': (False, 'the `image` is rectified (image_rect): its camera is the CameraInfo '
                   'P, no distortion; false = a raw image, K + D', {}, True),
+    'image_transport': ('raw', 'transport of `image` (image_transport naming): raw = '
+                        'sensor_msgs/Image on `image`; compressed = CompressedImage (jpeg/png) on '
+                        '`image/compressed`', {'additional_constraints': 'one of: raw, compressed'},
+                        True),
+    'tof.image_transport': ('raw', 'transport of `tof/depth`: raw = Image; compressedDepth = '
+                            "image_transport's compressedDepth (png of 16UC1, or of 32FC1 "
+                            'quantised inverse depth) on `tof/depth/compressedDepth`',
+                            {'additional_constraints': 'one of: raw, compressedDepth'}, True),
+    'motion.odometry_topic': ('', "platform odometry for LiDAR motion compensation ('' = "
+                              "off): every cloud point is moved to the image's stamp using "
+                              'its per-point time (motion.time_field)', {}, True),
+    'motion.odometry_type': ('odometry', 'odometry = nav_msgs/Odometry (child_frame_id: the '
+                             'body); pose = geometry_msgs/PoseStamped of the camera',
+                             {'additional_constraints': 'one of: odometry, pose'}, True),
+    'motion.time_field': ('velodyne', 'per-point time of the cloud: a driver (velodyne, ouster, '
+                          'hesai, robosense, livox, livox_offset) or NAME:UNIT:REFERENCE '
+                          '(unit s/ms/us/ns, reference relative/absolute)', {}, True),
     'tof.registered': (False, 'the ToF depth is already registered to the colour camera '
                        '(no tof/camera_info, no extrinsic)', {}, True),
     'slop': (0.05, 'largest stamp difference (s) between paired messages', _float_range(0.0, 10.0),
@@ -312,13 +333,15 @@ class CompletionCore:
         if self.depth_source == 'lidar' and self._value('occlusion_filter.enabled'):
             occlusion = OcclusionFilter(*(self._value(f'occlusion_filter.{name}') for name in (
                 'window', 'min_gap', 'min_quadrants')))
+        self.motion = self._motion_source()
         self.pipeline = CompletionPipeline(
             self.completer, depth_source=self.depth_source, min_depth=values['min_depth'],
             max_depth=values['max_depth'], min_confidence=self._value('min_confidence'),
             tof_registered=self.tof_registered, rectified=self._value('rectified'),
             min_input_pixels=self._value('min_input_pixels'),
             max_input_distance=self._value('max_input_distance'), max_image_size=max_image_size,
-            occlusion=occlusion, holdout=self.self_check.holdout())
+            occlusion=occlusion, holdout=self.self_check.holdout(),
+            motion=self.motion and self.motion.compensation)
 
         reliability = RELIABILITIES[self._choice('output_reliability', tuple(RELIABILITIES))]
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
@@ -328,17 +351,23 @@ class CompletionCore:
                                     for topic, msg_type in OUTPUT_TOPICS.items()}
         self._diagnostics_publisher = self.node.create_publisher(DiagnosticArray,
                                                                  '/diagnostics', 10)
-        self.inputs = {'image': Image, 'camera_info': CameraInfo}
+        transports = {'image': self._choice('image_transport', COLOUR_TRANSPORTS),
+                      'tof/depth': self._choice('tof.image_transport', DEPTH_TRANSPORTS)}
+        image_type = {transport: Image if transport == 'raw' else CompressedImage
+                      for transport in transports.values()}
+        self.inputs = {'image': image_type[transports['image']], 'camera_info': CameraInfo}
         if self.depth_source == 'lidar':
             self.inputs['points'] = PointCloud2
         else:
-            self.inputs['tof/depth'] = Image
+            self.inputs['tof/depth'] = image_type[transports['tof/depth']]
             if not self.tof_registered:
                 self.inputs['tof/camera_info'] = CameraInfo
         self.matcher = ApproximateTimeMatcher(list(self.inputs), slop_s=self._value('slop'),
                                               queue_size=self._value('queue_size'),
                                               reference='image')
-        self._resolved = {topic: self.node.resolve_topic_name(topic) for topic in self.inputs}
+        self._resolved = {topic: transport_topic(self.node.resolve_topic_name(topic),
+                                                 transports.get(topic, 'raw'))
+                          for topic in self.inputs}
         self.diagnostics = CompletionDiagnostics(tuple(self._resolved.values()),
                                                  timeout_s=self._value('input_timeout'))
         self._last_match = time.monotonic()
@@ -370,6 +399,12 @@ class CompletionCore:
         for topic, msg_type in self.inputs.items():
             self._inputs_node.create_subscription(msg_type, self._resolved[topic],
                                                   self._callback_for(topic), input_qos)
+        if self.motion is not None:  # every pose between two frames is kept
+            self._inputs_node.create_subscription(
+                odometry_message_type(self._value('motion.odometry_type')),
+                self.node.resolve_topic_name(self._value('motion.odometry_topic')),
+                self.motion.callback, QoSProfile(**{**{k: getattr(input_qos, k) for k in (
+                    'history', 'durability', 'reliability')}, 'depth': 200}))
         self._inputs_executor = SingleThreadedExecutor(context=self.node.context)
         self._inputs_executor.add_node(self._inputs_node)
         self._stop.clear()
@@ -463,6 +498,21 @@ class CompletionCore:
         except ValueError as error:
             raise StartupError(f'self_check / fallback: {error}') from error
         return SelfCheck(config, DepthCompleter.from_config('classical'))
+
+    def _motion_source(self) -> Optional[MotionSource]:
+        """The odometry-driven MotionSource when motion.odometry_topic is set (LiDAR only)."""
+        if not self._value('motion.odometry_topic') or self.depth_source != 'lidar':
+            return None
+        self._choice('motion.odometry_type', ODOMETRY_TYPES)
+        try:
+            odometry_message_type(self._value('motion.odometry_type'))
+            time_field = parse_time_field(self._value('motion.time_field'))
+        except (ImportError, ValueError) as error:
+            raise StartupError(str(error)) from error
+        self.log.info(f'LiDAR motion compensation: odometry on '
+                      f'{self.node.resolve_topic_name(self._value("motion.odometry_topic"))}, '
+                      f'per-point time {time_field}')
+        return MotionSource(MotionCompensation(time_field))
 
     def _parameter_extrinsic(self) -> np.ndarray:
         """T_cam_from_sensor (4,4) from extrinsic.matrix, else translation + rotation."""
@@ -656,6 +706,12 @@ class CompletionCore:
         try:
             if self.depth_source == 'lidar' or not self.tof_registered:
                 self.pipeline.T_cam_from_sensor = self._extrinsic_for(matched)
+            if self.motion is not None:
+                self.motion.prepare(messages['image'].header.frame_id,
+                                    messages['points'].header.frame_id,
+                                    self.pipeline.T_cam_from_sensor,
+                                    self._extrinsic.for_frames if self._extrinsic.kind == 'tf'
+                                    else None)
             result = self._complete(messages)
             with self._lock:
                 result, switched = self.self_check.check(result)

@@ -197,7 +197,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         stamp = frames.frames[index].stamp_ns
         try:
             messages = frames.read(index)
-            inputs = frames.prepare(pipelines['model'], messages)
+            inputs = frames.prepare(pipelines['model'], messages, index)
             if args.gt_topic:
                 gt = frames.ground_truth(messages, inputs.sparse.shape)
             else:

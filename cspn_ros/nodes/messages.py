@@ -14,7 +14,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Quaternion, Transform, TransformStamped, Vector3
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from cspn_ros.core.camera import PinholeCamera
@@ -46,6 +46,14 @@ def image_msg(fields: Mapping[str, Any], header: Header) -> Image:
     msg = Image(header=header, height=int(fields['height']), width=int(fields['width']),
                 encoding=fields['encoding'], is_bigendian=int(fields['is_bigendian']),
                 step=int(fields['step']))
+    msg.data = _byte_array(fields['data'])
+    return msg
+
+
+def compressed_image_msg(fields: Mapping[str, Any], header: Header) -> CompressedImage:
+    """sensor_msgs/CompressedImage from `compressed.compressed_image_fields` /
+    `compressed_depth_fields` output."""
+    msg = CompressedImage(header=header, format=fields['format'])
     msg.data = _byte_array(fields['data'])
     return msg
 
