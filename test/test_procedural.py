@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cspn_ros.data import procedural
-from cspn_ros.data.procedural import PATTERNS, ProceduralBatches, cast
+from cspn_ros.data.procedural import PATTERNS, ProceduralBatches
+from cspn_ros.data.procedural_scene import SceneSampler, cast
 
 
 def test_batches_are_seeded_shaped_and_metric():
@@ -40,7 +41,7 @@ def test_every_sensor_pattern_measures_the_scene(pattern, monkeypatch):
 
 def test_cast_hits_a_sphere_and_a_plane_at_their_analytic_depths():
     source = ProceduralBatches(steps=1, batch_size=1, height=8, width=8)
-    sampler = procedural._SceneSampler(np.random.default_rng(0), textures=1)
+    sampler = SceneSampler(np.random.default_rng(0), textures=1)
     scene = sampler.pack([{'boxes': [], 'spheres': [([0.0, 0.0, 10.0], 2.0)], 'cylinders': [],
                            'planes': [(np.array([0.0, -1.0, 0.0]), -1.5)], 'height': 1.5,
                            'margin': 0.3}], torch.device('cpu'))
@@ -64,3 +65,14 @@ def test_training_node_trains_on_procedural_batches(tmp_path):
     assert code == 0
     completer = DepthCompleter.from_checkpoint(tmp_path / 'best.safetensors')
     assert completer.config.initial_fill == 'blend' and completer.config.affinity == 'convex'
+
+
+def test_jpeg_artefacts_change_some_images_a_little():
+    rgb = ProceduralBatches(steps=1, batch_size=6, height=40, width=56, seed=2).batch(0, 0)['rgb']
+    rng = np.random.default_rng(0)
+    compressed = procedural._jpeg(rng, rgb, share=1.0)
+    difference = (compressed - rgb).abs()
+    assert compressed.shape == rgb.shape and compressed.dtype == rgb.dtype
+    assert float(difference.max()) > 0          # every image went through the codec
+    assert float(difference.mean()) < 0.05      # and still looks like itself
+    torch.testing.assert_close(procedural._jpeg(rng, rgb, share=0.0), rgb, rtol=0, atol=0)

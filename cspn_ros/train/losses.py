@@ -81,7 +81,8 @@ def scaled_frame_loss(pred: torch.Tensor, target: torch.Tensor,
     count = valid.flatten(1).sum(dim=1)
     scored = count > 0
     frame_mae = absolute.sum(dim=1) / count.clamp(min=1)
-    mae = torch.where(scored, frame_mae, torch.zeros_like(frame_mae)).sum() / scored.sum().clamp(min=1)
+    mae = (torch.where(scored, frame_mae, torch.zeros_like(frame_mae)).sum()
+           / scored.sum().clamp(min=1))
     return frame_rmse(pred, target, mask) + mae
 
 
