@@ -1,9 +1,9 @@
 """ONNX export of a DepthCompleter's network, propagation unrolled, for onnxruntime / TensorRT.
 
 The graph: inputs `rgb` (B, 3, H, W) float32 in [0, 1] and `sparse` (B, 1, H, W) float32 metres
-(0 = missing; map NaN/inf/<= 0 to 0 first, as DepthCompleter does); outputs `depth` and
-`confidence`, (B, 1, H, W) float32 (metres, [0, 1]). The propagation steps are unrolled at the
-completer's current `steps`. By default B = 1 and (H, W) are fixed; dynamic=True exports B, H, W
+(0 = missing; map NaN/inf/<= 0 to 0 first, as DepthCompleter does); outputs `depth`,
+`confidence` and `depth_init` (before propagation), (B, 1, H, W) float32 (metres, [0, 1],
+metres). The propagation steps are unrolled at the completer's current `steps`. By default B = 1 and (H, W) are fixed; dynamic=True exports B, H, W
 as dynamic axes (the network pads to a multiple of 32 inside the graph).
 
 Uses the TorchScript-based exporter (`dynamo=False`): the torch.export-based one needs
@@ -29,20 +29,20 @@ from torch import nn
 from cspn_ros.model.completer import DepthCompleter
 
 INPUT_NAMES = ('rgb', 'sparse')
-OUTPUT_NAMES = ('depth', 'confidence')
+OUTPUT_NAMES = ('depth', 'confidence', 'depth_init')
 
 
-class _DepthAndConfidence(nn.Module):
-    """The network with a tuple output (depth, confidence) that ONNX can name."""
+class _NamedOutputs(nn.Module):
+    """The network with a tuple output (OUTPUT_NAMES) that ONNX can name."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, rgb: torch.Tensor,
-                sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                sparse: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.network(rgb, sparse)
-        return outputs['depth'], outputs['confidence']
+        return tuple(outputs[name] for name in OUTPUT_NAMES)
 
 
 def to_onnx(completer: DepthCompleter, path: str | Path, height: int, width: int,
@@ -63,7 +63,7 @@ def to_onnx(completer: DepthCompleter, path: str | Path, height: int, width: int
     axes = {'batch': 0, 'height': 2, 'width': 3}
     dynamic_axes = ({name: {dim: axis for axis, dim in axes.items()}
                      for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic else None)
-    wrapper = _DepthAndConfidence(completer.model).eval()
+    wrapper = _NamedOutputs(completer.model).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings('ignore', category=DeprecationWarning)  # legacy exporter notice
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)

@@ -3,6 +3,9 @@
 numpy in, numpy out (`__call__`, `complete`), or torch tensors that stay on the device
 (`complete_tensor`) for the GPU pipeline. Depths are float32 metres, 0 = missing / no estimate.
 Inference modes (precision, channels_last, compile, cuda_graphs) are explained in inference.py.
+Backends: 'torch' runs the network eagerly; 'onnxruntime' runs it as an exported ONNX graph
+cached per input size (onnx_backend.py; CPU, fp32); 'auto' picks onnxruntime where it applies
+(see resolve_backend).
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ from cspn_ros.model.fill import classical_fill
 from cspn_ros.model.inference import (PRECISIONS, CudaGraphRunner, resolve_modes,
                                       resolve_precision)
 from cspn_ros.model.network import CompletionNet
+from cspn_ros.model import onnx_backend
 
 #: Weights shipped with the package (None in from_checkpoint).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / 'weights' / 'default.safetensors'
 #: Network outputs a completer returns (guidance stays inside).
 OUTPUTS = ('depth', 'confidence', 'depth_init')
+BACKENDS = ('torch', 'onnxruntime', 'auto')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +59,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def resolve_backend(backend: str, device: torch.device, has_network: bool, precision: str,
+                    channels_last: bool, compile: bool | str) -> str:
+    """'torch' or 'onnxruntime' as it will run. 'auto' = onnxruntime for a network on the CPU in
+    fp32 without channels_last / compile when onnxruntime is installed (about 2x faster there:
+    BENCHMARKS.md), else torch. ValueError for unknown names, and for an explicit 'onnxruntime'
+    that cannot run (no network, not the CPU, reduced precision or torch-only modes, not
+    installed)."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    problems = [text for failed, text in (
+        (not has_network, "the 'classical' baseline has no network"),
+        (device.type != 'cpu', f'it runs on the CPU only, not {device}'),
+        (precision != 'fp32', f"it runs fp32 only, not {precision!r}"),
+        (channels_last or compile, 'channels_last and compile are torch modes'),
+        (not onnx_backend.available(), 'onnxruntime is not installed')) if failed]
+    if backend == 'auto':
+        return 'torch' if problems else 'onnxruntime'
+    if backend == 'onnxruntime' and problems:
+        raise ValueError(f"backend 'onnxruntime' cannot run here: {'; '.join(problems)}")
+    return backend
+
+
 class DepthCompleter:
     """Dense depth from RGB + sparse depth with a CompletionNet, or classical_fill for
     config.propagation == 'classical' (no torch network).
 
     Attributes: config (ModelConfig), device (torch.device), precision ('fp32'|'fp16'|'bf16',
-    settable), channels_last, compile, cuda_graphs (the modes, see inference.py), model
+    settable), channels_last, compile, cuda_graphs (the modes, see inference.py), backend
+    ('torch' | 'onnxruntime', as resolved by resolve_backend), model
     (CompletionNet in eval mode, None for 'classical'), meta (checkpoint metadata), steps
     (propagation steps, settable at run time without reloading).
     """
@@ -67,7 +95,8 @@ class DepthCompleter:
     def __init__(self, config: ModelConfig, model: CompletionNet | None,
                  device: str | torch.device = 'cpu', precision: str = 'fp32',
                  meta: dict | None = None, *, channels_last: bool = False,
-                 compile: bool | str = False, cuda_graphs: bool = False) -> None:
+                 compile: bool | str = False, cuda_graphs: bool = False,
+                 backend: str = 'torch') -> None:
         if (model is None) == config.has_weights:
             raise ValueError(f'propagation {config.propagation!r} '
                              + ('needs a model' if config.has_weights else 'takes no model'))
@@ -87,16 +116,23 @@ class DepthCompleter:
                                           backend='inductor' if compile is True else compile)
         self._graphs = CudaGraphRunner() if self.cuda_graphs else None
         self.meta = dict(meta or {})
+        self.backend = resolve_backend(backend, self.device, model is not None, self.precision,
+                                       channels_last, compile)
+        self._onnx = None
+        if self.backend == 'onnxruntime':
+            self._onnx = onnx_backend.OnnxRunner(
+                self._export, onnx_backend.model_digest(self.model, onnx_backend.config_json(config)))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = 'cpu',
                         precision: str = 'fp32', *, channels_last: bool = False,
                         compile: bool | str = False,
-                        cuda_graphs: bool = False) -> 'DepthCompleter':
+                        cuda_graphs: bool = False, backend: str = 'auto') -> 'DepthCompleter':
         """Load a .safetensors/.pt checkpoint (None = the packaged default weights).
 
         Raises CheckpointError (a ValueError) naming the file and the problem. The modes are
-        explained in inference.py.
+        explained in inference.py; backend 'auto' picks the fastest one for the device
+        (resolve_backend).
         """
         if path is None:
             path = DEFAULT_CHECKPOINT
@@ -111,19 +147,20 @@ class DepthCompleter:
             model = CompletionNet(config)
             load_weights(model, state_dict, path)
         return cls(config, model, device, precision, meta, channels_last=channels_last,
-                   compile=compile, cuda_graphs=cuda_graphs)
+                   compile=compile, cuda_graphs=cuda_graphs, backend=backend)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict | str | Path | None = None,
                     device: str | torch.device = 'cpu', precision: str = 'fp32', *,
                     channels_last: bool = False, compile: bool | str = False,
-                    cuda_graphs: bool = False) -> 'DepthCompleter':
+                    cuda_graphs: bool = False, backend: str = 'torch') -> 'DepthCompleter':
         """An untrained network for `config` (anything ModelConfig.load accepts), or the
-        classical baseline for 'classical'. The modes are explained in inference.py."""
+        classical baseline for 'classical'. The modes are explained in inference.py; backend
+        as in from_checkpoint (default torch: untrained networks are for tests and training)."""
         config = ModelConfig.load(config)
         return cls(config, CompletionNet(config) if config.has_weights else None, device,
                    precision, channels_last=channels_last, compile=compile,
-                   cuda_graphs=cuda_graphs)
+                   cuda_graphs=cuda_graphs, backend=backend)
 
     @property
     def precision(self) -> str:
@@ -132,7 +169,10 @@ class DepthCompleter:
 
     @precision.setter
     def precision(self, precision: str) -> None:
-        self._precision = resolve_precision(precision, self.device, self.config.has_weights)
+        precision = resolve_precision(precision, self.device, self.config.has_weights)
+        if precision != 'fp32' and getattr(self, 'backend', 'torch') == 'onnxruntime':
+            raise ValueError(f"backend 'onnxruntime' runs fp32 only, not {precision!r}")
+        self._precision = precision
 
     def warmup(self, height: int, width: int, iterations: int = 2) -> None:
         """Run `iterations` random frames of height x width so that the first real frame is not
@@ -200,6 +240,11 @@ class DepthCompleter:
         """The network on one frame of device tensors (through the CUDA graph when enabled);
         OUTPUTS as (1,1,H,W) float32."""
         with torch.inference_mode():
+            if self._onnx is not None:
+                rgb, sparse = _network_inputs(rgb_t, sparse_t)
+                outputs = self._onnx(rgb.contiguous().numpy(), sparse.contiguous().numpy(),
+                                     self.steps)
+                return {key: torch.from_numpy(value) for key, value in outputs.items()}
             if self._graphs is None:
                 return self._forward(rgb_t, sparse_t)
             return self._graphs(self._forward, rgb_t, sparse_t, key=(self.precision, self.steps))
@@ -210,10 +255,20 @@ class DepthCompleter:
         autocast = (contextlib.nullcontext() if dtype is None
                     else torch.autocast(self.device.type, dtype=dtype))
         with autocast:
-            rgb = rgb_t.permute(2, 0, 1).unsqueeze(0).float() / 255.0
-            sparse = _valid_depth(sparse_t).unsqueeze(0).unsqueeze(0)
-            outputs = self._network(rgb, sparse)
+            outputs = self._network(*_network_inputs(rgb_t, sparse_t))
         return {key: outputs[key] for key in OUTPUTS}
+
+    def _export(self, path, height: int, width: int):
+        """The network as ONNX at (height, width) px and the current steps (for OnnxRunner)."""
+        from cspn_ros.export import to_onnx
+        return to_onnx(self, path, height, width)
+
+
+def _network_inputs(rgb_t: torch.Tensor, sparse_t: torch.Tensor):
+    """rgb_t (H,W,3) uint8, sparse_t (H,W) metres -> the network's rgb (1,3,H,W) float in [0, 1]
+    and sparse (1,1,H,W) metres with missing = 0."""
+    rgb = rgb_t.permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    return rgb, _valid_depth(sparse_t).unsqueeze(0).unsqueeze(0)
 
 
 def _valid_depth(sparse):
