@@ -116,12 +116,9 @@ class DepthCompleter:
                                           backend='inductor' if compile is True else compile)
         self._graphs = CudaGraphRunner() if self.cuda_graphs else None
         self.meta = dict(meta or {})
-        self.backend = resolve_backend(backend, self.device, model is not None, self.precision,
-                                       channels_last, compile)
+        self._requested_backend = backend
         self._onnx = None
-        if self.backend == 'onnxruntime':
-            self._onnx = onnx_backend.OnnxRunner(
-                self._export, onnx_backend.model_digest(self.model, onnx_backend.config_json(config)))
+        self._select_backend(self.precision)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = 'cpu',
@@ -170,9 +167,19 @@ class DepthCompleter:
     @precision.setter
     def precision(self, precision: str) -> None:
         precision = resolve_precision(precision, self.device, self.config.has_weights)
-        if precision != 'fp32' and getattr(self, 'backend', 'torch') == 'onnxruntime':
-            raise ValueError(f"backend 'onnxruntime' runs fp32 only, not {precision!r}")
+        if hasattr(self, '_requested_backend'):  # set after construction: backend may change
+            self._select_backend(precision)
         self._precision = precision
+
+    def _select_backend(self, precision: str) -> None:
+        """Resolve the requested backend for `precision` (auto: onnxruntime in fp32 on the CPU,
+        torch for bf16) and make the onnxruntime runner on first use."""
+        self.backend = resolve_backend(self._requested_backend, self.device,
+                                       self.model is not None, precision, self.channels_last,
+                                       self.compile)
+        if self.backend == 'onnxruntime' and self._onnx is None:
+            self._onnx = onnx_backend.OnnxRunner(self._export, onnx_backend.model_digest(
+                self.model, onnx_backend.config_json(self.config)))
 
     def warmup(self, height: int, width: int, iterations: int = 2) -> None:
         """Run `iterations` random frames of height x width so that the first real frame is not
@@ -240,7 +247,7 @@ class DepthCompleter:
         """The network on one frame of device tensors (through the CUDA graph when enabled);
         OUTPUTS as (1,1,H,W) float32."""
         with torch.inference_mode():
-            if self._onnx is not None:
+            if self.backend == 'onnxruntime':
                 rgb, sparse = _network_inputs(rgb_t, sparse_t)
                 outputs = self._onnx(rgb.contiguous().numpy(), sparse.contiguous().numpy(),
                                      self.steps)

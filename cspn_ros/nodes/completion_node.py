@@ -102,6 +102,9 @@ PARAMETERS = {
                      'overrides checkpoint when non-empty', {}, True),
     'precision': ('fp32', 'fp32, fp16 or bf16 (autocast on CUDA; CPU runs fp32)',
                   {'additional_constraints': 'one of: fp32, fp16, bf16'}, False),
+    'backend': ('auto', 'torch, onnxruntime (the network as a cached ONNX graph; CPU, fp32), or '
+                'auto (onnxruntime where it applies, else torch)',
+                {'additional_constraints': 'one of: torch, onnxruntime, auto'}, True),
     'channels_last': (False, 'channels-last memory format for the network (GPU)', {}, True),
     'cuda_graphs': (False, 'replay the network from a CUDA graph (GPU, fixed image size)', {},
                     True),
@@ -461,14 +464,15 @@ class CompletionCore:
 
     def _load_completer(self) -> Any:
         from cspn_ros.config import ModelConfig
-        from cspn_ros.model.completer import DepthCompleter
+        from cspn_ros.model.completer import BACKENDS, DepthCompleter
         device, warning = choose_device(self._value('device'), self.require_gpu,
                                         torch.cuda.is_available())
         if warning:
             self.log.warning(warning)
         modes = {'precision': self._choice('precision', PRECISIONS),
                  'channels_last': self._value('channels_last'),
-                 'compile': self._value('compile'), 'cuda_graphs': self._value('cuda_graphs')}
+                 'compile': self._value('compile'), 'cuda_graphs': self._value('cuda_graphs'),
+                 'backend': self._choice('backend', BACKENDS)}
         model_config, checkpoint = self._value('model_config'), self._value('checkpoint')
         self.model_source = (f'untrained: {model_config}' if model_config
                              else checkpoint or 'packaged default')
@@ -484,7 +488,8 @@ class CompletionCore:
         steps = self._value('propagation_steps')
         if steps >= 0 and completer.config.propagation not in ('classical', 'cspnpp'):
             completer.steps = steps
-        self.log.info(f'model {completer.config.propagation} on {completer.device}'
+        self.log.info(f'model {completer.config.propagation} on {completer.device} '
+                      f'({completer.backend})'
                       + (f', {completer.steps} propagation steps'
                          if completer.model is not None else ''))
         return completer
