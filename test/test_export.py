@@ -54,7 +54,7 @@ def test_fixed_size_export_matches_torch(tmp_path, propagation, extra):
     path = to_onnx(completer, tmp_path / f'{propagation}.onnx', 48, 64)
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ['rgb', 'sparse']
-    assert [o.name for o in graph.output] == ['depth', 'confidence']
+    assert [o.name for o in graph.output] == ['depth', 'confidence', 'depth_init']
     dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 48, 64]
     assert_onnx_matches_torch(completer, path, 48, 64)
