@@ -103,13 +103,19 @@ def _score(method: Method, sample: Sample) -> tuple[dict, float]:
     return scored
 
 
-def model_methods(checkpoints: Sequence[Optional[str]], device: str) -> dict[str, Method]:
+def model_methods(checkpoints: Sequence[Optional[str]], device: str,
+                  backend: str = 'auto', steps: Sequence[int] = ()) -> dict[str, Method]:
     """{name: DepthCompleter} per checkpoint (None = the packaged weights, named 'model');
-    others are named 'model:<file stem>'."""
+    others are named 'model:<file stem>'; each also at every propagation step count in `steps`
+    (named '<name>@<steps>')."""
     methods = {}
     for checkpoint in checkpoints:
         name = 'model' if checkpoint is None else f'model:{Path(checkpoint).stem}'
-        methods[name] = DepthCompleter.from_checkpoint(checkpoint, device)
+        methods[name] = DepthCompleter.from_checkpoint(checkpoint, device, backend=backend)
+        for count in steps:
+            methods[f'{name}@{count}'] = DepthCompleter.from_checkpoint(checkpoint, device,
+                                                                         backend=backend)
+            methods[f'{name}@{count}'].steps = count
     return methods
 
 
@@ -192,6 +198,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--tracks', nargs='+', default=None, choices=track_names(),
                         metavar='NAME', help=f'tracks to run (default all): {track_names()}')
     parser.add_argument('--no-model', action='store_true', help='score the fills only')
+    parser.add_argument('--backend', default='auto', help='torch, onnxruntime or auto')
+    parser.add_argument('--steps', type=int, nargs='*', default=(),
+                        help='also score the model at these propagation step counts')
     parser.add_argument('--out', type=Path, default=None,
                         help='JSON path (default bench/results/real_suite[_quick].json)')
     args = parser.parse_args(argv)
@@ -204,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     methods = dict(baseline_fills())
     checkpoints = args.checkpoint or [None]
     if not args.no_model:
-        methods.update(model_methods(checkpoints, args.device))
+        methods.update(model_methods(checkpoints, args.device, args.backend, args.steps))
     scores = score_methods(tracks, methods)
     table = format_table(scores)
     print(table)
@@ -212,7 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            'checkpoints': {} if args.no_model else
                            {c or 'packaged default': file_sha256(c or DEFAULT_CHECKPOINT)
                             for c in checkpoints},
-                           'device': args.device, 'methods': list(methods),
+                           'device': args.device, 'backend': args.backend,
+                           'methods': list(methods),
                            'load_seconds': load_seconds,
                            'total_seconds': time.perf_counter() - start},
               'machine': machine(args.device), 'tracks': scores}
