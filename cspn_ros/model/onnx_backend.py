@@ -12,6 +12,7 @@ process may use (SESSION_DEFAULTS). The graph runs float32 only.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-#: onnxruntime session settings measured fastest on the 2-core VM (BENCHMARKS.md).
+#: onnxruntime session settings (the ones measured in BENCHMARKS.md on the 2-core VM).
 SESSION_DEFAULTS = {'graph_optimization_level': 'ORT_ENABLE_ALL', 'execution_mode':
                     'ORT_SEQUENTIAL'}
 
@@ -142,7 +143,6 @@ class OnnxRunner:
 
 def config_json(config) -> str:
     """Stable JSON text of a ModelConfig (dataclass) for hashing."""
-    import dataclasses
     return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
 
 
