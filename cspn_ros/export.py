@@ -3,8 +3,9 @@
 The graph: inputs `rgb` (B, 3, H, W) float32 in [0, 1] and `sparse` (B, 1, H, W) float32 metres
 (0 = missing; map NaN/inf/<= 0 to 0 first, as DepthCompleter does); outputs `depth`,
 `confidence` and `depth_init` (before propagation), (B, 1, H, W) float32 (metres, [0, 1],
-metres). The propagation steps are unrolled at the completer's current `steps`. By default B = 1 and (H, W) are fixed; dynamic=True exports B, H, W
-as dynamic axes (the network pads to a multiple of 32 inside the graph).
+metres). The propagation steps are unrolled at the completer's current `steps`. By default
+B = 1 and (H, W) are fixed; dynamic=True exports B, H, W as dynamic axes (the network pads to a
+multiple of 32 inside the graph).
 
 Uses the TorchScript-based exporter (`dynamo=False`): the torch.export-based one needs
 onnxscript, which this package does not depend on. NLSPN needs GridSample, so opset >= 16.
