@@ -115,7 +115,8 @@ class CompletionNet(nn.Module):
         elif self.config.initial_fill == 'blend':
             candidates = torch.cat([nearest_depth_fill(sparse_normalized.float()),
                                     interpolation_fill(sparse_normalized.float())], dim=1)
-            inputs.append(_log_depth(candidates).to(rgb.dtype))
+            log_candidates = _log_depth(candidates)
+            inputs.append(log_candidates.to(rgb.dtype))
         if self.fill is not None or self.config.initial_fill == 'morphological':
             inputs.append((_log_depth(base) if log_residual else base).to(rgb.dtype))
 
@@ -128,8 +129,7 @@ class CompletionNet(nn.Module):
         init = self.depth_head(features).float()
         if self.config.initial_fill == 'blend':
             share = torch.sigmoid(init[:, 1:2])
-            log_base = _log_depth(candidates)
-            base = torch.exp(share * log_base[:, :1] + (1 - share) * log_base[:, 1:])
+            base = torch.exp(share * log_candidates[:, :1] + (1 - share) * log_candidates[:, 1:])
             base = torch.where(candidates[:, :1] > 0, base, 0.0)
             init = init[:, :1]
         if log_residual:

@@ -213,30 +213,17 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=options.learning_rate,
                                            weight_decay=options.weight_decay)
-        self.sampler = (DistributedSampler(train_set, seed=options.seed) if self.world > 1
-                        else None)
-        self.generator = torch.Generator()
         # A set that makes whole batches itself (data.procedural) is iterated as it is.
         self.batch_source = isinstance(train_set, IterableDataset)
-        self.epoch_keys = None
-        if self.batch_source:
-            self.sampler = None
-            self.loader = DataLoader(train_set, batch_size=None, collate_fn=whole_batch)
-        else:
+        self.sampler = (DistributedSampler(train_set, seed=options.seed)
+                        if self.world > 1 and not self.batch_source else None)
+        self.generator = torch.Generator()
+        self.epoch_keys, sampler = None, None
+        if not self.batch_source:
             sampler = self.sampler or RandomSampler(train_set, generator=self.generator)
             self.epoch_keys = EpochKeys(sampler) if hasattr(train_set, 'set_epoch') else None
-            self.loader = DataLoader(
-                train_set, batch_size=options.batch_size, collate_fn=collate_samples,
-                sampler=self.epoch_keys or sampler, num_workers=options.num_workers,
-                persistent_workers=options.num_workers > 0, drop_last=False)
-        self.val_loader = None
-        if isinstance(val_set, IterableDataset):
-            self.val_loader = DataLoader(val_set, batch_size=None, collate_fn=whole_batch)
-        elif val_set is not None:
-            self.val_loader = DataLoader(val_set, batch_size=options.batch_size,
-                                         collate_fn=collate_samples,
-                                         num_workers=options.num_workers,
-                                         persistent_workers=options.num_workers > 0)
+        self.loader = self._loader(train_set, self.epoch_keys or sampler)
+        self.val_loader = self._loader(val_set, None) if val_set is not None else None
         total_steps = options.epochs * len(self.loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, options.warmup_fraction))
@@ -257,6 +244,16 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.out_dir / 'tb'))
+
+    def _loader(self, dataset: Dataset, sampler: Optional[Any]) -> DataLoader:
+        """Batches of `dataset` (samples collated by collate_samples, in `sampler`'s order),
+        or its own whole batches when it is an IterableDataset that makes them."""
+        if isinstance(dataset, IterableDataset):
+            return DataLoader(dataset, batch_size=None, collate_fn=whole_batch)
+        workers = self.options.num_workers
+        return DataLoader(dataset, batch_size=self.options.batch_size,
+                          collate_fn=collate_samples, sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, drop_last=False)
 
     def _freeze(self, trainable: str) -> list[torch.nn.Module]:
         """Freeze the parameters whose names do not match the regex `trainable` ('' = train
