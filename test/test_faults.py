@@ -1,5 +1,5 @@
 """Faults the completion node survives without a restart: the device/out-of-memory policy (pure
-and on a node in-process), sensor loss and return, overload (stale frames dropped, latency
+and on the core's RigCompleter), sensor loss and return, overload (stale frames dropped, latency
 bounded) and the clock jumping back under use_sim_time (real processes over DDS)."""
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 from conftest import diagnostic_level, diagnostic_values, plane_frame, publish_until
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Log
-from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.conversions import stamp_to_ns
 from cspn_ros.core.diagnostics import OK, WARN
-from cspn_ros.nodes.completion_node import (CompletionNode, StartupError, after_out_of_memory,
-                                            choose_device)
+from cspn_ros.core.pipeline import CompletionPipeline
+from cspn_ros.core.rig import RigCompleter, after_out_of_memory
+from cspn_ros.model.completer import DepthCompleter
 from cspn_ros.nodes.messages import stamp_msg
+from cspn_ros.nodes.parameters import StartupError, choose_device
 
 INPUT_TYPES = {'image': Image, 'camera_info': CameraInfo, 'points': PointCloud2}
 
@@ -48,48 +48,46 @@ def test_after_out_of_memory():
 
 
 class OutOfMemoryPipeline:
-    """Wraps a pipeline; process() raises CUDA out of memory while `failures` is positive."""
+    """Wraps a pipeline; stage() raises CUDA out of memory while `failures` is positive."""
 
     def __init__(self, pipeline, failures: int) -> None:
         self.pipeline, self.failures, self.calls = pipeline, failures, 0
 
-    def process(self, *messages):
+    def stage(self, *messages):
         self.calls += 1
         if self.failures > 0:
             self.failures -= 1
             raise torch.cuda.OutOfMemoryError('CUDA out of memory (test)')
-        return self.pipeline.process(*messages)
+        return self.pipeline.stage(*messages)
 
-    def __setattr__(self, name, value):  # the node swaps the completer on its pipeline
+    def __getattr__(self, name):  # finish, completer: the wrapped pipeline's
+        return getattr(self.pipeline, name)
+
+    def __setattr__(self, name, value):  # the rig swaps the completer on its pipelines
         if name == 'completer':
             self.pipeline.completer = value
         object.__setattr__(self, name, value)
 
 
-def test_out_of_memory_retries_then_falls_back_to_cpu_or_skips(ros_domain):
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain)
-    node = CompletionNode(context=context, parameter_overrides=[
-        Parameter('checkpoint', value='classical')])
-    try:
-        core = node.core
-        messages = plane_frame(1_700_000_000 * 10**9, 32, 24)
-        real = core.pipeline
-        core.pipeline = OutOfMemoryPipeline(real, failures=1)  # once: freed cache, retried
-        assert core._complete(messages).dense.shape == (24, 32) and core.pipeline.calls == 2
-        old_completer = core.completer
-        core.pipeline = OutOfMemoryPipeline(real, failures=2)  # twice: on to the CPU
-        assert core._complete(messages).dense.shape == (24, 32) and core.pipeline.calls == 3
-        assert core.completer is not old_completer and core.completer.device.type == 'cpu'
-        assert real.completer is core.completer
-        core.require_gpu = True
-        core.pipeline = OutOfMemoryPipeline(real, failures=5)  # require_gpu: the frame fails
-        with pytest.raises(torch.cuda.OutOfMemoryError):
-            core._complete(messages)
-        assert core.pipeline.calls == 2
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+def test_out_of_memory_retries_then_falls_back_to_cpu_or_skips():
+    real = CompletionPipeline(DepthCompleter.from_config('classical'), min_depth=0.1,
+                              max_depth=100.0)
+    frame = plane_frame(1_700_000_000 * 10**9, 32, 24)
+    frames = {'': (frame['image'], frame['camera_info'], frame['points'])}
+    wrapped = OutOfMemoryPipeline(real, failures=1)  # once: freed cache, retried
+    rig = RigCompleter({'': wrapped})
+    assert rig.complete(frames)[''].dense.shape == (24, 32) and wrapped.calls == 2
+    old_completer = rig.completer
+    wrapped = OutOfMemoryPipeline(real, failures=2)  # twice: on to the CPU
+    rig = RigCompleter({'': wrapped})
+    assert rig.complete(frames)[''].dense.shape == (24, 32) and wrapped.calls == 3
+    assert rig.completer is not old_completer and rig.completer.device.type == 'cpu'
+    assert real.completer is rig.completer
+    wrapped = OutOfMemoryPipeline(real, failures=5)  # require_gpu: the frame fails
+    rig = RigCompleter({'': wrapped}, require_gpu=True)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        rig.complete(frames)
+    assert wrapped.calls == 2
 
 
 W, H = 48, 36

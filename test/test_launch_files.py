@@ -130,7 +130,7 @@ def test_one_set_of_defaults_in_the_node_the_yaml_and_the_readme(live_nodes):
     """config/completion.yaml sets every declared parameter to its declared default (keyed
     `/**`, so it applies under any namespace), and README's table lists the same defaults and
     descriptions."""
-    from cspn_ros.nodes.completion_node import PARAMETERS
+    from cspn_ros.nodes.parameters import PARAMETERS
     shipped = yaml.safe_load((ROOT / 'config' / 'completion.yaml').read_text())
     assert list(shipped) == ['/**']
     parameters = shipped['/**']['ros__parameters']

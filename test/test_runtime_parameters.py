@@ -9,7 +9,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from cspn_ros.core.conversions import image_to_array, stamp_to_ns
-from cspn_ros.nodes.completion_node import parameter_problem
+from cspn_ros.nodes.parameters import parameter_problem
 
 W, H = 48, 36
 

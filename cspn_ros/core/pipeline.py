@@ -35,8 +35,8 @@ from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT
                                        far_from_input, image_size_problem, implausible_cloud,
                                        likely_causes, measure_coverage)
 from cspn_ros.core.occlusion import OcclusionFilter
-from cspn_ros.core.projection import (project_to_sparse_depth, project_to_sparse_depth_torch,
-                                      register_depth)
+from cspn_ros.core.projection import (merge_clouds, project_to_sparse_depth,
+                                      project_to_sparse_depth_torch, register_depth)
 from cspn_ros.core.selfcheck import HeldOutPoints
 
 DEPTH_SOURCES = ('lidar', 'tof')
@@ -98,13 +98,36 @@ class FrameResult:
         return float(np.count_nonzero(self.dense > 0)) / self.dense.size
 
 
+@dataclasses.dataclass
+class StagedFrame:
+    """One frame up to the model (`CompletionPipeline.stage`): rgb (H,W,3) uint8 on the host
+    and camera for the outputs; rgb_model (H,W,3) uint8 and sparse_model (H,W) float32 metres:
+    the model inputs (numpy, or tensors on the completer's device when on_device); held_out:
+    the self-check's points (same kind, or None); timings + staged_at (host) or clock
+    (device): the stages so far; coverage: the input measured (host; the device path measures
+    it after its one download)."""
+
+    on_device: bool
+    rgb: np.ndarray
+    camera: PinholeCamera
+    depth_msg: Any
+    rgb_model: Any
+    sparse_model: Any
+    held_out: Any = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    staged_at: float = 0.0
+    clock: Any = None
+    coverage: Optional[InputCoverage] = None
+
+
 class CompletionPipeline:
     """Turns one matched set of messages into dense depth with `completer`.
 
     completer: a `DepthCompleter` (or anything with `.complete(rgb, sparse) -> (depth,
     confidence)`; the device path also needs `.device` and `.complete_tensor`); depth_source:
-    'lidar' (PointCloud2) or 'tof' (depth Image); T_cam_from_sensor: (4,4) maps sensor-frame
-    points into the colour optical frame (default identity); min_depth / max_depth: metres kept
+    'lidar' (PointCloud2, or a list of PointCloud2 from several LiDARs, merged through one
+    z-buffer) or 'tof' (depth Image); T_cam_from_sensor: (4,4) maps sensor-frame points into
+    the colour optical frame (default identity); (K,4,4) for a list of K clouds; min_depth / max_depth: metres kept
     from the sensor; min_confidence: output pixels below it are blanked (0); tof_registered: the
     ToF depth is already in the colour camera; on_device: `process` takes the device path (None =
     when the completer runs on CUDA); rectified: the colour image is rectified (image_rect), so
@@ -138,8 +161,9 @@ class CompletionPipeline:
         self.depth_source = depth_source
         self.T_cam_from_sensor = (np.eye(4) if T_cam_from_sensor is None
                                   else np.asarray(T_cam_from_sensor, dtype=np.float64))
-        if self.T_cam_from_sensor.shape != (4, 4):
-            raise ValueError(f'T_cam_from_sensor must be 4x4, got {self.T_cam_from_sensor.shape}')
+        if self.T_cam_from_sensor.shape[-2:] != (4, 4) or self.T_cam_from_sensor.ndim > 3:
+            raise ValueError('T_cam_from_sensor must be 4x4 (or K x 4 x 4 for K LiDARs), got '
+                             f'{self.T_cam_from_sensor.shape}')
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
         self.min_confidence = float(min_confidence)
@@ -184,8 +208,13 @@ class CompletionPipeline:
         """Run the completer on prepared inputs; blank pixels below min_confidence."""
         start = time.perf_counter()
         completion = self.completer.complete(inputs.rgb, inputs.sparse)
-        depth = np.asarray(completion.depth, dtype=np.float32)
-        confidence = np.asarray(completion.confidence, dtype=np.float32)
+        return self._finish_on_host(inputs, completion.depth, completion.confidence, start)
+
+    def _finish_on_host(self, inputs: FrameInputs, depth: Any, confidence: Any,
+                        start: float) -> FrameResult:
+        """FrameResult of host model outputs (H,W) started at perf_counter `start`."""
+        depth = np.asarray(depth, dtype=np.float32)
+        confidence = np.asarray(confidence, dtype=np.float32)
         if depth.shape != inputs.sparse.shape:
             raise RuntimeError(f'completer returned {depth.shape}, expected {inputs.sparse.shape}')
         _check_output(int(np.count_nonzero(np.isfinite(depth))), depth.size)
@@ -197,23 +226,56 @@ class CompletionPipeline:
 
     def process(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                 depth_info_msg: Any = None) -> FrameResult:
-        """prepare + complete, or process_on_device when `on_device`; InputError when the frame
-        has fewer than min_input_pixels input pixels (`input_check`)."""
-        if self.on_device:
-            return self.process_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
-        inputs = self.prepare(image_msg, info_msg, depth_msg, depth_info_msg)
-        coverage = self._check_coverage(inputs.sparse, inputs.camera, depth_msg)
-        return dataclasses.replace(self.complete(inputs), input_coverage=coverage)
+        """stage + the completer + finish: one frame, on the host or (`on_device`) on the
+        completer's device; InputError when the frame has fewer than min_input_pixels input
+        pixels (`input_check`)."""
+        staged = self.stage(image_msg, info_msg, depth_msg, depth_info_msg)
+        if staged.on_device:
+            depth, confidence = self.completer.complete_tensor(staged.rgb_model,
+                                                               staged.sparse_model)
+        else:
+            completion = self.completer.complete(staged.rgb_model, staged.sparse_model)
+            depth, confidence = completion.depth, completion.confidence
+        return self.finish(staged, depth, confidence)
 
     def process_on_device(self, image_msg: Any, info_msg: Any, depth_msg: Any,
                           depth_info_msg: Any = None) -> FrameResult:
-        """The same frame as `process`, computed on `completer.device` (any torch device).
+        """The same frame as `process`, computed on `completer.device` (any torch device)."""
+        staged = self._stage_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
+        return self.finish(staged, *self.completer.complete_tensor(staged.rgb_model,
+                                                                   staged.sparse_model))
 
-        Host work is one copy of each message buffer into a pinned staging buffer (a float32
-        x/y/z cloud is sent as raw bytes and decoded on the device; other layouts and ToF depth
-        are converted on the host first). The result's arrays are views of one pinned host
-        buffer per frame (torch's caching host allocator reuses it once the result is dropped).
-        """
+    def stage(self, image_msg: Any, info_msg: Any, depth_msg: Any,
+              depth_info_msg: Any = None) -> 'StagedFrame':
+        """Everything of `process` before the model: converted, projected (and, on the host,
+        checked for coverage) model inputs of one frame. Frames of several cameras staged
+        alike can go through the model as one batch (`core.rig.RigCompleter`)."""
+        if self.on_device:
+            return self._stage_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
+        inputs = self.prepare(image_msg, info_msg, depth_msg, depth_info_msg)
+        coverage = self._check_coverage(inputs.sparse, inputs.camera, depth_msg)
+        return StagedFrame(on_device=False, rgb=inputs.rgb, camera=inputs.camera,
+                           depth_msg=depth_msg, rgb_model=inputs.rgb, sparse_model=inputs.sparse,
+                           held_out=inputs.held_out, timings=inputs.timings, coverage=coverage,
+                           staged_at=time.perf_counter())
+
+    def finish(self, staged: 'StagedFrame', depth: Any, confidence: Any) -> FrameResult:
+        """FrameResult from a staged frame and the model's (H,W) depth and confidence (numpy
+        for a host frame, tensors on the device for a device frame). The 'model' timing runs
+        from the end of staging (in a batch: the model's time shared by its frames)."""
+        if not staged.on_device:
+            inputs = FrameInputs(rgb=staged.rgb, sparse=staged.sparse_model, camera=staged.camera,
+                                 timings=staged.timings, held_out=staged.held_out)
+            return dataclasses.replace(self._finish_on_host(inputs, depth, confidence,
+                                                            staged.staged_at),
+                                       input_coverage=staged.coverage)
+        return self._finish_on_device(staged, depth, confidence)
+
+    def _stage_on_device(self, image_msg: Any, info_msg: Any, depth_msg: Any,
+                         depth_info_msg: Any = None) -> 'StagedFrame':
+        """Host work is one copy of each message buffer into a pinned staging buffer (a float32
+        x/y/z cloud is sent as raw bytes and decoded on the device; other layouts, several
+        clouds and ToF depth are converted on the host first)."""
         import torch
         device = torch.device(self.completer.device)
         if self._staging is None or self._staging.device != device:
@@ -222,7 +284,8 @@ class CompletionPipeline:
         rgb, camera = self._colour(image_msg, info_msg)
         cloud = None
         if self.depth_source == 'lidar':
-            cloud = None if self.motion is not None else self._cloud_layout(depth_msg)
+            cloud = (None if self.motion is not None or _several(depth_msg)
+                     else self._cloud_layout(depth_msg))
             host_depth = (message_bytes(depth_msg.data) if cloud is not None
                           else self._cloud_points(depth_msg, image_msg))
         else:
@@ -232,17 +295,26 @@ class CompletionPipeline:
         depth_t = self._staging.upload('depth', host_depth)
         clock.mark('h2d')
         if self.depth_source == 'lidar':
-            sparse_t = self._project_on_device(depth_t, cloud, camera)
+            sparse_t = self._project_on_device(depth_t, cloud, camera, depth_msg)
             if not bool((sparse_t > 0).any()):
                 raise InputError(f'point cloud: no finite points project into the image within '
                                  f'[{self.min_depth}, {self.max_depth}] m '
-                                 f'({int(depth_msg.width) * int(depth_msg.height)} points; '
+                                 f'({_point_count(depth_msg)} points; '
                                  'check the extrinsic and the depth range)')
         else:
             sparse_t = self._register_tof(depth_t, depth_info_msg, camera)
         sparse_t, held_out_t = self._hold_out(sparse_t, image_msg)
         clock.mark('project')
-        depth_t, confidence_t = self.completer.complete_tensor(rgb_t, sparse_t)
+        return StagedFrame(on_device=True, rgb=rgb, camera=camera, depth_msg=depth_msg,
+                           rgb_model=rgb_t, sparse_model=sparse_t, held_out=held_out_t,
+                           clock=clock)
+
+    def _finish_on_device(self, staged: 'StagedFrame', depth_t: Any,
+                          confidence_t: Any) -> FrameResult:
+        """Blank on the device, then one D2H copy of every plane (views of one pinned host
+        buffer per frame, reused by torch's caching host allocator once dropped)."""
+        import torch
+        sparse_t, held_out_t, clock = staged.sparse_model, staged.held_out, staged.clock
         if tuple(depth_t.shape) != tuple(sparse_t.shape):
             raise RuntimeError(f'completer returned {tuple(depth_t.shape)}, expected '
                                f'{tuple(sparse_t.shape)}')
@@ -256,19 +328,19 @@ class CompletionPipeline:
             planes.append(dense_t)
         clock.mark('model')
         host = torch.stack(planes)
-        if device.type == 'cuda':
+        if sparse_t.device.type == 'cuda':
             host = torch.empty(host.shape, dtype=host.dtype, pin_memory=True).copy_(
                 host, non_blocking=True)
         clock.mark('d2h')
         timings = clock.seconds()
         sparse, unblanked, confidence, dense_32fc1, *rest = host.numpy()
         held_out = rest.pop(0) if held_out_t is not None else None
-        coverage = self._check_coverage(sparse, camera, depth_msg)
+        coverage = self._check_coverage(sparse, staged.camera, staged.depth_msg)
         _check_output(int(finite_t), sparse.size)  # synchronised already by clock.seconds()
-        return FrameResult(rgb=rgb, sparse=sparse, dense=rest[0] if rest else unblanked,
-                           dense_unblanked=unblanked, confidence=confidence, camera=camera,
-                           timings=timings, dense_32fc1=dense_32fc1, input_coverage=coverage,
-                           held_out=held_out)
+        return FrameResult(rgb=staged.rgb, sparse=sparse, dense=rest[0] if rest else unblanked,
+                           dense_unblanked=unblanked, confidence=confidence,
+                           camera=staged.camera, timings=timings, dense_32fc1=dense_32fc1,
+                           input_coverage=coverage, held_out=held_out)
 
     def _hold_out(self, sparse: Any, image_msg: Any) -> tuple[Any, Any]:
         """(model input, held-out points or None) of a projected (H,W) sparse depth (numpy or
@@ -304,9 +376,10 @@ class CompletionPipeline:
         self.last_input_coverage = coverage
         problem = coverage_problem(coverage, self.min_input_pixels, (camera.width, camera.height))
         if problem:
+            first = depth_msg[0] if _several(depth_msg) else depth_msg  # causes of the first
             raise InputError(f'{problem}; ' + likely_causes(
-                camera, depth_msg, self.depth_source, self.T_cam_from_sensor, self.min_depth,
-                self.max_depth))
+                camera, first, self.depth_source, self.T_cam_from_sensor.reshape(-1, 4, 4)[0],
+                self.min_depth, self.max_depth))
         return coverage
 
     def _colour(self, image_msg: Any, info_msg: Any) -> tuple[np.ndarray, PinholeCamera]:
@@ -337,7 +410,7 @@ class CompletionPipeline:
         return point_step // 4, tuple(int(fields[name].offset) // 4 for name in 'xyz')
 
     def _project_on_device(self, depth_t: Any, cloud: Optional[tuple[int, tuple[int, int, int]]],
-                           camera: PinholeCamera) -> Any:
+                           camera: PinholeCamera, cloud_msg: Any) -> Any:
         """Device cloud (raw bytes with layout `cloud`, or (N,3) float32 points) -> (H,W)
         sparse depth. Non-finite points are turned into NaN depth, which the z-buffer drops,
         so the image equals the host path's (which removes them first)."""
@@ -349,7 +422,8 @@ class CompletionPipeline:
             finite = torch.isfinite(points).all(dim=1, keepdim=True)
             points = torch.where(finite, points, float('nan'))
         try:
-            sparse = project_to_sparse_depth_torch(points, self.T_cam_from_sensor, camera,
+            sparse = project_to_sparse_depth_torch(points, self._points_transform(cloud_msg),
+                                                   camera,
                                                    min_depth=self.min_depth,
                                                    max_depth=self.max_depth)
         except CameraError as error:
@@ -383,7 +457,15 @@ class CompletionPipeline:
 
     def _cloud_points(self, cloud_msg: Any, image_msg: Any) -> np.ndarray:
         """PointCloud2 -> (N,3) float32 finite points, moved to the image's stamp with
-        `motion`; InputError when there are none or the motion is unknown."""
+        `motion`; several PointCloud2 (one per LiDAR) -> their points merged in the camera
+        frame (`projection.merge_clouds`, float64); InputError when there are none or the
+        motion is unknown."""
+        if _several(cloud_msg):
+            transforms = self.T_cam_from_sensor.reshape(-1, 4, 4)
+            if len(transforms) != len(cloud_msg):
+                raise InputError(f'{len(cloud_msg)} clouds but {len(transforms)} extrinsics')
+            return merge_clouds([self._cloud_points(cloud, image_msg) for cloud in cloud_msg],
+                                transforms)
         if int(cloud_msg.width) * int(cloud_msg.height) == 0:
             raise InputError('point cloud is empty (no finite points)')
         try:
@@ -404,11 +486,16 @@ class CompletionPipeline:
                 raise InputError(f'motion compensation: {error}') from error
         return points
 
+    def _points_transform(self, cloud_msg: Any) -> np.ndarray:
+        """The (4,4) the projection applies to `_cloud_points`: the extrinsic, or the identity
+        for merged clouds (already in the camera frame)."""
+        return np.eye(4) if _several(cloud_msg) else self.T_cam_from_sensor
+
     def _sparse_from_cloud(self, cloud_msg: Any, camera: PinholeCamera,
                            image_msg: Any) -> np.ndarray:
         points = self._cloud_points(cloud_msg, image_msg)
         try:
-            sparse = project_to_sparse_depth(points, self.T_cam_from_sensor, camera,
+            sparse = project_to_sparse_depth(points, self._points_transform(cloud_msg), camera,
                                              min_depth=self.min_depth, max_depth=self.max_depth)
         except CameraError as error:
             raise InputError(f'point cloud: {error}') from error
@@ -468,6 +555,17 @@ class CompletionPipeline:
             raise InputError(f'ToF depth has no valid pixel within [{self.min_depth}, '
                              f'{self.max_depth}] m (all zero, NaN or inf)')
         return sparse
+
+
+def _several(depth_msg: Any) -> bool:
+    """Whether the depth input is several clouds (a list or tuple, one per LiDAR)."""
+    return isinstance(depth_msg, (list, tuple))
+
+
+def _point_count(cloud_msg: Any) -> int:
+    """Points in a cloud or in several clouds (width x height each)."""
+    clouds = cloud_msg if _several(cloud_msg) else [cloud_msg]
+    return sum(int(cloud.width) * int(cloud.height) for cloud in clouds)
 
 
 def _check_output(finite: int, size: int) -> None:

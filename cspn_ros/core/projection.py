@@ -56,6 +56,18 @@ def quaternion_from_rotation(rotation: np.ndarray) -> np.ndarray:
     return -q if q[3] < 0 else q
 
 
+def merge_clouds(clouds: list, T_cam_from_sensors: Any) -> np.ndarray:
+    """Clouds of several LiDARs as one: clouds[i] (N_i,3) points in LiDAR i's frame and
+    T_cam_from_sensors (K,4,4) -> (sum N_i, 3) float64 points in the camera frame. Projected
+    with the identity, they go through one z-buffer (the nearest point of any LiDAR wins a
+    pixel) and then one occlusion filter, exactly as one cloud would."""
+    transforms = np.asarray(T_cam_from_sensors, dtype=np.float64).reshape(-1, 4, 4)
+    if len(clouds) != len(transforms):
+        raise ValueError(f'{len(clouds)} clouds but {len(transforms)} extrinsics')
+    return np.concatenate([as_float64(points) @ T[:3, :3].T + T[:3, 3]
+                           for points, T in zip(clouds, transforms)])
+
+
 def _pixel_hits(points: Any, T_cam_from_sensor: Any, camera: PinholeCamera, min_depth: float,
                 max_depth: float) -> tuple[Any, Any]:
     """Points (N,3) in the sensor frame -> (flat pixel index, depth float32) of the points that

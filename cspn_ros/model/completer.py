@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,16 +182,21 @@ class DepthCompleter:
             self._onnx = onnx_backend.OnnxRunner(self._export, onnx_backend.model_digest(
                 self.model, onnx_backend.config_json(self.config)))
 
-    def warmup(self, height: int, width: int, iterations: int = 2) -> None:
-        """Run `iterations` random frames of height x width so that the first real frame is not
-        slow (cuDNN, Triton and torch.compile compilation; CUDA graph capture)."""
+    def warmup(self, height: int, width: int, iterations: int = 2, batch: int = 1) -> None:
+        """Run `iterations` random frames of height x width (batches of `batch` frames, as
+        `complete_batch` runs them) so that the first real frame is not slow (cuDNN, Triton
+        and torch.compile compilation; CUDA graph capture)."""
         generator = torch.Generator(self.device).manual_seed(0)
         for _ in range(iterations):
-            rgb_t = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
-                                  device=self.device, generator=generator)
-            hits = torch.rand(height, width, device=self.device, generator=generator) < 0.05
-            depth = 1 + 40 * torch.rand(height, width, device=self.device, generator=generator)
-            self.complete_tensor(rgb_t, torch.where(hits, depth, 0.0))
+            rgbs, sparses = [], []
+            for _ in range(batch):
+                rgbs.append(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
+                                          device=self.device, generator=generator))
+                hits = torch.rand(height, width, device=self.device, generator=generator) < 0.05
+                depth = 1 + 40 * torch.rand(height, width, device=self.device,
+                                            generator=generator)
+                sparses.append(torch.where(hits, depth, 0.0))
+            self.complete_batch(rgbs, sparses)
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
@@ -243,9 +249,37 @@ class DepthCompleter:
         outputs = self._run(rgb_t, sparse_t)
         return outputs['depth'][0, 0], outputs['confidence'][0, 0]
 
+    def complete_batch(self, rgbs: list, sparses: list) -> list[tuple[Any, Any]]:
+        """Frames of one size (several cameras) -> [(depth (H,W), confidence (H,W))], one per
+        frame: rgbs (H,W,3) uint8 and sparses (H,W) float32 metres, all numpy (results numpy)
+        or all tensors on self.device (results tensors there). The torch network completes
+        them in one forward pass; the classical fill and the onnxruntime graph (exported at
+        batch 1) one frame at a time. Equal to completing each frame alone."""
+        on_host = isinstance(rgbs[0], np.ndarray)
+        if self.model is None or self.backend == 'onnxruntime' or len(rgbs) == 1:
+            if on_host:
+                return [(c.depth, c.confidence) for c in map(self.complete, rgbs, sparses)]
+            return [self.complete_tensor(rgb, sparse) for rgb, sparse in zip(rgbs, sparses)]
+        array_type, rgb_dtype, sparse_dtype = ((np.ndarray, np.dtype(np.uint8),
+                                                np.dtype(np.float32)) if on_host else
+                                               (torch.Tensor, torch.uint8, torch.float32))
+        for rgb, sparse in zip(rgbs, sparses):
+            _check_inputs(rgb, sparse, array_type, rgb_dtype, sparse_dtype)
+        if len({tuple(sparse.shape) for sparse in sparses}) > 1:
+            raise ValueError(f'one batch takes frames of one size, got '
+                             f'{sorted({tuple(sparse.shape) for sparse in sparses})}')
+        if on_host:
+            rgbs, sparses = [_host_tensor(a) for a in rgbs], [_host_tensor(a) for a in sparses]
+        outputs = self._run(torch.stack(rgbs).to(self.device),
+                            torch.stack(sparses).to(self.device))
+        depth, confidence = outputs['depth'][:, 0], outputs['confidence'][:, 0]
+        if on_host:
+            depth, confidence = depth.cpu().numpy(), confidence.cpu().numpy()
+        return list(zip(depth, confidence))
+
     def _run(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network on one frame of device tensors (through the CUDA graph when enabled);
-        OUTPUTS as (1,1,H,W) float32."""
+        """The network on device tensors, one frame (H,W,3) / (H,W) or a batch (B,H,W,3) /
+        (B,H,W) (through the CUDA graph when enabled); OUTPUTS as (B,1,H,W) float32."""
         with torch.inference_mode():
             if self.backend == 'onnxruntime':
                 rgb, sparse = _network_inputs(rgb_t, sparse_t)
@@ -257,7 +291,8 @@ class DepthCompleter:
             return self._graphs(self._forward, rgb_t, sparse_t, key=(self.precision, self.steps))
 
     def _forward(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """rgb_t (H,W,3) uint8, sparse_t (H,W) metres -> OUTPUTS (1,1,H,W), under autocast."""
+        """rgb_t ([B,]H,W,3) uint8, sparse_t ([B,]H,W) metres -> OUTPUTS (B,1,H,W), under
+        autocast."""
         dtype = PRECISIONS[self.precision]
         autocast = (contextlib.nullcontext() if dtype is None
                     else torch.autocast(self.device.type, dtype=dtype))
@@ -272,10 +307,12 @@ class DepthCompleter:
 
 
 def _network_inputs(rgb_t: torch.Tensor, sparse_t: torch.Tensor):
-    """rgb_t (H,W,3) uint8, sparse_t (H,W) metres -> the network's rgb (1,3,H,W) float in [0, 1]
-    and sparse (1,1,H,W) metres with missing = 0."""
-    rgb = rgb_t.permute(2, 0, 1).unsqueeze(0).float() / 255.0
-    return rgb, _valid_depth(sparse_t).unsqueeze(0).unsqueeze(0)
+    """rgb_t ([B,]H,W,3) uint8, sparse_t ([B,]H,W) metres -> the network's rgb (B,3,H,W) float
+    in [0, 1] and sparse (B,1,H,W) metres with missing = 0 (B = 1 for one frame)."""
+    if sparse_t.ndim == 2:
+        rgb_t, sparse_t = rgb_t.unsqueeze(0), sparse_t.unsqueeze(0)
+    rgb = rgb_t.permute(0, 3, 1, 2).float() / 255.0
+    return rgb, _valid_depth(sparse_t).unsqueeze(1)
 
 
 def _valid_depth(sparse):

@@ -22,11 +22,15 @@ except ImportError:
 
 
 class ExtrinsicSource:
-    """`for_frames(camera_frame, sensor_frame) -> T_cam_from_sensor (4,4)` from tf or the
-    parameters (`core.extrinsic.extrinsic_choice`); `close()` unsubscribes from tf."""
+    """`for_frames(camera_frame, sensor_frame, sensors) -> T_cam_from_sensor (4,4)` from tf or
+    the parameters (`core.extrinsic.extrinsic_choice`); `close()` unsubscribes from tf.
+
+    parameter_extrinsics() -> {(camera name, sensor name): T_cam_from_sensor}: the parameter
+    extrinsics of every camera and sensor of the rig ('' names the unnamed ones)."""
 
     def __init__(self, node: Node, from_tf: bool,
-                 parameter_extrinsic: Callable[[], np.ndarray]) -> None:
+                 parameter_extrinsics: Callable[[], dict[tuple[str, str], np.ndarray]]
+                 ) -> None:
         log = node.get_logger()
         self.kind, why = extrinsic_choice(from_tf, tf2_ros is not None)
         self._listener: Any = None
@@ -39,17 +43,23 @@ class ExtrinsicSource:
             log.info(f'extrinsic from tf ({why}); frames wait until tf has '
                      'image frame <- sensor frame')
             return
-        self._source = FixedExtrinsic(parameter_extrinsic())
-        message = (f'extrinsic from parameters ({why}): T_cam_from_sensor = '
-                   f'{self._source.T_cam_from_sensor.round(4).tolist()}')
+        self._fixed = {pair: FixedExtrinsic(T) for pair, T in parameter_extrinsics().items()}
+        message = f'extrinsic from parameters ({why}): T_cam_from_sensor = ' + '; '.join(
+            (f'{camera or "camera"} <- {sensor or "sensor"}: ' if len(self._fixed) > 1 else '')
+            + str(fixed.T_cam_from_sensor.round(4).tolist())
+            for (camera, sensor), fixed in self._fixed.items())
         if from_tf:
             log.warning(message)
         else:
             log.info(message)
 
-    def for_frames(self, camera_frame: str, sensor_frame: str) -> np.ndarray:
-        """T_cam_from_sensor for one frame; raises core InputError while tf lacks it."""
-        return self._source.for_frames(camera_frame, sensor_frame)
+    def for_frames(self, camera_frame: str, sensor_frame: str,
+                   sensors: tuple[str, str] = ('', '')) -> np.ndarray:
+        """T_cam_from_sensor for one frame of the camera and sensor named `sensors`; raises
+        core InputError while tf lacks it."""
+        if self.kind == 'tf':
+            return self._source.for_frames(camera_frame, sensor_frame)
+        return self._fixed[sensors].for_frames(camera_frame, sensor_frame)
 
     def close(self) -> None:
         """Unsubscribe the tf listener (no-op for parameters)."""

@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from cspn_ros.nodes.completion_node import CompletionCore, declare_parameters
+from cspn_ros.nodes.completion_node import CompletionCore
+from cspn_ros.nodes.parameters import declare_parameters
 from cspn_ros.nodes.spin import run
 
 

@@ -81,14 +81,18 @@ def camera_info_msg(camera: PinholeCamera, header: Header) -> CameraInfo:
                       p=[float(v) for v in camera.P.reshape(-1)])
 
 
-def diagnostic_array_msg(header: Header, name: str, hardware_id: str, level: int, message: str,
-                         values: Mapping[str, str]) -> DiagnosticArray:
-    """diagnostic_msgs/DiagnosticArray with one status (level 0 OK, 1 WARN, 2 ERROR)."""
-    status = DiagnosticStatus(level=bytes([level]), name=name, message=message,
-                              hardware_id=hardware_id,
-                              values=[KeyValue(key=key, value=value)
-                                      for key, value in values.items()])
-    return DiagnosticArray(header=header, status=[status])
+def diagnostic_status_msg(name: str, hardware_id: str, level: int, message: str,
+                          values: Mapping[str, str]) -> DiagnosticStatus:
+    """diagnostic_msgs/DiagnosticStatus (level 0 OK, 1 WARN, 2 ERROR)."""
+    return DiagnosticStatus(level=bytes([level]), name=name, message=message,
+                            hardware_id=hardware_id,
+                            values=[KeyValue(key=key, value=value)
+                                    for key, value in values.items()])
+
+
+def diagnostic_array_msg(header: Header, statuses: list[DiagnosticStatus]) -> DiagnosticArray:
+    """diagnostic_msgs/DiagnosticArray of `diagnostic_status_msg` statuses."""
+    return DiagnosticArray(header=header, status=statuses)
 
 
 def transform_stamped_msg(T_parent_from_child: np.ndarray, header: Header,
