@@ -551,6 +551,25 @@ class SyntheticScene:
             extrinsics[FRAME_IDS['tof']] = self.T_cam_from_tof
         return extrinsics
 
+    def ring_extrinsics(self, cameras: int) -> list[np.ndarray]:
+        """T_lidar_from_camera (4,4) of `cameras` cameras spaced evenly in yaw around the
+        LiDAR's vertical axis (a nuScenes-like ring); camera 0 is the scene's colour camera."""
+        T_lidar_from_cam = np.linalg.inv(self.T_cam_from_lidar)
+        ring = []
+        for k in range(cameras):
+            yaw = 2 * math.pi * k / cameras
+            turn = np.eye(4)
+            turn[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+            ring.append(turn @ T_lidar_from_cam)
+        return ring
+
+    def view(self, index: int, T_cam_from_view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Colour image (H,W,3) uint8 and ground-truth depth (H,W) float32 m of a camera like
+        the colour camera placed at T_cam_from_view (4,4) in frame `index`."""
+        world_from_cam = self.world_from_camera(index)
+        return self._render_camera(world_from_cam @ T_cam_from_view,
+                                   self._objects_near(world_from_cam[:3, 3]))
+
     def frame(self, index: int) -> SyntheticFrame:
         """Render frame `index` (>= 0): colour image + ground truth, LiDAR sweep and ToF image."""
         if index < 0:

@@ -9,6 +9,12 @@ clock (sim time aware). Topics (relative): `image` (rgb8), `camera_info` ('camer
 ('camera_optical' <- 'lidar', 'camera_optical' <- 'tof_optical') where tf2_ros is installed, so
 completion_node with extrinsic.from_tf finds them; without tf2_ros give completion_node the
 same values as extrinsic.* parameters (the demo does).
+
+With `cameras` N > 1 it publishes a ring of N colour cameras evenly spaced in yaw around the
+LiDAR (nuScenes-like; `SyntheticScene.ring_extrinsics`): camera k on `camera<k>/image`,
+`camera<k>/camera_info`, `camera<k>/ground_truth/depth` (frame 'camera<k>_optical'), one cloud
+on `points`, no ToF; /tf_static holds 'lidar' -> 'camera<k>_optical'. `ring_poses()` gives the
+poses completion_node takes as `camera<k>.extrinsic.*` parameters without tf.
 """
 from __future__ import annotations
 
@@ -16,12 +22,14 @@ import queue
 import threading
 from typing import Any, Optional
 
+import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
+from cspn_ros.core.projection import quaternion_from_rotation
 from cspn_ros.core.topics import FRAME_IDS, TOPICS
 from cspn_ros.data.synthetic import SCENES, SyntheticScene
 from cspn_ros.nodes.messages import (camera_info_msg, header_msg, image_msg, pointcloud2_msg,
@@ -48,6 +56,29 @@ def _descriptor(description: str, low: Optional[float] = None, high: Optional[fl
         FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)])
 
 
+def ring_topic(camera: Optional[int], topic: str) -> str:
+    """The topic of ring camera `camera` ('camera<k>/<topic>'); `topic` itself for None (no
+    ring)."""
+    return topic if camera is None else f'camera{camera}/{topic}'
+
+
+def ring_frame(camera: int) -> str:
+    """The optical frame id of ring camera `camera`."""
+    return f'camera{camera}_optical'
+
+
+def ring_poses(scene: SyntheticScene, cameras: int) -> dict[str, dict[str, list[float]]]:
+    """completion_node parameters for a ring without tf: {'camera<k>.extrinsic.translation':
+    [x, y, z], '...rotation': [qx, qy, qz, qw]}, each camera's pose in the LiDAR frame (the
+    rig's base)."""
+    poses = {}
+    for k, T in enumerate(scene.ring_extrinsics(cameras)):
+        poses[f'camera{k}.extrinsic.translation'] = [float(v) for v in T[:3, 3]]
+        poses[f'camera{k}.extrinsic.rotation'] = [float(v) for v in
+                                                  quaternion_from_rotation(T[:3, :3])]
+    return poses
+
+
 class SyntheticSourceNode(Node):
     """Publishes SyntheticScene frames at `rate` Hz (see the module docstring)."""
 
@@ -69,6 +100,10 @@ class SyntheticSourceNode(Node):
         self.publish_lidar = declare('publish_lidar', True, _descriptor('publish points')).value
         self.publish_tof = declare('publish_tof', True, _descriptor(
             'publish tof/depth and tof/camera_info')).value
+        self.cameras = declare('cameras', 1, _descriptor(
+            'colour cameras: 1, or a ring of N around the LiDAR (no ToF)', 1, 12, True)).value
+        if self.cameras > 1:
+            self.publish_tof = False
         if beams not in (16, 32, 64):
             raise ValueError(f'lidar_beams must be 16, 32 or 64, got {beams}')
         if scene not in SCENES:
@@ -80,8 +115,11 @@ class SyntheticSourceNode(Node):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
-        topics = {TOPICS['image']: Image, TOPICS['camera_info']: CameraInfo,
-                  TOPICS['ground_truth']: Image}
+        self.ring = self.scene.ring_extrinsics(self.cameras) if self.cameras > 1 else []
+        topics = {ring_topic(k if self.ring else None, TOPICS[key]): msg_type
+                  for k in range(self.cameras)
+                  for key, msg_type in (('image', Image), ('camera_info', CameraInfo),
+                                        ('ground_truth', Image))}
         if self.publish_lidar:
             topics[TOPICS['points']] = PointCloud2
         if self.publish_tof:
@@ -93,6 +131,11 @@ class SyntheticSourceNode(Node):
         self.static_transforms = [transform_stamped_msg(T, header, child) for child, T in
                                   self.scene.sensor_extrinsics(self.publish_lidar,
                                                                self.publish_tof).items()]
+        if self.ring:
+            header = header_msg(header.stamp.sec * 10**9 + header.stamp.nanosec,
+                                FRAME_IDS['lidar'])
+            self.static_transforms = [transform_stamped_msg(T, header, ring_frame(k))
+                                      for k, T in enumerate(self.ring)]
         if tf2_ros is not None:
             self._static_broadcaster = tf2_ros.StaticTransformBroadcaster(self)
             self._static_broadcaster.sendTransform(self.static_transforms)
@@ -128,11 +171,15 @@ class SyntheticSourceNode(Node):
         """topic -> (message without stamp, frame id) for one SyntheticFrame."""
         blank = header_msg(0, '')
         camera, lidar, tof = FRAME_IDS['camera'], FRAME_IDS['lidar'], FRAME_IDS['tof']
-        messages = {
-            TOPICS['image']: (image_msg(image_fields(frame.rgb, 'rgb8'), blank), camera),
-            TOPICS['camera_info']: (camera_info_msg(frame.camera, blank), camera),
-            TOPICS['ground_truth']: (image_msg(depth_fields(frame.depth), blank), camera),
-        }
+        messages = {}
+        for k in range(self.cameras):
+            rgb, depth = (frame.rgb, frame.depth) if k == 0 else self.scene.view(
+                frame.index, np.linalg.inv(self.ring[0]) @ self.ring[k])
+            frame_id, ring = (ring_frame(k), k) if self.ring else (camera, None)
+            for key, msg in (('image', image_msg(image_fields(rgb, 'rgb8'), blank)),
+                             ('camera_info', camera_info_msg(frame.camera, blank)),
+                             ('ground_truth', image_msg(depth_fields(depth), blank))):
+                messages[ring_topic(ring, TOPICS[key])] = (msg, frame_id)
         if self.publish_lidar:
             messages[TOPICS['points']] = (pointcloud2_msg(pointcloud2_fields(frame.lidar_points),
                                                           blank), lidar)
