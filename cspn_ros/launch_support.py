@@ -49,3 +49,27 @@ def write_rviz_config(template_path: str, namespace: str, fixed_frame: str) -> s
     with tempfile.NamedTemporaryFile('w', prefix='cspn_', suffix='.rviz', delete=False) as out:
         out.write(text)
     return out.name
+
+
+def parameter_file_cameras(path: str) -> list[str]:
+    """The `cameras` a completion_node parameter file sets (keyed `/**` or by node name; the
+    first entry that sets it), [] when none does."""
+    with open(path) as stream:
+        entries = yaml.safe_load(stream) or {}
+    for entry in entries.values():
+        cameras = (entry or {}).get('ros__parameters', {}).get('cameras')
+        if cameras:
+            return list(cameras)
+    return []
+
+
+def camera_remappings(cameras: list[str], image_pattern: str,
+                      camera_info_pattern: str) -> list[tuple[str, str]]:
+    """(node topic, robot topic) remappings of each camera's inputs from patterns such as
+    `/{camera}/image_raw` ('' = no remapping: the node's `NAME/image`, `NAME/camera_info`)."""
+    remappings = []
+    for pattern, topic in ((image_pattern, 'image'), (camera_info_pattern, 'camera_info')):
+        if pattern:
+            remappings += [(f'{camera}/{topic}', pattern.format(camera=camera))
+                           for camera in cameras]
+    return remappings

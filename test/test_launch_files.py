@@ -11,6 +11,7 @@ import ast
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rclpy
 import yaml
@@ -204,3 +205,44 @@ def test_launch_support_overrides_remappings_and_rviz_namespace():
     assert manager['Global Options']['Fixed Frame'] == 'front_camera_optical'
     root = yaml.safe_load(rviz_config_text(template, '', 'camera_optical'))
     assert root == yaml.safe_load(template)
+
+
+@pytest.mark.parametrize('name', ['multi_camera.yaml', 'two_lidars.yaml'])
+def test_rig_parameter_files_start_a_node_that_declares_every_key(ros_domain, name):
+    """config/multi_camera.yaml and config/two_lidars.yaml (over completion.yaml) configure a
+    completion_node in-process, which then declares every key they set (the per-sensor poses
+    included) and takes their extrinsics."""
+    from cspn_ros.nodes.completion_node import CompletionNode
+    parameters = yaml.safe_load((ROOT / 'config' / name).read_text())['/**']['ros__parameters']
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    overrides = [Parameter(key, value=value) for key, value in parameters.items()]
+    node = CompletionNode(context=context, parameter_overrides=[
+        *overrides, Parameter('checkpoint', value='classical'),
+        Parameter('extrinsic.from_tf', value=False)])
+    try:
+        assert set(parameters) <= declared(node)
+        cameras = parameters.get('cameras', [''])
+        assert list(node.core.channels) == cameras
+        assert len(node.core.channels[cameras[0]].depth_keys) == len(parameters.get('lidars',
+                                                                                  ['']))
+        for key, value in parameters.items():
+            assert node.get_parameter(key).value == value, key
+        if name == 'multi_camera.yaml':  # camera0 of the synthetic ring is the scene's camera
+            from cspn_ros.data.synthetic import SyntheticScene
+            T = node.core._extrinsic.for_frames('camera0_optical', 'lidar', ('camera0', ''))
+            np.testing.assert_allclose(T, SyntheticScene(width=32, height=24).T_cam_from_lidar,
+                                       atol=1e-5)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_multi_camera_launch_helpers(tmp_path):
+    from cspn_ros.launch_support import camera_remappings, parameter_file_cameras
+    assert parameter_file_cameras(str(ROOT / 'config' / 'multi_camera.yaml')) == [
+        f'camera{k}' for k in range(6)]
+    assert parameter_file_cameras(str(ROOT / 'config' / 'completion.yaml')) == []
+    assert camera_remappings(['front', 'back'], '/{camera}/image_raw', '') == [
+        ('front/image', '/front/image_raw'), ('back/image', '/back/image_raw')]
+    assert camera_remappings(['front'], '', '') == []
