@@ -50,29 +50,33 @@ STAGES = ('convert', 'h2d', 'project', 'model', 'd2h', 'serialize')
 
 
 class Probe(BackgroundNode):
-    """Receipt of `depth` (stamp ns, receipt ns) and the latest /diagnostics key-values."""
+    """Receipt of each of `depth_topics` (topic, stamp ns, receipt ns) and the latest
+    /diagnostics key-values (one dict per status name)."""
 
-    def __init__(self, domain_id: int) -> None:
+    def __init__(self, domain_id: int, depth_topics: tuple[str, ...] = ('depth',)) -> None:
         super().__init__('e2e_probe', domain_id)
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         self.lock = threading.Lock()
-        self.receipts: list[tuple[int, int]] = []
+        self.depth_topics = tuple(depth_topics)
+        self.receipts: list[tuple[str, int, int]] = []
         self.diagnostics: dict[str, dict[str, str]] = {}
         self.diagnostics_history: list[tuple[float, dict[str, dict[str, str]]]] = []
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(Image, 'depth', self._on_depth, qos)
+        for topic in self.depth_topics:
+            self.node.create_subscription(Image, topic, lambda msg, t=topic: self._on_depth(
+                t, msg), qos)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         # This process holds torch and the pipeline too (split_in_process): keep full garbage
         # collections from walking them while frames arrive, as the node does after warm-up.
         freeze_long_lived_objects()
 
-    def _on_depth(self, msg: Any) -> None:
+    def _on_depth(self, topic: str, msg: Any) -> None:
         receipt = time.time_ns()
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
-            self.receipts.append((stamp, receipt))
+            self.receipts.append((topic, stamp, receipt))
 
     def _on_diagnostics(self, msg: Any) -> None:
         statuses = {status.name: {kv.key: kv.value for kv in status.values}
@@ -82,13 +86,16 @@ class Probe(BackgroundNode):
             self.diagnostics_history.append((time.monotonic(), statuses))
 
     def latencies_ms(self, start_ns: int, end_ns: int) -> np.ndarray:
-        """Latency (ms) of every depth whose stamp lies in [start_ns, end_ns), one per stamp."""
+        """Latency (ms) of every stamp in [start_ns, end_ns) received on all depth topics: from
+        the stamp to the first receipt on the last of them (one camera: its depth)."""
         with self.lock:
-            first = {}
-            for stamp, receipt in self.receipts:
-                if start_ns <= stamp < end_ns and stamp not in first:
-                    first[stamp] = receipt
-        return np.array([(receipt - stamp) * 1e-6 for stamp, receipt in first.items()])
+            first: dict[int, dict[str, int]] = {}
+            for topic, stamp, receipt in self.receipts:
+                if start_ns <= stamp < end_ns:
+                    first.setdefault(stamp, {}).setdefault(topic, receipt)
+        return np.array([(max(receipts.values()) - stamp) * 1e-6
+                         for stamp, receipts in first.items()
+                         if len(receipts) == len(self.depth_topics)])
 
 
 def node_parameters(args: argparse.Namespace,
@@ -111,33 +118,49 @@ def start_processes(args: argparse.Namespace, size: tuple[int, int], rate: float
                     duration_s: float, workdir: Path, domain_id: int
                     ) -> tuple[NodeProcess, subprocess.Popen, Path]:
     """completion_node and the publisher (which waits for the node's subscriptions)."""
-    env = {**os.environ, 'ROS_DOMAIN_ID': str(domain_id), 'PYTHONUNBUFFERED': '1'}
+    env = process_environment(domain_id)
     node = NodeProcess('completion_node', node_parameters(args, size), workdir, env)
+    publisher, summary = start_publisher(args, size, rate, duration_s, workdir, env)
+    return node, publisher, summary
+
+
+def process_environment(domain_id: int) -> dict[str, str]:
+    """The environment of the benchmark's processes: this one's, in `domain_id`."""
+    return {**os.environ, 'ROS_DOMAIN_ID': str(domain_id), 'PYTHONUNBUFFERED': '1'}
+
+
+def start_publisher(args: argparse.Namespace, size: tuple[int, int], rate: float,
+                    duration_s: float, workdir: Path, env: dict[str, str], cameras: int = 1
+                    ) -> tuple[subprocess.Popen, Path]:
+    """bench/e2e_publisher.py for `cameras` cameras -> (process, its summary file)."""
     summary = workdir / f'publisher_{size[0]}x{size[1]}_{rate:g}.json'
     publisher = subprocess.Popen(
         [sys.executable, str(BENCH / 'e2e_publisher.py'), '--width', str(size[0]),
          '--height', str(size[1]), '--beams', str(args.beams), '--depth-source',
          args.depth_source, '--rate', str(rate), '--warmup-s', str(args.warmup_s),
          '--duration-s', str(duration_s), '--reliability', args.reliability,
-         '--summary', str(summary)], env=env)
-    return node, publisher, summary
+         '--cameras', str(cameras), '--summary', str(summary)], env=env)
+    return publisher, summary
 
 
-def wait_publisher(node: NodeProcess, publisher: subprocess.Popen, timeout_s: float) -> None:
-    """Wait for the publisher to finish; RuntimeError with the node's log if a process fails."""
+def wait_publisher(nodes: NodeProcess | list[NodeProcess], publisher: subprocess.Popen,
+                   timeout_s: float) -> None:
+    """Wait for the publisher to finish; RuntimeError with a node's log if a process fails."""
+    nodes = nodes if isinstance(nodes, list) else [nodes]
     deadline = time.monotonic() + timeout_s
     while publisher.poll() is None:
-        if not node.running():
-            publisher.kill()
-            raise RuntimeError(f'completion_node exited early:\n{node.log()[-4000:]}')
+        for node in nodes:
+            if not node.running():
+                publisher.kill()
+                raise RuntimeError(f'completion_node exited early:\n{node.log()[-4000:]}')
         if time.monotonic() > deadline:
             publisher.kill()
             raise RuntimeError(f'publisher did not finish in {timeout_s:.0f} s; node log:\n'
-                               f'{node.log()[-4000:]}')
+                               f'{nodes[0].log()[-4000:]}')
         time.sleep(0.2)
     if publisher.returncode:
         raise RuntimeError(f'publisher failed ({publisher.returncode}); node log:\n'
-                           f'{node.log()[-4000:]}')
+                           f'{nodes[0].log()[-4000:]}')
 
 
 def latency_stats(latency_ms: np.ndarray) -> dict[str, float]:
@@ -187,16 +210,10 @@ def split_in_process(args: argparse.Namespace, size: tuple[int, int],
     from cspn_ros.core.conversions import image_fields
     from cspn_ros.core.pipeline import CompletionPipeline
     from cspn_ros.core.projection import transform_from_translation_quaternion
-    from cspn_ros.model.completer import DepthCompleter
     from cspn_ros.nodes.messages import image_msg
     from e2e_publisher import render
     parameters = node_parameters(args, size)
-    modes = dict(device=args.device, precision=args.precision,
-                 cuda_graphs=parameters['cuda_graphs'], compile=args.compile,
-                 channels_last=args.channels_last)
-    completer = (DepthCompleter.from_checkpoint(DEFAULT_CHECKPOINT, **modes)
-                 if DEFAULT_CHECKPOINT.is_file()
-                 else DepthCompleter.from_config(json.loads(args.model_config), **modes))
+    completer = bench_completer(args, parameters)
     T = transform_from_translation_quaternion(parameters['extrinsic.translation'],
                                               parameters['extrinsic.rotation'])
     pipeline = CompletionPipeline(completer, args.depth_source, T, parameters['min_depth'],
@@ -227,6 +244,17 @@ def split_in_process(args: argparse.Namespace, size: tuple[int, int],
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return {stage: round(float(np.median(values)) * 1e3, 3) for stage, values in stages.items()}
+
+
+def bench_completer(args: argparse.Namespace, parameters: dict[str, Any]) -> Any:
+    """The DepthCompleter the node runs with `parameters` (node_parameters), in this process."""
+    from cspn_ros.model.completer import DepthCompleter
+    modes = dict(device=args.device, precision=args.precision,
+                 cuda_graphs=parameters['cuda_graphs'], compile=args.compile,
+                 channels_last=args.channels_last)
+    if DEFAULT_CHECKPOINT.is_file():
+        return DepthCompleter.from_checkpoint(DEFAULT_CHECKPOINT, **modes)
+    return DepthCompleter.from_config(json.loads(args.model_config), **modes)
 
 
 def device_name(device: str) -> str:

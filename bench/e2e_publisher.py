@@ -1,7 +1,9 @@
 """Sensor publisher of the end-to-end benchmark (a process of its own; bench_e2e.py starts it).
 
 Renders `--frames` synthetic frames once (cspn_ros.data.synthetic), builds their messages once,
-then publishes image + camera_info + points (or tof/depth + tof/camera_info) with a fresh stamp
+then publishes image + camera_info + points (or tof/depth + tof/camera_info; with `--cameras N`
+a ring of N cameras on camera<k>/image + camera<k>/camera_info around the one cloud, as
+synthetic_source_node publishes it) with a fresh stamp
 (the wall clock, int ns) at `--rate` Hz, or as fast as it can with `--rate 0`, so that the
 publisher is not the bottleneck. It waits until every topic has a subscriber, publishes for
 `--warmup-s` (not scored), then for `--duration-s` (scored), and writes a JSON summary:
@@ -14,14 +16,15 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
 from cspn_ros.data.synthetic import SyntheticScene
-from cspn_ros.nodes.spin import freeze_long_lived_objects
 from cspn_ros.nodes.messages import camera_info_msg, header_msg, image_msg, pointcloud2_msg
+from cspn_ros.nodes.spin import freeze_long_lived_objects
+from cspn_ros.nodes.synthetic_source_node import ring_frame
 
 RELIABILITIES = {'reliable': ReliabilityPolicy.RELIABLE,
                  'best_effort': ReliabilityPolicy.BEST_EFFORT}
@@ -37,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--depth-source', default='lidar', choices=('lidar', 'tof'))
     parser.add_argument('--rate', type=float, default=30.0, help='Hz; 0 = as fast as possible')
     parser.add_argument('--frames', type=int, default=8, help='distinct frames pre-rendered')
+    parser.add_argument('--cameras', type=int, default=1,
+                        help='colour cameras: 1, or a ring of N around the LiDAR')
     parser.add_argument('--warmup-s', type=float, default=5.0)
     parser.add_argument('--duration-s', type=float, default=20.0)
     parser.add_argument('--reliability', default='reliable', choices=tuple(RELIABILITIES))
@@ -45,15 +50,22 @@ def parse_args() -> argparse.Namespace:
 
 
 def render(args: argparse.Namespace) -> list[dict]:
-    """Messages (topic -> (msg, frame_id)) of args.frames synthetic frames, stamps unset."""
+    """Messages (topic -> (msg, frame_id)) of args.frames synthetic frames, stamps unset; with
+    args.cameras > 1 (LiDAR only) the ring of synthetic_source_node."""
     scene = SyntheticScene(seed=0, width=args.width, height=args.height, lidar_beams=args.beams,
                            tof_width=args.width, tof_height=args.height)
+    cameras = getattr(args, 'cameras', 1)
+    ring = scene.ring_extrinsics(cameras) if cameras > 1 else []
     blank = header_msg(0, '')
     frames = []
     for index in range(args.frames):
         frame = scene.frame(index)
-        messages = {'image': (image_msg(image_fields(frame.rgb, 'rgb8'), blank), 'camera'),
-                    'camera_info': (camera_info_msg(frame.camera, blank), 'camera')}
+        messages = {}
+        for k in range(cameras):
+            rgb = frame.rgb if k == 0 else scene.view(index, np.linalg.inv(ring[0]) @ ring[k])[0]
+            topic, frame_id = ((f'camera{k}/', ring_frame(k)) if ring else ('', 'camera'))
+            messages[f'{topic}image'] = (image_msg(image_fields(rgb, 'rgb8'), blank), frame_id)
+            messages[f'{topic}camera_info'] = (camera_info_msg(frame.camera, blank), frame_id)
         if args.depth_source == 'lidar':
             messages['points'] = (pointcloud2_msg(pointcloud2_fields(frame.lidar_points), blank),
                                   'lidar')
@@ -72,9 +84,8 @@ def main() -> int:
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                      reliability=RELIABILITIES[args.reliability],
                      durability=DurabilityPolicy.VOLATILE)
-    types = {'image': Image, 'camera_info': CameraInfo, 'points': PointCloud2,
-             'tof/depth': Image, 'tof/camera_info': CameraInfo}
-    publishers = {topic: node.create_publisher(types[topic], topic, qos) for topic in frames[0]}
+    publishers = {topic: node.create_publisher(type(msg), topic, qos)
+                  for topic, (msg, _) in frames[0].items()}
     deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
     while any(p.get_subscription_count() == 0 for p in publishers.values()):
         if time.monotonic() > deadline:
