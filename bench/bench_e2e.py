@@ -282,6 +282,32 @@ def table(report: dict[str, Any]) -> str:
     return '\n'.join(rows)
 
 
+def report_header(args: argparse.Namespace) -> dict[str, Any]:
+    """The device, date, model and inference modes of a run (the report's first keys); sets
+    the Fast DDS large-data environment for the probe here and every process started."""
+    os.environ.update(large_data_environment())
+    return {'device': device_name(args.device),
+            'date': datetime.datetime.now().isoformat(timespec='seconds'),
+            'model': ('default checkpoint' if DEFAULT_CHECKPOINT.is_file()
+                      else f'untrained {args.model_config}'),
+            'precision': args.precision,
+            'cuda_graphs': args.device == 'cuda' and not args.no_cuda_graphs,
+            'compile': args.compile, 'channels_last': args.channels_last}
+
+
+def slug(name: str) -> str:
+    """A device name as a file name part ('NVIDIA H200' -> 'nvidia_h200')."""
+    return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
+
+
+def write_report(report: dict[str, Any], out: Path, table: Any) -> None:
+    """Write the JSON report to `out` and print table(report) (markdown) last."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f'wrote {out}\n')
+    print(table(report))
+
+
 def parse_size(text: str) -> tuple[int, int]:
     width, height = text.lower().split('x')
     return int(width), int(height)
@@ -328,20 +354,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    os.environ.update(large_data_environment())  # the probe here and every process started
-    name = device_name(args.device)
-    domain_id = 1 + os.getpid() % 101
-    report: dict[str, Any] = {
-        'device': name, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'model': ('default checkpoint' if DEFAULT_CHECKPOINT.is_file()
-                  else f'untrained {args.model_config}'),
-        'precision': args.precision,
-        'cuda_graphs': args.device == 'cuda' and not args.no_cuda_graphs,
-        'compile': args.compile, 'channels_last': args.channels_last,
+    report = report_header(args)
+    name, domain_id = report['device'], 1 + os.getpid() % 101
+    report.update({
         'input_reliability': args.reliability,
         'note': 'latency = receipt of depth - image header stamp (wall clock, one machine); '
                 'inputs reliable because best-effort UDP loses fragments of MB-sized clouds',
-        'runs': [], 'split_ms': {}}
+        'runs': [], 'split_ms': {}})
     with tempfile.TemporaryDirectory() as workdir:
         for size in args.size:
             for rate in args.rate:
@@ -353,12 +372,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for size in args.size:
         report['split_ms'][f'{size[0]}x{size[1]}'] = split_in_process(args, size,
                                                                      args.split_frames)
-    slug = re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
-    out = args.out or BENCH / 'results' / f'e2e_{slug}.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f'wrote {out}\n')
-    print(table(report))
+    write_report(report, args.out or BENCH / 'results' / f'e2e_{slug(name)}.json', table)
     return 0
 
 

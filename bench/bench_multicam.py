@@ -26,10 +26,8 @@ Writes bench/results/multicam_<device>.json and prints a markdown table last.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -42,14 +40,13 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from bench_e2e import (DRAIN_S, Probe, add_node_arguments, bench_completer,  # noqa: E402
-                       device_name, finish_node_arguments, latency_stats,
-                       node_parameters, parse_size, process_environment, start_publisher,
-                       wait_publisher)
+                       finish_node_arguments, latency_stats,
+                       node_parameters, parse_size, process_environment, report_header, slug,
+                       start_publisher, wait_publisher, write_report)
 from cspn_ros.core.projection import quaternion_from_rotation  # noqa: E402
 from cspn_ros.demo import NodeProcess  # noqa: E402
 from cspn_ros.data.synthetic import SyntheticScene  # noqa: E402
 from cspn_ros.nodes.synthetic_source_node import ring_poses  # noqa: E402
-from cspn_ros.nodes.transport import large_data_environment  # noqa: E402
 
 MODES = ('one', 'separate')
 
@@ -219,16 +216,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    os.environ.update(large_data_environment())  # the probe here and every process started
-    name = device_name(args.device)
-    domain_id = 1 + os.getpid() % 101
-    report: dict[str, Any] = {
-        'device': name, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-        'precision': args.precision,
-        'cuda_graphs': args.device == 'cuda' and not args.no_cuda_graphs,
-        'compile': args.compile, 'channels_last': args.channels_last,
+    report = report_header(args)
+    name, domain_id = report['device'], 1 + os.getpid() % 101
+    report.update({
         'note': 'latency = receipt of the last camera\'s depth - sweep stamp (every camera '
-                'stamped with the sweep; wall clock, one machine)', 'runs': []}
+                'stamped with the sweep; wall clock, one machine)', 'runs': []})
     with tempfile.TemporaryDirectory() as workdir:
         for mode in args.modes:
             print(f'--- {mode}: {args.cameras} cameras {args.size[0]}x{args.size[1]} at '
@@ -238,12 +230,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                               if k not in ('node_log_tail', 'node_diagnostics')}), flush=True)
             report['runs'].append(run)
     report['per_sweep_ms'] = gpu_time_per_sweep(args, args.size)
-    slug = re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
-    out = args.out or BENCH / 'results' / f'multicam_{slug}.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f'wrote {out}\n')
-    print(table(report))
+    write_report(report, args.out or BENCH / 'results' / f'multicam_{slug(name)}.json', table)
     return 0
 
 

@@ -16,6 +16,15 @@ INPUT_TOPIC_ARGUMENTS = {name: TOPICS[name] for name in
                          ('image', 'camera_info', 'points', 'tof_depth', 'tof_camera_info')}
 
 
+#: Launch arguments (default '') that override the parameter file only when given: name ->
+#: description.
+OVERRIDE_ARGUMENTS = {
+    'device': "cpu, cuda or auto; '' = the parameter file's",
+    'checkpoint': "a weights path or 'classical'; '' = the parameter file's (the shipped file: "
+                  'the packaged default)',
+}
+
+
 def given_overrides(values: Mapping[str, str]) -> dict[str, str]:
     """The launch argument values that were given (non-empty): they override the parameter
     file; an empty argument leaves the file's value."""

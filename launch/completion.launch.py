@@ -19,8 +19,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
-from cspn_ros.launch_support import (INPUT_TOPIC_ARGUMENTS, given_overrides, input_remappings,
-                                     write_rviz_config)
+from cspn_ros.launch_support import (INPUT_TOPIC_ARGUMENTS, OVERRIDE_ARGUMENTS, given_overrides,
+                                     input_remappings, write_rviz_config)
 from cspn_ros.nodes.transport import large_data_environment
 
 
@@ -32,7 +32,7 @@ def nodes(context):
         'lifecycle', 'rviz', 'fixed_frame', *INPUT_TOPIC_ARGUMENTS)}
     overrides = {'use_sim_time': value['use_sim_time'].lower() == 'true'}
     overrides.update(given_overrides({name: value[name] for name in (
-        'depth_source', 'device', 'checkpoint')}))
+        'depth_source', *OVERRIDE_ARGUMENTS)}))
     namespace, remappings = value['namespace'], input_remappings(value)
     if value['lifecycle'] == 'true':
         started = [LifecycleNode(package='cspn_ros', executable='lifecycle_completion_node',
@@ -62,11 +62,8 @@ def generate_launch_description():
                               description='parameter file (keyed /** or the full node name)'),
         DeclareLaunchArgument('depth_source', default_value='',
                               description="lidar or tof; '' = the parameter file's"),
-        DeclareLaunchArgument('device', default_value='',
-                              description="cpu, cuda or auto; '' = the parameter file's"),
-        DeclareLaunchArgument('checkpoint', default_value='',
-                              description="a weights path or 'classical'; '' = the parameter "
-                              "file's (the shipped file: the packaged default)"),
+        *(DeclareLaunchArgument(name, default_value='', description=text)
+          for name, text in OVERRIDE_ARGUMENTS.items()),
         *(DeclareLaunchArgument(name, default_value=topic,
                                 description=f'topic remapped to the node input `{topic}`')
           for name, topic in INPUT_TOPIC_ARGUMENTS.items()),

@@ -19,7 +19,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from cspn_ros.launch_support import (camera_remappings, given_overrides,
+from cspn_ros.launch_support import (OVERRIDE_ARGUMENTS, camera_remappings, given_overrides,
                                      parameter_file_cameras)
 from cspn_ros.nodes.transport import large_data_environment
 
@@ -33,7 +33,7 @@ def nodes(context):
         'camera_info_pattern', 'points', 'synthetic', 'rate', 'width', 'height')}
     cameras = parameter_file_cameras(value['params_file'])
     overrides = {'use_sim_time': value['use_sim_time'].lower() == 'true'}
-    overrides.update(given_overrides({name: value[name] for name in ('device', 'checkpoint')}))
+    overrides.update(given_overrides({name: value[name] for name in OVERRIDE_ARGUMENTS}))
     remappings = camera_remappings(cameras, value['image_pattern'],
                                    value['camera_info_pattern'])
     if value['points'] != 'points':
@@ -61,10 +61,8 @@ def generate_launch_description():
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'multi_camera.yaml'),
                               description='the rig: cameras, poses (over completion.yaml)'),
-        DeclareLaunchArgument('device', default_value='',
-                              description="cpu, cuda or auto; '' = the parameter files'"),
-        DeclareLaunchArgument('checkpoint', default_value='',
-                              description="a weights path or 'classical'; '' = the files'"),
+        *(DeclareLaunchArgument(name, default_value='', description=text)
+          for name, text in OVERRIDE_ARGUMENTS.items()),
         DeclareLaunchArgument('image_pattern', default_value='',
                               description="each camera's image topic, e.g. "
                               "/{camera}/image_raw; '' = NAME/image"),
