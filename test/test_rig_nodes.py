@@ -6,8 +6,11 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
+import rclpy
 from conftest import plane_camera, plane_depth, plane_frame, publish_until
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from cspn_ros.core.conversions import image_to_depth, pointcloud2_fields, stamp_to_ns
@@ -16,7 +19,9 @@ from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.core.projection import quaternion_from_rotation, transform_from_translation_quaternion
 from cspn_ros.data.synthetic import SyntheticScene
 from cspn_ros.model.completer import DepthCompleter
+from cspn_ros.nodes.completion_node import CompletionNode
 from cspn_ros.nodes.messages import header_msg, pointcloud2_msg
+from cspn_ros.nodes.parameters import StartupError
 from cspn_ros.nodes.synthetic_source_node import ring_poses
 
 W, H = 64, 48
@@ -62,12 +67,17 @@ def test_three_cameras_around_one_lidar_give_three_correct_depth_streams(start_n
         assert scored.mean() > 0.3, camera
         assert np.median(np.abs(dense[scored] - truth[scored]) / truth[scored]) < 0.15, camera
     names = {f'/completion_node: depth completion {camera}' for camera in CAMERAS}
-    report = diagnostics.wait_for(lambda m: {s.name for s in m.status} == names, timeout=30)
+    def published_all(msg: DiagnosticArray) -> bool:
+        return {s.name for s in msg.status} == names and all(
+            kv.value != '0' for s in msg.status for kv in s.values if kv.key == 'published')
+
+    report = diagnostics.wait_for(published_all, timeout=30)
     assert report is not None, [[s.name for s in m.status] for m in diagnostics.messages]
     for status in report.status:
         values = {kv.key: kv.value for kv in status.values}
         camera = status.name.rsplit(' ', 1)[1]
         assert f'received /{camera}/image' in values and 'received /points' in values
+        assert values['cameras in last batch'] in ('1', '2', '3')
     assert node.stop() == 0 and 'Traceback' not in node.log()
 
 
@@ -130,3 +140,23 @@ def test_two_lidars_are_merged_into_one_sparse_input(start_node, ros_node):
     columns = np.flatnonzero((sparse > 0).any(axis=0))
     assert columns.min() < W // 4 and columns.max() > 3 * W // 4  # both halves are there
     assert node.stop() == 0 and 'Traceback' not in node.log()
+
+
+@pytest.mark.parametrize('overrides, problem', [
+    ({'cameras': ['front', 'front']}, 'cameras must be distinct names'),
+    ({'lidars': ['top', '2nd']}, 'lidars must be distinct names'),
+    ({'cameras': ['front', 'back'], 'depth_source': 'tof'}, 'cameras and lidars take '
+     'depth_source lidar'),
+    ({'lidars': ['top', 'rear'], 'motion.odometry_topic': '/odom',
+      'motion.odometry_type': 'pose'}, 'motion compensation'),
+])
+def test_rigs_the_node_refuses_at_start(ros_domain, overrides, problem):
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    try:
+        with pytest.raises(StartupError, match=problem):
+            CompletionNode(context=context, parameter_overrides=[
+                Parameter('checkpoint', value='classical'),
+                *(Parameter(name, value=value) for name, value in overrides.items())])
+    finally:
+        rclpy.shutdown(context=context)

@@ -223,6 +223,7 @@ class CameraChannel:
         self.topics = dict(topics)
         self.depth_keys = tuple(depth_keys)
         self.frames_processed = 0
+        self.last_batch = 0  # cameras completed with this one's last frame (itself included)
         self.images_skipped = 0  # reference images never taken (publisher sequence gaps)
         self.last_match = time.monotonic()
         self._last_sequence: dict[str, int] = {}

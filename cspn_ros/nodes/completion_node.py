@@ -394,6 +394,7 @@ class CompletionCore:
             results = {camera: error for camera in frames}
         for camera, outcome in results.items():
             channel = self.channels[camera]
+            channel.last_batch = len(results)
             try:
                 if isinstance(outcome, Exception):
                     raise outcome

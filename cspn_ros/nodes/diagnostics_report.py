@@ -59,6 +59,8 @@ class DiagnosticsReport:
         """(level, message, values) of one camera; logs (throttled) when not OK."""
         prefix = f'{channel.name}: ' if channel.name else ''
         extra = {**common, 'stale images never taken (DDS)': channel.images_skipped}
+        if channel.name:  # a rig: how many cameras its last frame was completed with
+            extra['cameras in last batch'] = channel.last_batch
         if channel.pipeline.last_input_coverage is not None:
             extra.update(channel.pipeline.last_input_coverage.values())
         stats = channel.matcher.stats
