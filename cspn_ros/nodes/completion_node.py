@@ -118,6 +118,7 @@ class CompletionCore:
         completer, self.model_source = read.load_completer(read.value('require_gpu'),
                                                            torch.cuda.is_available())
         self._default_steps = completer.steps
+        self._extrinsic = None
         if self.depth_source == 'lidar' or not self.tof_registered:
             self._extrinsic = ExtrinsicSource(self.node, read.value('extrinsic.from_tf'),
                                               lambda: read.rig_extrinsics(cameras, lidars))
@@ -251,6 +252,9 @@ class CompletionCore:
     def cleanup(self) -> None:
         """Deactivate if needed, then release the model, publishers, timer and tf listener."""
         self.deactivate()
+        if self._extrinsic is not None:
+            self._extrinsic.close()
+            self._extrinsic = None
         if self.rig is None:
             return
         for camera, channel in self.channels.items():
@@ -267,8 +271,6 @@ class CompletionCore:
             self.report.destroy()
         self._timer = self.report = None
         self.outputs = {}
-        if self._extrinsic is not None:
-            self._extrinsic.close()
         self.rig.free_device_memory()
         self.rig, self.channels, self.batcher = None, {}, None
 
