@@ -17,22 +17,22 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cspn_ros.core.camera import PinholeCamera, camera_info_fields
 from cspn_ros.core.compressed import compressed_depth_fields, compressed_image_fields
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
-from cspn_ros.core.projection import quaternion_from_rotation
 from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC, transport_topic
+from cspn_ros.core.wire import MessageBuilder
 from cspn_ros.data.synthetic import SyntheticScene
 
 DEPTH_SOURCES = ('both', 'lidar', 'tof')
 STORAGES = ('sqlite3', 'mcap')
 
 
-class BagWriter:
+class BagWriter(MessageBuilder):
     """A new rosbag2 directory `path` (must not exist) being written, as a context manager.
 
-    Builds rosbags messages (ROS 2 Humble types) from the core's field dicts and writes them
-    with `write(topic, stamp_ns, message)`; a topic's connection is made on its first message
+    Builds rosbags messages (ROS 2 Humble types) from the core's field dicts (the
+    `core.wire.MessageBuilder` methods, as the live node does) and writes them with
+    `write(topic, stamp_ns, message)`; a topic's connection is made on its first message
     (/tf_static with the latched, transient-local QoS that tf2 uses). storage: 'sqlite3' | 'mcap'.
     """
 
@@ -44,7 +44,7 @@ class BagWriter:
             raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
         self.path = Path(path)
         self.store = get_typestore(Stores.ROS2_HUMBLE)
-        self.types = self.store.types
+        super().__init__(self.store)
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
         self._writer = Writer(self.path, version=8, storage_plugin=plugin)
         self._connections: dict[str, Any] = {}
@@ -74,63 +74,6 @@ class BagWriter:
         return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE,
                    QosDurability.TRANSIENT_LOCAL, QosTime(0, 0), QosTime(0, 0),
                    QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
-
-    def header(self, stamp_ns: int, frame_id: str) -> Any:
-        """std_msgs/Header for an int-nanosecond stamp."""
-        stamp = self.types['builtin_interfaces/msg/Time'](sec=stamp_ns // 10**9,
-                                                           nanosec=stamp_ns % 10**9)
-        return self.types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
-
-    def image(self, fields: Mapping[str, Any], header: Any) -> Any:
-        """sensor_msgs/Image from `image_fields` / `depth_fields`."""
-        return self.types['sensor_msgs/msg/Image'](header=header, **fields)
-
-    def compressed_image(self, fields: Mapping[str, Any], header: Any) -> Any:
-        """sensor_msgs/CompressedImage from `compressed_image_fields` /
-        `compressed_depth_fields`."""
-        return self.types['sensor_msgs/msg/CompressedImage'](header=header, **fields)
-
-    def camera_info(self, camera: PinholeCamera, header: Any) -> Any:
-        """sensor_msgs/CameraInfo describing `camera`."""
-        roi = self.types['sensor_msgs/msg/RegionOfInterest'](x_offset=0, y_offset=0, height=0,
-                                                             width=0, do_rectify=False)
-        return self.types['sensor_msgs/msg/CameraInfo'](header=header, roi=roi,
-                                                        **camera_info_fields(camera))
-
-    def cloud(self, fields: Mapping[str, Any], header: Any) -> Any:
-        """sensor_msgs/PointCloud2 from `pointcloud2_fields`."""
-        point_fields = [self.types['sensor_msgs/msg/PointField'](**f) for f in fields['fields']]
-        return self.types['sensor_msgs/msg/PointCloud2'](header=header,
-                                                         **{**fields, 'fields': point_fields})
-
-    def _vector(self, values: np.ndarray, kind: str) -> Any:
-        return self.types[f'geometry_msgs/msg/{kind}'](*(float(v) for v in values))
-
-    def tf_message(self, transforms: Mapping[str, np.ndarray], header: Any) -> Any:
-        """tf2_msgs/TFMessage: child frame -> T_parent_from_child (4,4), parent = header's frame."""
-        stamped = [self.types['geometry_msgs/msg/TransformStamped'](
-            header=header, child_frame_id=child,
-            transform=self.types['geometry_msgs/msg/Transform'](
-                translation=self._vector(T[:3, 3], 'Vector3'),
-                rotation=self._vector(quaternion_from_rotation(T[:3, :3]), 'Quaternion')))
-            for child, T in transforms.items()]
-        return self.types['tf2_msgs/msg/TFMessage'](transforms=stamped)
-
-    def odometry(self, T_world_from_child: np.ndarray, header: Any, child_frame_id: str) -> Any:
-        """nav_msgs/Odometry with pose T_world_from_child (4,4) (world = header's frame), zero
-        twist and covariances."""
-        pose = self.types['geometry_msgs/msg/Pose'](
-            position=self._vector(T_world_from_child[:3, 3], 'Point'),
-            orientation=self._vector(quaternion_from_rotation(T_world_from_child[:3, :3]),
-                                     'Quaternion'))
-        zero = self._vector(np.zeros(3), 'Vector3')
-        return self.types['nav_msgs/msg/Odometry'](
-            header=header, child_frame_id=child_frame_id,
-            pose=self.types['geometry_msgs/msg/PoseWithCovariance'](pose=pose,
-                                                                    covariance=np.zeros(36)),
-            twist=self.types['geometry_msgs/msg/TwistWithCovariance'](
-                twist=self.types['geometry_msgs/msg/Twist'](linear=zero, angular=zero),
-                covariance=np.zeros(36)))
 
 
 def write_synthetic_bag(path: str | Path, storage: str = 'sqlite3', num_frames: int = 10,

@@ -55,6 +55,7 @@ from cspn_ros.nodes.outputs import CameraOutputs
 from cspn_ros.nodes.parameters import (RELIABILITIES, ParameterReader, StartupError,
                                        declare_parameters, declare_rig_parameters,
                                        parameter_problem, sensor_names)
+from cspn_ros.nodes.raw_io import create_decoding_subscription
 from cspn_ros.nodes.spin import freeze_long_lived_objects, run
 
 #: Seconds between two log lines about the same problem.
@@ -218,9 +219,11 @@ class CompletionCore:
                                  namespace=self.node.get_namespace(),
                                  context=self.node.context, start_parameter_services=False,
                                  use_global_arguments=False)
-        for topic, (msg_type, _) in self.inputs.items():
-            self._inputs_node.create_subscription(msg_type, self._resolved[topic],
-                                                  self._callback_for(topic), input_qos)
+        for topic, (msg_type, _) in self.inputs.items():  # serialized in, decoded by core.wire
+            create_decoding_subscription(self._inputs_node, msg_type, self._resolved[topic],
+                                         self._callback_for(topic), input_qos,
+                                         lambda text, topic=topic: self._input_failed(topic,
+                                                                                      text))
         if self.motion is not None:  # every pose between two frames is kept
             self._inputs_node.create_subscription(
                 odometry_message_type(self.parameters.value('motion.odometry_type')),
@@ -445,6 +448,12 @@ class CompletionCore:
         with self._lock:
             self.channels[camera].diagnostics.error(text, time.monotonic())
         self._log_throttled(LoggingSeverity.ERROR, text)
+
+    def _input_failed(self, topic: str, text: str) -> None:
+        """Bytes on the input topic that do not decode: an error of each camera reading it."""
+        for channel in self.channels.values():
+            if any(self._relative(channel.name, key) == topic for key in channel.matcher.topics):
+                self._frame_failed(channel.name, text)
 
     def _log_throttled(self, severity: LoggingSeverity, text: str) -> None:
         """Log text at most every THROTTLE_S per kind of problem (numbers ignored), so one
