@@ -4,7 +4,11 @@ Per run: bench/e2e_publisher.py (its own process: pre-rendered synthetic frames 
 the wall clock), completion_node (its own process, `python -m cspn_ros.nodes.completion_node`),
 and a probe here that records, per frame, the latency from the image header stamp to receipt
 of `depth`, plus the node's /diagnostics. Frames out = depth messages whose stamp lies in the
-scored window; dropped = frames published in that window - frames out. Afterwards the same
+scored window; dropped = frames published in that window - frames out. The node's reported
+output rate (`diagnostics_output_rate_hz`) is the mean over its /diagnostics reports whose rate
+window lies inside the scored window, and `node_diagnostics` holds the last such reports: a report
+read after the publisher stopped averages the end of the run with the silence after it (it read
+54-56 Hz for a node sustaining 125-133 Hz). Afterwards the same
 pipeline runs in this process on the same frames to split the per-frame time into convert /
 h2d / project / model / d2h / serialize (the node's own split, where it reports one on
 /diagnostics, is stored as node_diagnostics).
@@ -50,8 +54,8 @@ STAGES = ('convert', 'h2d', 'project', 'model', 'd2h', 'serialize')
 
 
 class Probe(BackgroundNode):
-    """Receipt of each of `depth_topics` (topic, stamp ns, receipt ns) and the latest
-    /diagnostics key-values (one dict per status name)."""
+    """Receipt of each of `depth_topics` (topic, stamp ns, receipt ns) and every /diagnostics
+    report (stamp ns, status name -> key-values)."""
 
     def __init__(self, domain_id: int, depth_topics: tuple[str, ...] = ('depth',)) -> None:
         super().__init__('e2e_probe', domain_id)
@@ -61,8 +65,7 @@ class Probe(BackgroundNode):
         self.lock = threading.Lock()
         self.depth_topics = tuple(depth_topics)
         self.receipts: list[tuple[str, int, int]] = []
-        self.diagnostics: dict[str, dict[str, str]] = {}
-        self.diagnostics_history: list[tuple[float, dict[str, dict[str, str]]]] = []
+        self.diagnostics_history: list[tuple[int, dict[str, dict[str, str]]]] = []
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for topic in self.depth_topics:
             self.node.create_subscription(Image, topic, lambda msg, t=topic: self._on_depth(
@@ -81,9 +84,25 @@ class Probe(BackgroundNode):
     def _on_diagnostics(self, msg: Any) -> None:
         statuses = {status.name: {kv.key: kv.value for kv in status.values}
                     for status in msg.status}
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
-            self.diagnostics.update(statuses)
-            self.diagnostics_history.append((time.monotonic(), statuses))
+            self.diagnostics_history.append((stamp, statuses))
+
+    def reports_within(self, start_ns: int, end_ns: int
+                       ) -> list[tuple[int, str, dict[str, str]]]:
+        """(stamp ns, status name, values) of the /diagnostics statuses whose rate window lies
+        in [start_ns, end_ns] (report stamps: the nodes' wall clock), oldest first."""
+        with self.lock:
+            history = list(self.diagnostics_history)
+        return [(stamp, name, values) for stamp, statuses in history
+                for name, values in statuses.items()
+                if start_ns <= stamp - float(values.get('rate window (s)', 5.0)) * 1e9
+                and stamp <= end_ns]
+
+    def latest_within(self, start_ns: int, end_ns: int) -> dict[str, dict[str, str]]:
+        """Status name -> values of its last report within [start_ns, end_ns] (reports_within):
+        what the nodes said while the publisher ran, not after it stopped."""
+        return {name: values for _, name, values in self.reports_within(start_ns, end_ns)}
 
     def latencies_ms(self, start_ns: int, end_ns: int) -> np.ndarray:
         """Latency (ms) of every stamp in [start_ns, end_ns) received on all depth topics: from
@@ -184,7 +203,10 @@ def run_once(args: argparse.Namespace, size: tuple[int, int], rate: float, workd
         summary = json.loads(summary_path.read_text())
         latency = probe.latencies_ms(summary['measure_start_ns'], summary['measure_end_ns'])
         window_s = (summary['measure_end_ns'] - summary['measure_start_ns']) * 1e-9
-        diagnostics = dict(probe.diagnostics)
+        start_ns, end_ns = summary['measure_start_ns'], summary['measure_end_ns']
+        output_rates = [float(values['output rate (Hz)']) for _, _, values
+                        in probe.reports_within(start_ns, end_ns) if 'output rate (Hz)' in values]
+        diagnostics = probe.latest_within(start_ns, end_ns)
     finally:
         node.stop()
         probe.close()
@@ -196,6 +218,8 @@ def run_once(args: argparse.Namespace, size: tuple[int, int], rate: float, workd
             'publisher_late_ticks': summary['late_ticks'], 'received': int(latency.size),
             'dropped': summary['published'] - int(latency.size),
             'throughput_hz': round(latency.size / window_s, 2),
+            'diagnostics_output_rate_hz': (round(float(np.mean(output_rates)), 2)
+                                           if output_rates else None),
             'latency_ms': latency_stats(latency), 'node_diagnostics': diagnostics,
             'node_log_tail': log.splitlines()[-6:]}
 
@@ -266,12 +290,13 @@ def device_name(device: str) -> str:
 
 def table(report: dict[str, Any]) -> str:
     rows = ['| size | source | points | rate Hz | published | received | dropped | '
-            'throughput Hz | p50 ms | p95 ms | p99 ms |', '|' + ' --- |' * 11]
+            'throughput Hz | /diagnostics Hz | p50 ms | p95 ms | p99 ms |', '|' + ' --- |' * 12]
     for run in report['runs']:
         lat = run['latency_ms']
         rows.append(f"| {run['size']} | {run['depth_source']} | {run['points']} | "
                     f"{run['rate_hz'] or 'max'} | {run['published']} | {run['received']} | "
-                    f"{run['dropped']} | {run['throughput_hz']} | {lat.get('p50', '-')} | "
+                    f"{run['dropped']} | {run['throughput_hz']} | "
+                    f"{run.get('diagnostics_output_rate_hz') or '-'} | {lat.get('p50', '-')} | "
                     f"{lat.get('p95', '-')} | {lat.get('p99', '-')} |")
     stages = [s for s in (*STAGES, 'total')
               if any(s in split for split in report['split_ms'].values())]

@@ -101,7 +101,7 @@ def run_mode(args: argparse.Namespace, mode: str, size: tuple[int, int], workdir
         time.sleep(DRAIN_S)
         summary = json.loads(summary_path.read_text())
         latency = probe.latencies_ms(summary['measure_start_ns'], summary['measure_end_ns'])
-        diagnostics = dict(probe.diagnostics)
+        diagnostics = probe.latest_within(summary['measure_start_ns'], summary['measure_end_ns'])
     finally:
         for node in nodes:
             node.stop()

@@ -119,7 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             start_ns, end_ns = summary['measure_start_ns'], summary['measure_end_ns']
             latency = probe.latencies_ms(start_ns, end_ns)
             minutes = per_minute(probe, start_ns, end_ns)
-            diagnostics = dict(probe.diagnostics)
+            diagnostics = probe.latest_within(start_ns, end_ns)  # while the publisher ran
         finally:
             node.stop()
             probe.close()

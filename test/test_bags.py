@@ -8,8 +8,8 @@ import pytest
 
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.pipeline import CompletionPipeline
-from cspn_ros.core.projection import (project_to_sparse_depth, register_depth,
-                                      transform_from_translation_quaternion)
+from cspn_ros.core.projection import (project_to_sparse_depth, quaternion_from_rotation,
+                                      register_depth, transform_from_translation_quaternion)
 from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC, TF_TOPIC
 from cspn_ros.data.bags import (BagError, BagFrames, BagTopics, BagTrainingSamples,
                                 ConcatenatedSamples, FrameRef, MessageRef, SupervisionOptions,
@@ -17,7 +17,7 @@ from cspn_ros.data.bags import (BagError, BagFrames, BagTopics, BagTrainingSampl
                                 header_stamp_ns, holdout_split)
 from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION,
                                      SyntheticScene)
-from cspn_ros.data.synthetic_bag import quaternion_from_rotation, write_synthetic_bag
+from cspn_ros.data.synthetic_bag import write_synthetic_bag
 
 SCENE = dict(width=64, height=48, lidar_beams=16, tof_width=32, tof_height=24)
 FRAMES = 4

@@ -169,7 +169,8 @@ class CompletionDiagnostics:
         messages (overwritten before the node took them, so never matched): the stale share is
         stale_dropped / (matched + never_taken), at most 1.
 
-        Keys: `rate <topic> (Hz)`, `output rate (Hz)`, `received <topic>` and the other matcher
+        Keys: `rate <topic> (Hz)`, `output rate (Hz)` (over the last `rate window (s)`),
+        `received <topic>` and the other matcher
         counters, `pairing success` (matched / reference messages received), `stale dropped`,
         `published`, `failed`, `latency p50/p95/p99 (ms)`, `time <stage> p50 (ms)`,
         `last error`, `last error age (s)`.
@@ -185,6 +186,7 @@ class CompletionDiagnostics:
         values = {f'rate {topic} (Hz)': f'{meter.rate(now):.2f}'
                   for topic, meter in self.rates.items()}
         values['output rate (Hz)'] = f'{self.output_rate.rate(now):.2f}'
+        values['rate window (s)'] = f'{self.window_s:g}'
         values.update({f'received {topic}': str(count) for topic, count in received.items()})
         values.update({key: str(value) for key, value in matcher_stats.items()
                        if key != 'received'})
