@@ -3,6 +3,8 @@ subscriber receives, on every output topic, exactly the messages the node built 
 messages before (`nodes.messages`) from the same inputs, field by field."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from conftest import plane_frame, publish_until
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -65,3 +67,20 @@ def test_every_output_is_received_as_the_rclpy_message_built_before(start_node, 
         for field in want:
             assert got[field] == want[field], f'{topic}.{field} differs'
     assert np.isfinite(np.frombuffer(bytes(received['depth'].data), np.float32)).mean() > 0.8
+
+
+def test_bytes_that_do_not_decode_are_a_logged_error_not_a_crash(start_node, ros_node):
+    node = start_node('completion_node', checkpoint='classical')
+    garbage = ros_node.publisher(Image, 'image')
+    depth = ros_node.inbox(Image, 'depth')
+    publish = frame_publisher(ros_node, ('image', 'camera_info', 'points'))
+
+    def garbage_then_frame(i: int) -> None:
+        garbage.publish(b'\x00\x01\x00\x00' + bytes(range(7)))  # CDR header, then 7 bytes
+        publish(i)
+
+    assert publish_until(garbage_then_frame, depth, timeout=60) is not None, node.log()
+    # the RMW may pad the payload to whole 4-byte words
+    assert re.search(r'/image: cannot decode 1[12] bytes as sensor_msgs/msg/Image', node.log()), \
+        node.log()
+    assert node.stop() == 0 and 'Traceback' not in node.log()
