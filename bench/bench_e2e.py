@@ -227,14 +227,16 @@ def run_once(args: argparse.Namespace, size: tuple[int, int], rate: float, workd
 def split_in_process(args: argparse.Namespace, size: tuple[int, int],
                      frames: int = 100) -> dict[str, float]:
     """Median ms per stage of CompletionPipeline.process + serialisation of `depth`, in this
-    process on the publisher's frames (the node's code path, without DDS). The warm-up frames
-    also check that the sparse depth equals prepare()'s numpy projection exactly."""
+    process on the publisher's frames decoded from their bytes (the node's code path, without
+    DDS). The warm-up frames also check that the sparse depth equals prepare()'s numpy
+    projection exactly."""
     import torch
+    from rclpy.serialization import serialize_message
 
     from cspn_ros.core.conversions import image_fields
     from cspn_ros.core.pipeline import CompletionPipeline
     from cspn_ros.core.projection import transform_from_translation_quaternion
-    from cspn_ros.nodes.messages import image_msg
+    from cspn_ros.core.wire import MESSAGES, decode, encode, type_name
     from e2e_publisher import render
     parameters = node_parameters(args, size)
     completer = bench_completer(args, parameters)
@@ -245,15 +247,18 @@ def split_in_process(args: argparse.Namespace, size: tuple[int, int],
                                   tof_registered=parameters['tof.registered'])
     rendered = render(argparse.Namespace(width=size[0], height=size[1], beams=args.beams,
                                          depth_source=args.depth_source, frames=4))
+    decoded = [{topic: decode(serialize_message(msg), type_name(type(msg)))  # as the node has
+                for topic, (msg, _) in frame.items()} for frame in rendered]  # them
     stages: dict[str, list[float]] = {}
     for index in range(frames + 5):
-        messages = {topic: msg for topic, (msg, _) in rendered[index % len(rendered)].items()}
+        messages = decoded[index % len(decoded)]
         start = time.perf_counter()
         depth_msg = messages['points' if args.depth_source == 'lidar' else 'tof/depth']
         result = pipeline.process(messages['image'], messages['camera_info'], depth_msg,
                                   messages.get('tof/camera_info'))
         processed = time.perf_counter()
-        image_msg(image_fields(result.dense_as_32fc1(), '32FC1'), messages['image'].header)
+        encode(MESSAGES.image(image_fields(result.dense_as_32fc1(), '32FC1'),
+                              messages['image'].header))
         done = time.perf_counter()
         if index < 5:  # warm-up: cuDNN, graph capture
             expected = pipeline.prepare(messages['image'], messages['camera_info'], depth_msg,
