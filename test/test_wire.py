@@ -1,7 +1,8 @@
 """core.wire against rclpy's own serialisation: every message the node publishes, built by
 `core.wire` and encoded, is received by a plain rclpy subscriber (rclpy's deserialisation) as
-exactly the message the node built before (`nodes.messages`), field by field, and every input decoded from serialized bytes converts to the same
-arrays as the rclpy message, as views of the received bytes."""
+exactly the message the node built before (`nodes.messages`), field by field, and every input
+decoded from serialized bytes converts to the same arrays as the rclpy message, as views of the
+received bytes."""
 from __future__ import annotations
 
 import numpy as np

@@ -170,10 +170,9 @@ class CompletionDiagnostics:
         stale_dropped / (matched + never_taken), at most 1.
 
         Keys: `rate <topic> (Hz)`, `output rate (Hz)` (over the last `rate window (s)`),
-        `received <topic>` and the other matcher
-        counters, `pairing success` (matched / reference messages received), `stale dropped`,
-        `published`, `failed`, `latency p50/p95/p99 (ms)`, `time <stage> p50 (ms)`,
-        `last error`, `last error age (s)`.
+        `received <topic>` and the other matcher counters, `pairing success` (matched /
+        reference messages received), `stale dropped`, `published`, `failed`,
+        `latency p50/p95/p99 (ms)`, `time <stage> p50 (ms)`, `last error`, `last error age (s)`.
         """
         received = dict(matcher_stats.get('received', {}))
         matched = int(matcher_stats.get('matched', 0))

@@ -41,7 +41,8 @@ class CameraOutputs:
                 max_depth: float) -> dict[str, float]:
         """Publish the enabled outputs of one frame (a core FrameResult) with the image's
         header; returns seconds spent building and serializing messages (`core.wire`;
-        'serialize') and handing the bytes to rclpy ('publish'). min_depth, max_depth: metres, the colour scale."""
+        'serialize') and handing the bytes to rclpy ('publish'). min_depth, max_depth: metres,
+        the colour scale."""
         def wanted(topic: str, flag: str) -> bool:
             return self._option(flag) and self.publishers[topic].get_subscription_count() > 0
 
