@@ -6,9 +6,9 @@ and a probe here that records, per frame, the latency from the image header stam
 of `depth`, plus the node's /diagnostics. Frames out = depth messages whose stamp lies in the
 scored window; dropped = frames published in that window - frames out. The node's reported
 output rate (`diagnostics_output_rate_hz`) is the mean over its /diagnostics reports whose rate
-window lies inside the scored window, and `node_diagnostics` holds the last such reports: a report
-read after the publisher stopped averages the end of the run with the silence after it (it read
-54-56 Hz for a node sustaining 125-133 Hz). Afterwards the same
+window lies inside the scored window, and `node_diagnostics` holds the last reports made while
+the publisher ran: a report read after it stopped averages the end of the run with the silence
+after it (it read 54-56 Hz for a node sustaining 125-133 Hz). Afterwards the same
 pipeline runs in this process on the same frames to split the per-frame time into convert /
 h2d / project / model / d2h / serialize (the node's own split, where it reports one on
 /diagnostics, is stored as node_diagnostics).
@@ -100,9 +100,12 @@ class Probe(BackgroundNode):
                 and stamp <= end_ns]
 
     def latest_within(self, start_ns: int, end_ns: int) -> dict[str, dict[str, str]]:
-        """Status name -> values of its last report within [start_ns, end_ns] (reports_within):
-        what the nodes said while the publisher ran, not after it stopped."""
-        return {name: values for _, name, values in self.reports_within(start_ns, end_ns)}
+        """Status name -> values of its last report stamped in [start_ns, end_ns]: what the
+        nodes said while the publisher ran, not after it stopped."""
+        with self.lock:
+            history = list(self.diagnostics_history)
+        return {name: values for stamp, statuses in history if start_ns <= stamp <= end_ns
+                for name, values in statuses.items()}
 
     def latencies_ms(self, start_ns: int, end_ns: int) -> np.ndarray:
         """Latency (ms) of every stamp in [start_ns, end_ns) received on all depth topics: from
