@@ -7,8 +7,8 @@ from conftest import cspn_loop_reference
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.propagation import build_propagation
-from cspn_ros.model.propagation.cspn import (CSPNPropagation, cspn_propagate, cspn_step,
-                                             normalize_affinity)
+from cspn_ros.model.propagation.cspn import (CSPNPropagation, cspn_propagate, cspn_propagate_at,
+                                             cspn_step, normalize_affinity)
 
 
 def random_inputs(generator, batch, channels, height, width, density=0.2):
@@ -100,3 +100,24 @@ def test_build_propagation_registry():
     assert module.steps == 7 and module.guidance_channels(config) == 24
     with pytest.raises(ValueError, match='classical'):
         build_propagation(ModelConfig(propagation='classical'))
+
+
+@pytest.mark.parametrize('preserve', [True, False])
+def test_hoisted_loop_is_bit_for_bit_the_step_loop(preserve):
+    """cspn_propagate_at (centre term computed once, replacement folded in) returns exactly what
+    cspn_step followed by the sparse replacement returns, after every step count."""
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    init, guidance, sparse = random_inputs(generator, 2, 24, 17, 23)
+    affinity = normalize_affinity(guidance)
+    mask = sparse > 0 if preserve else None
+    results = cspn_propagate_at(init, affinity, mask, sparse, [5, 0, 2])
+    depth = torch.where(mask, sparse, init) if preserve else init
+    start, expected = depth, {0: depth}
+    for step in range(1, 6):
+        depth = cspn_step(depth, affinity, start)
+        if preserve:
+            depth = torch.where(mask, sparse, depth)
+        expected[step] = depth
+    for count, result in zip([5, 0, 2], results):
+        assert torch.equal(result, expected[count]), count
+    assert not torch.equal(results[0], results[1])  # propagation changed something

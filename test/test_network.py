@@ -54,6 +54,17 @@ def test_median_valid_depth_matches_numpy():
         assert result[b].item() == expected
 
 
+def test_median_valid_depth_is_the_same_traced_and_eager():
+    """Eager on the CPU it selects among the valid depths; traced (ONNX, compile) it sorts the
+    frame: the same value."""
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    _, example = make_inputs(generator, 3, 16, 20, density=0.1)
+    traced = torch.jit.trace(median_valid_depth, example)
+    for density in (0.0, 0.01, 0.3):
+        _, sparse = make_inputs(generator, 3, 16, 20, density=density)
+        assert torch.equal(traced(sparse), median_valid_depth(sparse)), density
+
+
 def test_median_normalisation_is_scale_equivariant():
     torch.manual_seed(4)
     net = CompletionNet(ModelConfig(width=8, steps=6, max_depth=1e4))
