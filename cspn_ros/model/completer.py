@@ -3,9 +3,9 @@
 numpy in, numpy out (`__call__`, `complete`), or torch tensors that stay on the device
 (`complete_tensor`) for the GPU pipeline. Depths are float32 metres, 0 = missing / no estimate.
 Inference modes (precision, channels_last, compile, cuda_graphs) are explained in inference.py.
-Backends: 'torch' runs the network eagerly; 'onnxruntime' runs it as an exported ONNX graph
-cached per input size (onnx_backend.py; CPU, fp32); 'auto' picks onnxruntime where it applies
-(see resolve_backend).
+Backends: 'torch' runs the network eagerly; 'onnxruntime' runs the network before
+propagation as an exported ONNX graph cached per input size and the propagation in torch
+(onnx_backend.py; CPU, fp32); 'auto' picks onnxruntime where it applies (see resolve_backend).
 """
 from __future__ import annotations
 

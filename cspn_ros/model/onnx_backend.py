@@ -29,6 +29,9 @@ import torch
 #: onnxruntime session settings (the ones measured in BENCHMARKS.md on the 2-core VM).
 SESSION_DEFAULTS = {'graph_optimization_level': 'ORT_ENABLE_ALL', 'execution_mode':
                     'ORT_SEQUENTIAL'}
+#: Session config entries: the intra-op threads sleep when a run ends instead of spinning, so
+#: they leave the cores to the torch propagation that follows.
+SESSION_CONFIG = {'session.intra_op.allow_spinning': '0'}
 
 
 def available() -> bool:
@@ -125,6 +128,8 @@ class OnnxRunner:
             onnxruntime.GraphOptimizationLevel, SESSION_DEFAULTS['graph_optimization_level'])
         options.execution_mode = getattr(onnxruntime.ExecutionMode,
                                          SESSION_DEFAULTS['execution_mode'])
+        for key, value in SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         return onnxruntime.InferenceSession(data, options, providers=['CPUExecutionProvider'])
 
     def _write(self, path: Path, height: int, width: int) -> None:
