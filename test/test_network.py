@@ -126,3 +126,24 @@ def test_kernel_regression_fill_feeds_the_unet():
     outputs = run(net, rgb, sparse)
     assert outputs['depth'].shape == (1, 1, 29, 35)
     assert net.unet.stem[0].in_channels == 6
+
+
+def test_up_block_split_for_export_computes_the_concatenated_convolution():
+    """The export form of UpBlock (batch norm folded, convolution split over its two inputs)
+    is the eval-mode block up to float rounding."""
+    from cspn_ros.model.backbone import UpBlock
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    block = UpBlock(16, 8, 8).eval()
+    batch_norm = block.fuse[1]
+    with torch.no_grad():
+        batch_norm.running_mean.uniform_(-0.5, 0.5)
+        batch_norm.running_var.uniform_(0.5, 2.0)
+        batch_norm.weight.uniform_(0.5, 1.5)
+        batch_norm.bias.uniform_(-0.2, 0.2)
+        x, skip = torch.randn(2, 16, 6, 10), torch.randn(2, 8, 12, 20)
+        upsampled = torch.nn.functional.interpolate(x, scale_factor=2.0, mode='bilinear',
+                                                    align_corners=False)
+        expected = block(x, skip)
+        torch.testing.assert_close(block._split_fuse(upsampled, skip), expected,
+                                   rtol=1e-5, atol=1e-5)
+    assert expected.abs().max() > 0.1

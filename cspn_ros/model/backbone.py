@@ -55,7 +55,23 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode='bilinear', align_corners=False)
+        if torch.onnx.is_in_onnx_export() and not self.training:
+            return self._split_fuse(x, skip)
         return self.fuse(torch.cat([x, skip], dim=1))
+
+    def _split_fuse(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """fuse(cat([x, skip])) in eval mode as conv(x) + conv(skip) with the batch norm folded
+        in (same function up to float rounding): no concatenation, which onnxruntime's blocked
+        (NCHWc) convolutions cannot take where skip has fewer channels than a block, so the
+        exported graph skips two layout conversions per level (about 10 % less time for the
+        network before propagation at 640x480 on the 2-core VM)."""
+        conv, batch_norm, _ = self.fuse
+        scale = batch_norm.weight / torch.sqrt(batch_norm.running_var + batch_norm.eps)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        bias = batch_norm.bias - batch_norm.running_mean * scale
+        channels = x.shape[1]
+        return F.relu(F.conv2d(x, weight[:, :channels], bias, padding=1)
+                      + F.conv2d(skip, weight[:, channels:], padding=1))
 
 
 class UNet(nn.Module):
