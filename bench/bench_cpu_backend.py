@@ -5,7 +5,7 @@ after 3 warm-up frames (the first onnxruntime frame of a size exports or loads t
 graph), random RGB + 5 % sparse depth. The VM is shared with other engineers: the 1-minute load
 average (os.getloadavg) is recorded before and after each figure; quote it next to the figure.
 --quiet-load L waits (up to --quiet-wait-s) until the 1-minute load is below L before each
-figure. The backends are measured in turns, frame by frame, so they share the same load.
+figure (this script's own previous figure counts in that average too).
 
 Writes <out-dir>/cpu_backend_<hostname-free label>.json and prints a markdown table.
 
@@ -32,23 +32,21 @@ SIZES = ((480, 640), (240, 320))  # (height, width)
 BACKENDS = ('torch', 'onnxruntime')
 
 
-def measure(completers: dict[str, DepthCompleter], height: int, width: int, frames: int,
-            warmup: int) -> dict[str, list[float]]:
-    """Per-frame milliseconds of each completer's complete over `frames` random frames, the
-    completers taking turns frame by frame."""
+def measure(completer: DepthCompleter, height: int, width: int, frames: int,
+            warmup: int) -> list[float]:
+    """Per-frame milliseconds of completer.complete over `frames` random frames, one after the
+    other (as a node runs them)."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     sparse = np.where(rng.random((height, width)) < 0.05,
                       1 + 40 * rng.random((height, width)), 0).astype(np.float32)
-    for completer in completers.values():
-        for _ in range(warmup):
-            completer.complete(rgb, sparse)
-    times = {name: [] for name in completers}
+    for _ in range(warmup):
+        completer.complete(rgb, sparse)
+    times = []
     for _ in range(frames):
-        for name, completer in completers.items():
-            start = time.perf_counter()
-            completer.complete(rgb, sparse)
-            times[name].append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        completer.complete(rgb, sparse)
+        times.append((time.perf_counter() - start) * 1000)
     return times
 
 
@@ -70,20 +68,17 @@ def main() -> None:
                         help='wait until the 1-minute load average is below this')
     parser.add_argument('--quiet-wait-s', type=float, default=600)
     args = parser.parse_args()
-    completers = {backend: DepthCompleter.from_checkpoint(None, device='cpu', backend=backend)
-                  for backend in BACKENDS}
     rows = []
-    for height, width in SIZES:
-        waited = wait_for_quiet(args.quiet_load, args.quiet_wait_s)
-        load_before = os.getloadavg()[0]
-        times = measure(completers, height, width, args.frames, args.warmup)
-        load_after = os.getloadavg()[0]
-        for backend, completer in completers.items():
+    for backend in BACKENDS:
+        completer = DepthCompleter.from_checkpoint(None, device='cpu', backend=backend)
+        for height, width in SIZES:
+            waited = wait_for_quiet(args.quiet_load, args.quiet_wait_s)
+            load_before = os.getloadavg()[0]
+            times = measure(completer, height, width, args.frames, args.warmup)
             rows.append({'backend': backend, 'size': f'{width}x{height}',
-                         'median_ms': round(statistics.median(times[backend]), 1),
-                         'min_ms': round(min(times[backend]), 1),
-                         'max_ms': round(max(times[backend]), 1),
-                         'load_1min_before': load_before, 'load_1min_after': load_after,
+                         'median_ms': round(statistics.median(times), 1),
+                         'min_ms': round(min(times), 1), 'max_ms': round(max(times), 1),
+                         'load_1min_before': load_before, 'load_1min_after': os.getloadavg()[0],
                          'waited_for_quiet_s': round(waited), 'steps': completer.steps,
                          'torch_threads': torch.get_num_threads()})
             print(rows[-1], flush=True)

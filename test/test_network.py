@@ -147,3 +147,25 @@ def test_up_block_split_for_export_computes_the_concatenated_convolution():
         torch.testing.assert_close(block._split_fuse(upsampled, skip), expected,
                                    rtol=1e-5, atol=1e-5)
     assert expected.abs().max() > 0.1
+
+
+@pytest.mark.parametrize('config', [ModelConfig(width=16, initial_fill='morphological',
+                                                residual='log'),
+                                    ModelConfig(width=8, initial_fill='blend', residual='log',
+                                                affinity='convex')])
+def test_merged_heads_for_export_compute_each_head(config):
+    """The export form of the three heads (two convolutions in all) gives every head's output
+    up to float rounding (blend: 2 depth channels; convex: k*k guidance channels)."""
+    from cspn_ros.model.heads import merged_heads
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    net = CompletionNet(config).eval()
+    heads = [net.depth_head, net.guidance_head, net.confidence_head]
+    with torch.no_grad():
+        for head in heads:
+            head[0][1].running_mean.uniform_(-0.5, 0.5)
+            head[0][1].running_var.uniform_(0.5, 2.0)
+        features = torch.randn(2, net.unet.out_channels, 12, 20)
+        for merged, head in zip(merged_heads(heads, features), heads):
+            expected = head(features)
+            assert merged.shape == expected.shape
+            torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)

@@ -19,7 +19,7 @@ from torch import nn
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.backbone import UNet, conv_bn_relu
-from cspn_ros.model.heads import ConvHead
+from cspn_ros.model.heads import ConvHead, merged_heads
 from cspn_ros.model.morphological_fill import interpolation_fill, nearest_depth_fill
 from cspn_ros.model.propagation import build_propagation
 
@@ -143,7 +143,12 @@ class CompletionNet(nn.Module):
         features = self.unet(torch.cat([rgb_padded, depth_padded], dim=1))
         features = features[..., :height, :width]
 
-        init = self.depth_head(features).float()
+        heads = [self.depth_head, self.guidance_head, self.confidence_head]
+        if torch.onnx.is_in_onnx_export() and not self.training:
+            init, guidance, confidence = merged_heads(heads, features)
+        else:
+            init, guidance, confidence = (head(features) for head in heads)
+        init = init.float()
         if self.config.initial_fill == 'blend':
             share = torch.sigmoid(init[:, 1:2])
             base = torch.exp(share * log_candidates[:, :1] + (1 - share) * log_candidates[:, 1:])
@@ -153,8 +158,7 @@ class CompletionNet(nn.Module):
             init = base.float() * torch.exp(self.config.max_log_residual * torch.tanh(init))
         elif base is not None:
             init = init + base.float()
-        confidence = torch.sigmoid(self.confidence_head(features).float())
-        return init * scale, self.guidance_head(features), confidence
+        return init * scale, guidance, torch.sigmoid(confidence.float())
 
     def propagate(self, depth_init: torch.Tensor, guidance: torch.Tensor,
                   confidence: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
