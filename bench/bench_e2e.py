@@ -207,7 +207,9 @@ def run_once(args: argparse.Namespace, size: tuple[int, int], rate: float, workd
             'dropped': summary['published'] - int(latency.size),
             'throughput_hz': round(latency.size / window_s, 2),
             'latency_ms': latency_stats(latency), 'node_diagnostics': diagnostics,
-            'node_log_tail': log.splitlines()[-6:]}
+            'node_log_tail': log.splitlines()[-6:],
+            'node_start': [line for line in log.splitlines()  # modes chosen, warm-up seconds
+                           if 'warmed up' in line or re.search(r'model \w+ on \w', line)]}
 
 
 def split_in_process(args: argparse.Namespace, size: tuple[int, int],
