@@ -19,6 +19,8 @@ best_effort measures that).
 
   python bench/bench_e2e.py --device cuda --size 1216x352 --size 640x480 --rate 30 --rate 0
   python bench/bench_e2e.py --device cpu --size 320x240 --beams 16 --rate 5   (CPU smoke test)
+  python bench/bench_e2e.py --node-defaults ...  (the node's default modes: --precision,
+  --compile, --channels-last, --no-cuda-graphs are then ignored)
 Writes bench/results/e2e_<device>.json and prints a markdown table last.
 """
 from __future__ import annotations
@@ -127,13 +129,21 @@ def node_parameters(args: argparse.Namespace,
     checkpoint = str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else ''
     parameters = completion_parameters(args.depth_source, checkpoint, args.device)
     parameters.update(publish_sparse=False, publish_points=False, publish_colorized=False,
-                      input_reliability=args.reliability, precision=args.precision,
-                      cuda_graphs=args.device == 'cuda' and not args.no_cuda_graphs,
-                      compile=args.compile, channels_last=args.channels_last,
-                      require_gpu=args.device == 'cuda', warmup_size=list(size))
+                      input_reliability=args.reliability, require_gpu=args.device == 'cuda',
+                      warmup_size=list(size), **explicit_modes(args))
     if not checkpoint:
         parameters['model_config'] = args.model_config
     return parameters
+
+
+def explicit_modes(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference modes the options set, or none with --node-defaults (the node's and
+    DepthCompleter.from_checkpoint's defaults then choose)."""
+    if args.node_defaults:
+        return {}
+    return dict(precision=args.precision,
+                cuda_graphs=args.device == 'cuda' and not args.no_cuda_graphs,
+                compile=args.compile, channels_last=args.channels_last)
 
 
 def start_processes(args: argparse.Namespace, size: tuple[int, int], rate: float,
@@ -224,7 +234,9 @@ def run_once(args: argparse.Namespace, size: tuple[int, int], rate: float, workd
             'diagnostics_output_rate_hz': (round(float(np.mean(output_rates)), 2)
                                            if output_rates else None),
             'latency_ms': latency_stats(latency), 'node_diagnostics': diagnostics,
-            'node_log_tail': log.splitlines()[-6:]}
+            'node_log_tail': log.splitlines()[-6:],
+            'node_start': [line for line in log.splitlines()  # modes chosen, warm-up seconds
+                           if 'warmed up' in line or re.search(r'model \w+ on \w', line)]}
 
 
 def split_in_process(args: argparse.Namespace, size: tuple[int, int],
@@ -281,9 +293,7 @@ def split_in_process(args: argparse.Namespace, size: tuple[int, int],
 def bench_completer(args: argparse.Namespace, parameters: dict[str, Any]) -> Any:
     """The DepthCompleter the node runs with `parameters` (node_parameters), in this process."""
     from cspn_ros.model.completer import DepthCompleter
-    modes = dict(device=args.device, precision=args.precision,
-                 cuda_graphs=parameters['cuda_graphs'], compile=args.compile,
-                 channels_last=args.channels_last)
+    modes = dict(device=args.device, **explicit_modes(args))
     if DEFAULT_CHECKPOINT.is_file():
         return DepthCompleter.from_checkpoint(DEFAULT_CHECKPOINT, **modes)
     return DepthCompleter.from_config(json.loads(args.model_config), **modes)
@@ -323,9 +333,7 @@ def report_header(args: argparse.Namespace) -> dict[str, Any]:
             'date': datetime.datetime.now().isoformat(timespec='seconds'),
             'model': ('default checkpoint' if DEFAULT_CHECKPOINT.is_file()
                       else f'untrained {args.model_config}'),
-            'precision': args.precision,
-            'cuda_graphs': args.device == 'cuda' and not args.no_cuda_graphs,
-            'compile': args.compile, 'channels_last': args.channels_last}
+            **(explicit_modes(args) or {'modes': 'node defaults'})}
 
 
 def slug(name: str) -> str:
@@ -357,6 +365,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile the network (node parameter compile)')
     parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--node-defaults', action='store_true',
+                        help="the node's default inference modes (the four options above ignored)")
     parser.add_argument('--reliability', default='reliable', choices=('reliable', 'best_effort'))
     parser.add_argument('--model-config', default=FALLBACK_MODEL,
                         help='JSON model config used when the default checkpoint is missing')

@@ -3,14 +3,19 @@
 ../shared/data/real (the tracks are described in bench/real_tracks.py).
 
     python3 bench/real_suite.py [--checkpoint P ...] [--device cpu|cuda] [--quick]
-                                [--out JSON] [--tracks NAME ...]
+                                [--out JSON] [--tracks NAME ...] [--backend B] [--steps N ...]
+                                [--precision fp16 bf16 ...]
 
 Methods: 'nearest' (every pixel takes its nearest input, cv2 distance transform), 'classical'
 (cspn_ros.model.fill.classical_fill), 'ipbasic' (IP-Basic "fast", bilateral, no extrapolation:
 bench/ip_basic.py) and one model per --checkpoint (default: the packaged weights). Metrics
 (cspn_ros.train.metrics) are per sample, averaged per track. Prints a markdown table (with
 the model's RMSE change against the best fill of each track) and writes a JSON to
-bench/results/. A benchmark, not a test: without ../shared/data/real it says so and exits 0.
+bench/results/. The model runs in plain fp32 (eager, no CUDA graphs); --precision P also scores
+it as the node runs by default on the device (inference.choose_modes: on CUDA channels_last,
+compile, CUDA graphs) in precision P, and --steps N at N propagation steps: for those, the
+largest per-track RMSE and MAE change against the fp32 model is printed and stored
+('variants'). A benchmark, not a test: without ../shared/data/real it says so and exits 0.
 
 Python API (bench/ is not a package: sys.path.insert(0, 'bench')):
     load_tracks(root=None, quick=False) -> list[Track]; baseline_fills() -> {name: fill};
@@ -103,20 +108,51 @@ def _score(method: Method, sample: Sample) -> tuple[dict, float]:
     return scored
 
 
+#: The reference modes of the suite's model: fp32, eager.
+PLAIN = dict(precision='fp32', channels_last=False, compile=False, cuda_graphs=False)
+
+
 def model_methods(checkpoints: Sequence[Optional[str]], device: str,
-                  backend: str = 'auto', steps: Sequence[int] = ()) -> dict[str, Method]:
+                  backend: str = 'auto', steps: Sequence[int] = (),
+                  precisions: Sequence[str] = ()) -> dict[str, Method]:
     """{name: DepthCompleter} per checkpoint (None = the packaged weights, named 'model');
-    others are named 'model:<file stem>'; each also at every propagation step count in `steps`
-    (named '<name>@<steps>')."""
+    others are named 'model:<file stem>'; each in fp32 eager (PLAIN), and also at every
+    propagation step count in `steps` (named '<name>@<steps>') and in every precision of
+    `precisions` with the device's default modes (named '<name>/<precision>')."""
     methods = {}
     for checkpoint in checkpoints:
         name = 'model' if checkpoint is None else f'model:{Path(checkpoint).stem}'
-        methods[name] = DepthCompleter.from_checkpoint(checkpoint, device, backend=backend)
+        methods[name] = DepthCompleter.from_checkpoint(checkpoint, device, backend=backend,
+                                                       **PLAIN)
         for count in steps:
-            methods[f'{name}@{count}'] = DepthCompleter.from_checkpoint(checkpoint, device,
-                                                                         backend=backend)
+            methods[f'{name}@{count}'] = DepthCompleter.from_checkpoint(
+                checkpoint, device, backend=backend, **PLAIN)
             methods[f'{name}@{count}'].steps = count
+        for precision in precisions:
+            methods[f'{name}/{precision}'] = DepthCompleter.from_checkpoint(
+                checkpoint, device, precision, backend=backend)
     return methods
+
+
+def variant_changes(results: dict) -> dict:
+    """{variant ('<model>@<steps>' or '<model>/<precision>'): {'tracks': {track: {'rmse',
+    'mae'}}, 'max_rmse', 'max_mae'}}: relative change of the variant's mean RMSE and MAE
+    against its fp32 model on each track (0.01 = 1 % worse, negative = better), and the largest
+    absolute change over the tracks."""
+    changes = {}
+    for track_name, track in results.items():
+        for method, metrics in track['methods'].items():
+            base = method.split('@')[0].split('/')[0]
+            if base == method or base not in track['methods']:
+                continue
+            reference = track['methods'][base]
+            entry = changes.setdefault(method, {'tracks': {}})
+            entry['tracks'][track_name] = {key: metrics[key] / reference[key] - 1
+                                           for key in ('rmse', 'mae')}
+    for entry in changes.values():
+        for key in ('rmse', 'mae'):
+            entry[f'max_{key}'] = max(abs(track[key]) for track in entry['tracks'].values())
+    return changes
 
 
 def score_methods(tracks: Sequence[Track], methods: dict[str, Method]) -> dict:
@@ -201,6 +237,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--backend', default='auto', help='torch, onnxruntime or auto')
     parser.add_argument('--steps', type=int, nargs='*', default=(),
                         help='also score the model at these propagation step counts')
+    parser.add_argument('--precision', nargs='*', default=(), choices=('fp16', 'bf16', 'fp32'),
+                        help="also score the model in these precisions, in the device's default "
+                             'modes (CUDA: channels_last, compile, CUDA graphs)')
     parser.add_argument('--out', type=Path, default=None,
                         help='JSON path (default bench/results/real_suite[_quick].json)')
     args = parser.parse_args(argv)
@@ -213,10 +252,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     methods = dict(baseline_fills())
     checkpoints = args.checkpoint or [None]
     if not args.no_model:
-        methods.update(model_methods(checkpoints, args.device, args.backend, args.steps))
+        methods.update(model_methods(checkpoints, args.device, args.backend, args.steps,
+                                     args.precision))
     scores = score_methods(tracks, methods)
     table = format_table(scores)
     print(table)
+    variants = variant_changes(scores)
+    for variant, change in variants.items():
+        print(f"{variant} vs fp32: largest per-track change RMSE {100 * change['max_rmse']:.3f} "
+              f"%, MAE {100 * change['max_mae']:.3f} % ({len(change['tracks'])} tracks)")
     result = {'settings': {'data': str(args.data), 'quick': args.quick,
                            'checkpoints': {} if args.no_model else
                            {c or 'packaged default': file_sha256(c or DEFAULT_CHECKPOINT)
@@ -225,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            'methods': list(methods),
                            'load_seconds': load_seconds,
                            'total_seconds': time.perf_counter() - start},
-              'machine': machine(args.device), 'tracks': scores}
+              'machine': machine(args.device), 'tracks': scores, 'variants': variants}
     out = args.out or ROOT / 'bench' / 'results' / (
         'real_suite_quick.json' if args.quick else 'real_suite.json')
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@ metres). The propagation steps are unrolled at the completer's current `steps`. 
 B = 1 and (H, W) are fixed; dynamic=True exports B, H, W as dynamic axes (the network pads to a
 multiple of 32 inside the graph).
 
+propagation=False exports the network before propagation (`CompletionNet.predict`, what the
+onnxruntime backend runs): inputs `rgb`, `sparse` and `scale` (B, 1, 1, 1) metres
+(`CompletionNet.depth_scale`), outputs PREDICT_OUTPUT_NAMES (initial depth in metres, not
+clamped; raw guidance; confidence).
+
 Uses the TorchScript-based exporter (`dynamo=False`): the torch.export-based one needs
 onnxscript, which this package does not depend on. NLSPN needs GridSample, so opset >= 16.
 
@@ -31,6 +36,8 @@ from cspn_ros.model.completer import DepthCompleter
 
 INPUT_NAMES = ('rgb', 'sparse')
 OUTPUT_NAMES = ('depth', 'confidence', 'depth_init')
+PREDICT_INPUT_NAMES = INPUT_NAMES + ('scale',)
+PREDICT_OUTPUT_NAMES = ('depth_init', 'guidance', 'confidence')
 
 
 class _NamedOutputs(nn.Module):
@@ -46,8 +53,20 @@ class _NamedOutputs(nn.Module):
         return tuple(outputs[name] for name in OUTPUT_NAMES)
 
 
+class _Predict(nn.Module):
+    """The network before propagation (CompletionNet.predict) as a traceable module."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, rgb: torch.Tensor, sparse: torch.Tensor,
+                scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.network.predict(rgb, sparse, scale)
+
+
 def to_onnx(completer: DepthCompleter, path: str | Path, height: int, width: int,
-            opset: int = 17, dynamic: bool = False) -> Path:
+            opset: int = 17, dynamic: bool = False, propagation: bool = True) -> Path:
     """Write completer's network as ONNX to path for (height, width) pixel inputs; returns path.
 
     The network runs in float32 on the completer's device during the trace. Raises ValueError
@@ -61,16 +80,21 @@ def to_onnx(completer: DepthCompleter, path: str | Path, height: int, width: int
     device = completer.device
     example = (torch.rand(1, 3, height, width, device=device),
                torch.rand(1, 1, height, width, device=device) * 10)
-    axes = {'batch': 0, 'height': 2, 'width': 3}
-    dynamic_axes = ({name: {dim: axis for axis, dim in axes.items()}
-                     for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic else None)
+    inputs, outputs = INPUT_NAMES, OUTPUT_NAMES
     wrapper = _NamedOutputs(completer.model).eval()
+    if not propagation:
+        example += (torch.full((1, 1, 1, 1), 5.0, device=device),)
+        inputs, outputs = PREDICT_INPUT_NAMES, PREDICT_OUTPUT_NAMES
+        wrapper = _Predict(completer.model).eval()
+    axes = {0: 'batch', 2: 'height', 3: 'width'}
+    dynamic_axes = ({name: {0: 'batch'} if name == 'scale' else axes for name in inputs + outputs}
+                    if dynamic else None)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings('ignore', category=DeprecationWarning)  # legacy exporter notice
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         warnings.filterwarnings('ignore', message='Constant folding')  # strided slices, harmless
-        torch.onnx.export(wrapper, example, str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=opset,
+        torch.onnx.export(wrapper, example, str(path), input_names=list(inputs),
+                          output_names=list(outputs), opset_version=opset,
                           dynamic_axes=dynamic_axes, dynamo=False)
     return path
 

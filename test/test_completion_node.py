@@ -118,6 +118,7 @@ def test_packaged_default_checkpoint(start_node, ros_node):
     check_depth_header(depth)
     dense = image_to_array(depth)
     assert np.abs(dense - plane_depth(W, H))[8:-8, 8:-8].mean() < 1.0
+    assert 'on cpu (onnxruntime, fp32)' in node.log()  # the CPU's fastest backend by default
 
 
 def test_namespace_and_node_specific_remaps_reach_the_inputs(start_node, ros_node):

@@ -7,8 +7,8 @@ from conftest import cspn_loop_reference
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.propagation import build_propagation
-from cspn_ros.model.propagation.cspn import (CSPNPropagation, cspn_propagate, cspn_step,
-                                             normalize_affinity)
+from cspn_ros.model.propagation.cspn import (CSPNPropagation, cspn_propagate, cspn_propagate_at,
+                                             cspn_step, normalize_affinity)
 
 
 def random_inputs(generator, batch, channels, height, width, density=0.2):
@@ -100,3 +100,48 @@ def test_build_propagation_registry():
     assert module.steps == 7 and module.guidance_channels(config) == 24
     with pytest.raises(ValueError, match='classical'):
         build_propagation(ModelConfig(propagation='classical'))
+
+
+@pytest.mark.parametrize('preserve', [True, False])
+def test_hoisted_loop_is_bit_for_bit_the_step_loop(preserve):
+    """cspn_propagate_at (centre term computed once, replacement folded in) returns exactly what
+    cspn_step followed by the sparse replacement returns, after every step count."""
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    init, guidance, sparse = random_inputs(generator, 2, 24, 17, 23)
+    affinity = normalize_affinity(guidance)
+    mask = sparse > 0 if preserve else None
+    results = cspn_propagate_at(init, affinity, mask, sparse, [5, 0, 2])
+    depth = torch.where(mask, sparse, init) if preserve else init
+    start, expected = depth, {0: depth}
+    for step in range(1, 6):
+        depth = cspn_step(depth, affinity, start)
+        if preserve:
+            depth = torch.where(mask, sparse, depth)
+        expected[step] = depth
+    for count, result in zip([5, 0, 2], results):
+        assert torch.equal(result, expected[count]), count
+    assert not torch.equal(results[0], results[1])  # propagation changed something
+
+
+def test_hoisted_loop_has_the_step_loop_gradients():
+    """Training backpropagates through cspn_propagate_at (the fused kernels' backward too):
+    its gradients are the plain step loop's (float64)."""
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    init, guidance, sparse = (t.double() for t in random_inputs(generator, 1, 8, 9, 11))
+    mask = sparse > 0
+    weights = torch.rand(init.shape, generator=generator, dtype=torch.float64)
+    gradients = []
+    for hoisted in (True, False):
+        leaf_init, leaf_guidance = init.clone().requires_grad_(), guidance.clone().requires_grad_()
+        affinity = normalize_affinity(leaf_guidance)
+        if hoisted:
+            depth = cspn_propagate_at(leaf_init, affinity, mask, sparse, [4])[0]
+        else:
+            depth = start = torch.where(mask, sparse, leaf_init)
+            for _ in range(4):
+                depth = torch.where(mask, sparse, cspn_step(depth, affinity, start))
+        (depth * weights).sum().backward()
+        gradients.append((leaf_init.grad, leaf_guidance.grad))
+    for hoisted, plain in zip(*gradients):
+        torch.testing.assert_close(hoisted, plain, rtol=1e-12, atol=1e-12)
+    assert gradients[0][1].abs().max() > 0

@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.completer import DepthCompleter
+from cspn_ros.model.inference import FAST_CUDA_MODES, PLAIN_MODES, choose_modes
 
 HEIGHT, WIDTH = 40, 56  # not multiples of 32: the network pads and crops
 CONFIG = ModelConfig(width=8, steps=4, max_depth=60.0)
@@ -107,6 +108,42 @@ def test_warmup_compiles_before_the_first_frame(reference):
         warnings.simplefilter('error')  # e.g. a recompilation-limit warning
         completer(rgb, sparse)
     assert counters['stats']['unique_graphs'] == compiled
+
+
+def test_auto_modes_are_the_fast_ones_on_cuda_only():
+    """choose_modes: unset modes take the device's fastest safe value; set ones are kept."""
+    assert choose_modes('cuda', True, True) == FAST_CUDA_MODES
+    assert FAST_CUDA_MODES['precision'] in ('fp16', 'bf16') and all(
+        FAST_CUDA_MODES[name] is True for name in ('channels_last', 'compile', 'cuda_graphs'))
+    assert choose_modes('cuda', True, False) == {**FAST_CUDA_MODES, 'compile': False}  # no Triton
+    assert choose_modes('cpu', True, True) == PLAIN_MODES
+    assert choose_modes('cuda', False, True) == PLAIN_MODES  # the classical baseline
+    opted_out = choose_modes('cuda', True, True, precision='fp32', compile=False,
+                             cuda_graphs=False, channels_last=False)
+    assert opted_out == PLAIN_MODES
+    assert choose_modes('cuda', True, True, precision='bf16', compile='aot_eager') == {
+        **FAST_CUDA_MODES, 'precision': 'bf16', 'compile': 'aot_eager'}
+    assert choose_modes('cpu', True, True, precision='bf16', channels_last=True) == {
+        **PLAIN_MODES, 'precision': 'bf16', 'channels_last': True}
+
+
+def test_defaults_on_the_cpu_are_fp32_eager_onnxruntime():
+    completer = DepthCompleter.from_checkpoint(None, device='cpu')
+    assert (completer.precision, completer.backend) == ('fp32', 'onnxruntime')
+    assert not (completer.channels_last or completer.compile or completer.cuda_graphs)
+    completer.precision = 'bf16'
+    completer.precision = 'auto'  # at run time too: back to the device's fast precision
+    assert (completer.precision, completer.backend) == ('fp32', 'onnxruntime')
+
+
+@CUDA
+def test_defaults_on_cuda_are_the_fast_modes():
+    completer = DepthCompleter.from_checkpoint(None, device='cuda')
+    assert completer.precision == FAST_CUDA_MODES['precision'] and completer.backend == 'torch'
+    assert completer.channels_last and completer.cuda_graphs
+    plain = DepthCompleter.from_checkpoint(None, device='cuda', **PLAIN_MODES)
+    assert plain.precision == 'fp32' and not (plain.channels_last or plain.compile
+                                              or plain.cuda_graphs)
 
 
 @pytest.mark.parametrize('modes, words', [

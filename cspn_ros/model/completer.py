@@ -3,9 +3,9 @@
 numpy in, numpy out (`__call__`, `complete`), or torch tensors that stay on the device
 (`complete_tensor`) for the GPU pipeline. Depths are float32 metres, 0 = missing / no estimate.
 Inference modes (precision, channels_last, compile, cuda_graphs) are explained in inference.py.
-Backends: 'torch' runs the network eagerly; 'onnxruntime' runs it as an exported ONNX graph
-cached per input size (onnx_backend.py; CPU, fp32); 'auto' picks onnxruntime where it applies
-(see resolve_backend).
+Backends: 'torch' runs the network eagerly; 'onnxruntime' runs the network before
+propagation as an exported ONNX graph cached per input size and the propagation in torch
+(onnx_backend.py; CPU, fp32); 'auto' picks onnxruntime where it applies (see resolve_backend).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import torch
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.checkpoint import CheckpointError, load_checkpoint, load_weights
 from cspn_ros.model.fill import classical_fill
-from cspn_ros.model.inference import (PRECISIONS, CudaGraphRunner, resolve_modes,
-                                      resolve_precision)
+from cspn_ros.model.inference import (PRECISIONS, CudaGraphRunner, choose_modes,
+                                      compile_available, resolve_modes, resolve_precision)
 from cspn_ros.model.network import CompletionNet
 from cspn_ros.model import onnx_backend
 
@@ -63,10 +63,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def resolve_backend(backend: str, device: torch.device, has_network: bool, precision: str,
                     channels_last: bool, compile: bool | str) -> str:
     """'torch' or 'onnxruntime' as it will run. 'auto' = onnxruntime for a network on the CPU in
-    fp32 without channels_last / compile when onnxruntime is installed (about 2x faster there:
-    BENCHMARKS.md), else torch. ValueError for unknown names, and for an explicit 'onnxruntime'
-    that cannot run (no network, not the CPU, reduced precision or torch-only modes, not
-    installed)."""
+    fp32 without channels_last / compile when onnxruntime is installed (about 2x faster there at
+    640x480: BENCHMARKS.md), else torch. ValueError for unknown names, and for an explicit
+    'onnxruntime' that cannot run (no network, not the CPU, reduced precision or torch-only
+    modes, not installed)."""
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     problems = [text for failed, text in (
@@ -87,7 +87,9 @@ class DepthCompleter:
     config.propagation == 'classical' (no torch network).
 
     Attributes: config (ModelConfig), device (torch.device), precision ('fp32'|'fp16'|'bf16',
-    settable), channels_last, compile, cuda_graphs (the modes, see inference.py), backend
+    settable; 'auto' sets the device's fast one), channels_last, compile, cuda_graphs (the modes
+    as chosen: None / 'auto' arguments pick the fastest safe one for the device, see
+    inference.choose_modes), backend
     ('torch' | 'onnxruntime', as resolved by resolve_backend), model
     (CompletionNet in eval mode, None for 'classical'), meta (checkpoint metadata), steps
     (propagation steps, settable at run time without reloading).
@@ -95,14 +97,18 @@ class DepthCompleter:
 
     def __init__(self, config: ModelConfig, model: CompletionNet | None,
                  device: str | torch.device = 'cpu', precision: str = 'fp32',
-                 meta: dict | None = None, *, channels_last: bool = False,
-                 compile: bool | str = False, cuda_graphs: bool = False,
+                 meta: dict | None = None, *, channels_last: bool | None = False,
+                 compile: bool | str | None = False, cuda_graphs: bool | None = False,
                  backend: str = 'torch') -> None:
         if (model is None) == config.has_weights:
             raise ValueError(f'propagation {config.propagation!r} '
                              + ('needs a model' if config.has_weights else 'takes no model'))
         self.config = config
         self.device = resolve_device(device)
+        modes = choose_modes(self.device.type, model is not None,
+                             self.device.type == 'cuda' and compile_available(), precision,
+                             channels_last, compile, cuda_graphs)
+        precision, channels_last, compile, cuda_graphs = modes.values()
         self.precision = precision
         self.cuda_graphs = resolve_modes(self.device, model is not None, channels_last, compile,
                                          cuda_graphs)
@@ -123,14 +129,16 @@ class DepthCompleter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = 'cpu',
-                        precision: str = 'fp32', *, channels_last: bool = False,
-                        compile: bool | str = False,
-                        cuda_graphs: bool = False, backend: str = 'auto') -> 'DepthCompleter':
+                        precision: str = 'auto', *, channels_last: bool | None = None,
+                        compile: bool | str | None = None, cuda_graphs: bool | None = None,
+                        backend: str = 'auto') -> 'DepthCompleter':
         """Load a .safetensors/.pt checkpoint (None = the packaged default weights).
 
         Raises CheckpointError (a ValueError) naming the file and the problem. The modes are
-        explained in inference.py; backend 'auto' picks the fastest one for the device
-        (resolve_backend).
+        explained in inference.py. By default everything is the fastest for the device: on CUDA
+        fp16, channels_last, compile and CUDA graphs (call warmup before the first frame: it
+        compiles and captures); on the CPU the onnxruntime backend (resolve_backend). Pass
+        explicit values to opt out (e.g. precision='fp32', compile=False).
         """
         if path is None:
             path = DEFAULT_CHECKPOINT
@@ -282,13 +290,21 @@ class DepthCompleter:
         (B,H,W) (through the CUDA graph when enabled); OUTPUTS as (B,1,H,W) float32."""
         with torch.inference_mode():
             if self.backend == 'onnxruntime':
-                rgb, sparse = _network_inputs(rgb_t, sparse_t)
-                outputs = self._onnx(rgb.contiguous().numpy(), sparse.contiguous().numpy(),
-                                     self.steps)
-                return {key: torch.from_numpy(value) for key, value in outputs.items()}
+                return self._run_onnx(*_network_inputs(rgb_t, sparse_t))
             if self._graphs is None:
                 return self._forward(rgb_t, sparse_t)
             return self._graphs(self._forward, rgb_t, sparse_t, key=(self.precision, self.steps))
+
+    def _run_onnx(self, rgb: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
+        """rgb (1,3,H,W) [0, 1], sparse (1,1,H,W) m -> OUTPUTS: CompletionNet.predict as an
+        onnxruntime graph between the depth scale and the propagation in torch."""
+        from cspn_ros.export import PREDICT_OUTPUT_NAMES
+        scale = self.model.depth_scale(sparse)
+        predicted = self._onnx({'rgb': rgb.contiguous().numpy(), 'sparse': sparse.numpy(),
+                                'scale': scale.numpy()})
+        outputs = self.model.propagate(
+            *(torch.from_numpy(predicted[name]) for name in PREDICT_OUTPUT_NAMES), sparse)
+        return {key: outputs[key] for key in OUTPUTS}
 
     def _forward(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """rgb_t ([B,]H,W,3) uint8, sparse_t ([B,]H,W) metres -> OUTPUTS (B,1,H,W), under
@@ -301,9 +317,9 @@ class DepthCompleter:
         return {key: outputs[key] for key in OUTPUTS}
 
     def _export(self, path, height: int, width: int):
-        """The network as ONNX at (height, width) px and the current steps (for OnnxRunner)."""
+        """The network before propagation as ONNX at (height, width) px (for OnnxRunner)."""
         from cspn_ros.export import to_onnx
-        return to_onnx(self, path, height, width)
+        return to_onnx(self, path, height, width, propagation=False)
 
 
 def _network_inputs(rgb_t: torch.Tensor, sparse_t: torch.Tensor):

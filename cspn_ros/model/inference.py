@@ -13,6 +13,11 @@
   again when the size, precision or step count changes. CUDA only: ignored with a warning on
   the CPU.
 The classical baseline has no network: any mode other than the defaults is a ValueError.
+
+'auto' (precision) and None (the boolean modes) pick the fastest numerically safe setting for
+the device (choose_modes, FAST_CUDA_MODES): on CUDA reduced precision, channels_last,
+torch.compile (where Triton is installed) and CUDA graphs; on the CPU none of them (the
+onnxruntime backend is the fast path there). Explicit values are used as given.
 """
 from __future__ import annotations
 
@@ -24,14 +29,48 @@ import torch
 
 #: Run-time precision -> autocast dtype (None = plain float32).
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+#: What 'auto' / None pick for a network on CUDA: the fastest modes whose error against fp32
+#: stays within the bound stated in BENCHMARKS.md (bench/real_suite.py --precision measures it).
+FAST_CUDA_MODES = {'precision': 'fp16', 'channels_last': True, 'compile': True,
+                   'cuda_graphs': True}
+#: ... and everywhere else (CPU, the classical baseline): plain fp32, eager.
+PLAIN_MODES = {'precision': 'fp32', 'channels_last': False, 'compile': False,
+               'cuda_graphs': False}
+
+
+def choose_modes(device_type: str, has_network: bool, compile_available: bool,
+                 precision: str = 'auto', channels_last: bool | None = None,
+                 compile: bool | str | None = None,
+                 cuda_graphs: bool | None = None) -> dict[str, bool | str]:
+    """The inference modes to run with: each mode as given, or where it is 'auto' (precision) or
+    None, FAST_CUDA_MODES for a network on a 'cuda' device (compile only when
+    compile_available, i.e. Triton imports) and PLAIN_MODES otherwise. Pure: no device query."""
+    fast = device_type == 'cuda' and has_network
+    requested = {'precision': precision, 'channels_last': channels_last, 'compile': compile,
+                 'cuda_graphs': cuda_graphs}
+    chosen = {}
+    for name, value in requested.items():
+        if value is None or value == 'auto':
+            value = (FAST_CUDA_MODES if fast and (name != 'compile' or compile_available)
+                     else PLAIN_MODES)[name]
+        chosen[name] = value
+    return chosen
+
+
+def compile_available() -> bool:
+    """True when torch.compile's default (inductor) backend can build GPU kernels (Triton)."""
+    from torch.utils._triton import has_triton
+    return has_triton()
 
 
 def resolve_precision(precision: str, device: torch.device, has_network: bool = True) -> str:
-    """The precision that will run on `device`: `precision`, or 'fp32' for 'fp16' on the CPU
-    (with a warning). ValueError for unknown names, bf16 on a GPU without it, or any reduced
-    precision for a completer without a network."""
+    """The precision that will run on `device`: `precision` ('auto': choose_modes's), or 'fp32'
+    for 'fp16' on the CPU (with a warning). ValueError for unknown names, bf16 on a GPU without
+    it, or any reduced precision for a completer without a network."""
+    if precision == 'auto':
+        precision = choose_modes(device.type, has_network, False)['precision']
     if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {tuple(PRECISIONS)}, got {precision!r}')
+        raise ValueError(f'precision must be one of {(*PRECISIONS, "auto")}, got {precision!r}')
     if precision == 'fp32':
         return precision
     if not has_network:

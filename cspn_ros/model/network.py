@@ -19,7 +19,7 @@ from torch import nn
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.backbone import UNet, conv_bn_relu
-from cspn_ros.model.heads import ConvHead
+from cspn_ros.model.heads import ConvHead, merged_heads
 from cspn_ros.model.morphological_fill import interpolation_fill, nearest_depth_fill
 from cspn_ros.model.propagation import build_propagation
 
@@ -33,8 +33,16 @@ RGB_STD = (0.229, 0.224, 0.225)
 def median_valid_depth(sparse: torch.Tensor) -> torch.Tensor:
     """(B,1,H,W) metres, 0 = missing -> (B,1,1,1) lower median of the valid depths (1 if none).
 
-    Sort + gather rather than torch.nanmedian so the graph exports to ONNX.
+    Traced, compiled or on a GPU: sort + gather of the whole frame (static shapes, so the graph
+    exports to ONNX and captures into CUDA graphs). Eager on the CPU: a selection over the valid
+    depths only (same value, about 20 ms less at 640x480).
     """
+    if sparse.device.type == 'cpu' and not (torch.jit.is_tracing()
+                                            or torch.compiler.is_compiling()):
+        medians = [row[row > 0].kthvalue((int((row > 0).sum()) + 1) // 2).values
+                   if bool((row > 0).any()) else torch.ones((), dtype=sparse.dtype)
+                   for row in sparse.flatten(1)]
+        return torch.stack(medians).view(-1, 1, 1, 1)
     flat = sparse.flatten(1)
     valid = flat > 0
     count = valid.sum(dim=1, keepdim=True)
@@ -100,9 +108,18 @@ class CompletionNet(nn.Module):
         return torch.full_like(sparse[:, :, :1, :1], self.config.depth_scale)
 
     def forward(self, rgb: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.propagate(*self.predict(rgb, sparse, self.depth_scale(sparse)), sparse)
+
+    def predict(self, rgb: torch.Tensor, sparse: torch.Tensor,
+                scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything before propagation: rgb (B,3,H,W) [0,1], sparse (B,1,H,W) m, scale
+        (B,1,1,1) m (depth_scale) -> initial depth (B,1,H,W) m (not clamped), guidance
+        (B,C,H,W) raw, confidence (B,1,H,W) in [0, 1].
+
+        The convolutional part: what the onnxruntime backend runs as a graph (scale computed
+        outside, propagate in torch after it)."""
         height, width = sparse.shape[-2:]
         valid = (sparse > 0).to(rgb.dtype)
-        scale = self.depth_scale(sparse)
         sparse_normalized = (sparse / scale).to(rgb.dtype)
         rgb = (rgb - self.rgb_mean) / self.rgb_std
         log_residual = self.config.residual == 'log'
@@ -126,7 +143,12 @@ class CompletionNet(nn.Module):
         features = self.unet(torch.cat([rgb_padded, depth_padded], dim=1))
         features = features[..., :height, :width]
 
-        init = self.depth_head(features).float()
+        heads = [self.depth_head, self.guidance_head, self.confidence_head]
+        if torch.onnx.is_in_onnx_export() and not self.training:
+            init, guidance, confidence = merged_heads(heads, features)
+        else:
+            init, guidance, confidence = (head(features) for head in heads)
+        init = init.float()
         if self.config.initial_fill == 'blend':
             share = torch.sigmoid(init[:, 1:2])
             base = torch.exp(share * log_candidates[:, :1] + (1 - share) * log_candidates[:, 1:])
@@ -136,9 +158,11 @@ class CompletionNet(nn.Module):
             init = base.float() * torch.exp(self.config.max_log_residual * torch.tanh(init))
         elif base is not None:
             init = init + base.float()
-        depth_init = init * scale
-        guidance = self.guidance_head(features)
-        confidence = torch.sigmoid(self.confidence_head(features).float())
+        return init * scale, guidance, torch.sigmoid(confidence.float())
+
+    def propagate(self, depth_init: torch.Tensor, guidance: torch.Tensor,
+                  confidence: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
+        """predict's outputs and sparse (B,1,H,W) m -> forward's output dict."""
         depth, _ = self.propagation(depth_init, guidance, sparse, confidence)
         return {'depth': depth.clamp(0.0, self.config.max_depth),
                 'depth_init': depth_init.clamp(0.0, self.config.max_depth),

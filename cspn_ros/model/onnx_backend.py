@@ -1,7 +1,10 @@
 """ONNX Runtime backend of DepthCompleter: the network exported per input size, cached on disk.
 
-One exported graph per (weights + config content hash, height, width, propagation steps, onnx and
-onnxruntime versions), written under `cache_dir()` (CSPN_ROS_CACHE, else
+The graph is the network before propagation (`CompletionNet.predict`: fill, UNet, heads, about
+80 % of the CPU time); the completer computes the depth scale before it and runs the propagation
+after it in torch (4x faster there than as unrolled ONNX steps, and the step count can change
+without exporting again). One exported graph per (weights + config content hash, height, width,
+onnx and onnxruntime versions), written under `cache_dir()` (CSPN_ROS_CACHE, else
 $XDG_CACHE_HOME/cspn_ros, else ~/.cache/cspn_ros) as `onnx/<key>.onnx` next to a `<key>.sha256`
 of its bytes. An entry is used only when its bytes match that digest and onnxruntime loads it;
 anything else (truncated, edited, unreadable) is deleted and exported again. Files are written
@@ -26,6 +29,9 @@ import torch
 #: onnxruntime session settings (the ones measured in BENCHMARKS.md on the 2-core VM).
 SESSION_DEFAULTS = {'graph_optimization_level': 'ORT_ENABLE_ALL', 'execution_mode':
                     'ORT_SEQUENTIAL'}
+#: Session config entries: the intra-op threads sleep when a run ends instead of spinning, so
+#: they leave the cores to the torch propagation that follows.
+SESSION_CONFIG = {'session.intra_op.allow_spinning': '0'}
 
 
 def available() -> bool:
@@ -66,11 +72,11 @@ def default_threads() -> int:
 
 
 class OnnxRunner:
-    """Runs a DepthCompleter's network through onnxruntime, one cached session per input size and
-    step count.
+    """Runs an exported graph of a DepthCompleter's network through onnxruntime, one cached
+    session per input size.
 
-    export: callable(path, height, width) writing the ONNX graph at the completer's current steps
-    (cspn_ros.export.to_onnx bound to the completer); digest: model_digest of its network;
+    export: callable(path, height, width) writing the ONNX graph (cspn_ros.export.to_onnx bound
+    to the completer); digest: model_digest of its network;
     threads: onnxruntime intra-op threads (None = default_threads()).
     """
 
@@ -85,24 +91,21 @@ class OnnxRunner:
         self.folder = (folder or cache_dir()) / 'onnx'
         self._sessions = {}
 
-    def path(self, height: int, width: int, steps) -> Path:
-        """Cache file of the graph for (height, width) px at `steps` propagation steps."""
-        steps_text = '-'.join(str(s) for s in steps) if isinstance(steps, tuple) else str(steps)
-        return self.folder / (f'{self.digest[:24]}_{height}x{width}_steps{steps_text}_'
-                              f'{self._versions}.onnx')
+    def path(self, height: int, width: int) -> Path:
+        """Cache file of the graph for (height, width) px."""
+        return self.folder / f'{self.digest[:24]}_{height}x{width}_predict_{self._versions}.onnx'
 
-    def __call__(self, rgb: np.ndarray, sparse: np.ndarray, steps) -> dict[str, np.ndarray]:
-        """rgb (1,3,H,W) float32 [0,1], sparse (1,1,H,W) float32 m (0 = missing) ->
-        {'depth', 'confidence', 'depth_init'}: (1,1,H,W) float32."""
-        from cspn_ros.export import OUTPUT_NAMES
-        key = (rgb.shape[2], rgb.shape[3], steps)
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's named float32 inputs ((1,C,H,W) `rgb` and `sparse` set the size) -> its
+        named outputs."""
+        key = tuple(inputs['sparse'].shape[-2:])
         session = self._sessions.get(key) or self._sessions.setdefault(key, self._session(*key))
-        outputs = session.run(list(OUTPUT_NAMES), {'rgb': rgb, 'sparse': sparse})
-        return dict(zip(OUTPUT_NAMES, outputs))
+        names = [output.name for output in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs)))
 
-    def _session(self, height: int, width: int, steps):
+    def _session(self, height: int, width: int):
         """A session on the cached graph, exporting (again) when the entry is missing or bad."""
-        path = self.path(height, width, steps)
+        path = self.path(height, width)
         if path.is_file():
             try:
                 return self._load(path)
@@ -125,6 +128,8 @@ class OnnxRunner:
             onnxruntime.GraphOptimizationLevel, SESSION_DEFAULTS['graph_optimization_level'])
         options.execution_mode = getattr(onnxruntime.ExecutionMode,
                                          SESSION_DEFAULTS['execution_mode'])
+        for key, value in SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         return onnxruntime.InferenceSession(data, options, providers=['CPUExecutionProvider'])
 
     def _write(self, path: Path, height: int, width: int) -> None:

