@@ -63,7 +63,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def resolve_backend(backend: str, device: torch.device, has_network: bool, precision: str,
                     channels_last: bool, compile: bool | str) -> str:
     """'torch' or 'onnxruntime' as it will run. 'auto' = onnxruntime for a network on the CPU in
-    fp32 without channels_last / compile when onnxruntime is installed (about 1.8x faster at
+    fp32 without channels_last / compile when onnxruntime is installed (2-2.6x faster at
     640x480: BENCHMARKS.md), else torch. ValueError for unknown names, and for an explicit
     'onnxruntime' that cannot run (no network, not the CPU, reduced precision or torch-only
     modes, not installed)."""
