@@ -14,8 +14,11 @@ import torch
 from torch._dynamo.utils import counters
 
 from cspn_ros.config import ModelConfig
+from cspn_ros.core.pipeline import CompletionPipeline
+from cspn_ros.core.rig import RigCompleter
 from cspn_ros.model.completer import DepthCompleter
-from cspn_ros.model.inference import FAST_CUDA_MODES, PLAIN_MODES, choose_modes
+from cspn_ros.model.inference import (FAST_CUDA_MODES, PLAIN_MODES, CapturedForward,
+                                      CudaGraphRunner, choose_modes)
 
 HEIGHT, WIDTH = 40, 56  # not multiples of 32: the network pads and crops
 CONFIG = ModelConfig(width=8, steps=4, max_depth=60.0)
@@ -168,6 +171,65 @@ def test_classical_baseline_takes_no_modes(modes):
         completer.precision = 'bf16'
 
 
+def eager_capture(forward, inputs) -> CapturedForward:
+    """A CPU recording with a CUDA graph's buffer contract: static input and output buffers,
+    replay() runs forward on the static inputs and writes into the static outputs."""
+    static = tuple(t.clone() for t in inputs)
+    outputs = {name: value.clone() for name, value in forward(*static).items()}
+
+    def replay() -> None:
+        for name, value in forward(*static).items():
+            outputs[name].copy_(value)
+    return CapturedForward(static, outputs, replay)
+
+
+def _batch(rng, size):
+    frames = [make_frame(rng) for _ in range(size)]
+    return (torch.from_numpy(np.stack([rgb for rgb, _ in frames])),
+            torch.from_numpy(np.stack([sparse for _, sparse in frames])))
+
+
+def test_graph_runner_keeps_one_graph_per_batch_size_and_replays_it(reference):
+    """Full and partial batches of a rig alternating: each size is captured once, then only
+    replayed; every result equals the eager forward and survives later replays."""
+    runner = CudaGraphRunner(capture=eager_capture)
+    rng = np.random.default_rng()
+    results = []
+    with torch.inference_mode():
+        for size in (3, 2, 3, 1, 2, 3, 1):
+            rgb, sparse = _batch(rng, size)
+            results.append((runner(reference._forward, rgb, sparse, key=('fp32', 4)),
+                            reference._forward(rgb, sparse)))
+    assert runner.captures == len(runner) == 3
+    for got, want in results:  # earlier results were not overwritten by later replays
+        for name in want:
+            torch.testing.assert_close(got[name], want[name])
+
+
+def test_graph_runner_drops_the_least_recently_used_graph_beyond_its_bound(reference):
+    runner = CudaGraphRunner(max_graphs=2, capture=eager_capture)
+    rng = np.random.default_rng()
+    batches = {size: _batch(rng, size) for size in (1, 2, 3)}
+    with torch.inference_mode():
+        def run(size, key=('fp32', 4)):
+            return runner(reference._forward, *batches[size], key=key)
+        run(1), run(2), run(1)
+        assert runner.captures == 2
+        run(3)  # full: drops size 2, the least recently used
+        run(1)
+        assert runner.captures == 3 and len(runner) == 2
+        run(2)
+        assert runner.captures == 4
+        run(2, key=('fp32', 1))  # other steps: another graph
+        assert runner.captures == 5 and len(runner) == 2
+        runner.clear()
+        assert len(runner) == 0
+        torch.testing.assert_close(run(3)['depth'], reference._forward(*batches[3])['depth'])
+    assert runner.captures == 6
+    with pytest.raises(ValueError, match='max_graphs'):
+        CudaGraphRunner(max_graphs=0)
+
+
 @CUDA
 @pytest.mark.parametrize('modes', [dict(precision='fp16'), dict(precision='bf16'),
                                    dict(precision='fp16', channels_last=True)])
@@ -198,3 +260,22 @@ def test_cuda_graphs_replay_the_forward_and_recapture_on_change(reference):
     rgb3, sparse3 = make_frame(rng, 24, 72)
     np.testing.assert_allclose(graphed(rgb3, sparse3), eager(rgb3, sparse3), rtol=1e-3, atol=1e-3)
     assert graphed._graphs.captures == 3
+
+
+@CUDA
+def test_rig_warm_up_captures_every_batch_size_so_partial_sweeps_only_replay(reference):
+    from conftest import plane_frame
+    graphed = twin(reference, 'cuda', cuda_graphs=True)
+    pipelines = {name: CompletionPipeline(graphed) for name in ('a', 'b', 'c')}
+    rig = RigCompleter(pipelines)
+    msgs = plane_frame(1_700_000_000 * 10**9, WIDTH, HEIGHT)
+    frame = (msgs['image'], msgs['camera_info'], msgs['points'])
+    rig.warm_up(HEIGHT, WIDTH)
+    captured = graphed._graphs.captures
+    assert captured == 3  # batches of 3, 2 and one frame
+    for cameras in (('a', 'b', 'c'), ('a', 'c'), ('b',), ('a', 'b', 'c'), ('b', 'c')):
+        results = rig.complete({name: frame for name in cameras})
+        assert all(not isinstance(result, Exception) for result in results.values()), results
+    assert graphed._graphs.captures == captured
+    rig.free_device_memory()
+    assert len(graphed._graphs) == 0

@@ -192,16 +192,22 @@ class RigCompleter:
         import torch
         completer = self.completer
         if completer is not None and completer.cuda_graphs:
-            from cspn_ros.model.inference import CudaGraphRunner
-            completer._graphs = CudaGraphRunner()  # no public release in DepthCompleter
+            completer.release_graphs()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def warm_up(self, height: int, width: int) -> float:
         """Run the model once on random height x width batches of one frame per camera, so
-        the first frames are fast; returns the seconds it took."""
+        the first frames are fast; with CUDA graphs also on every smaller batch (a sweep one
+        camera missed), so each batch size is captured now and only replayed later. Returns
+        the seconds it took."""
         start = time.perf_counter()
-        self.completer.warmup(height, width, batch=len(self.pipelines))
+        cameras = len(self.pipelines)
+        self.completer.warmup(height, width, batch=cameras)
+        if getattr(self.completer, 'cuda_graphs', False):
+            from cspn_ros.model.inference import MAX_CUDA_GRAPHS
+            for batch in range(cameras - 1, max(0, cameras - MAX_CUDA_GRAPHS), -1):
+                self.completer.warmup(height, width, iterations=1, batch=batch)
         return time.perf_counter() - start
 
 

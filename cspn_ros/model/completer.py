@@ -208,6 +208,11 @@ class DepthCompleter:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
+    def release_graphs(self) -> None:
+        """Drop the captured CUDA graphs and their memory (captured again when needed)."""
+        if self._graphs is not None:
+            self._graphs.clear()
+
     @property
     def steps(self) -> int | tuple[int, ...]:
         """Propagation steps: an int (cspn, nlspn) or the branch step counts (cspnpp); 0 for

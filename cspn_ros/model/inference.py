@@ -9,8 +9,10 @@
   DepthCompleter.warmup at start). True = the default inductor backend; a string names another
   torch.compile backend (e.g. 'aot_eager', which the CPU tests use: inductor on the CPU takes
   about a minute per size to compile).
-- cuda_graphs: the whole forward captured once for a fixed input size and replayed; captured
-  again when the size, precision or step count changes. CUDA only: ignored with a warning on
+- cuda_graphs: the whole forward captured once per input shape (image size, batch size:
+  a sweep that leaves with fewer cameras), precision and step count, and replayed; up to
+  MAX_CUDA_GRAPHS captures are kept (least recently used dropped first), so batch sizes that
+  alternate never capture again once each was seen. CUDA only: ignored with a warning on
   the CPU.
 The classical baseline has no network: any mode other than the defaults is a ValueError.
 
@@ -21,6 +23,7 @@ onnxruntime backend is the fast path there). Explicit values are used as given.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import warnings
 from typing import Callable, Hashable
@@ -61,6 +64,9 @@ def compile_available() -> bool:
     """True when torch.compile's default (inductor) backend can build GPU kernels (Triton)."""
     from torch.utils._triton import has_triton
     return has_triton()
+#: CUDA graphs a CudaGraphRunner keeps (each holds its own memory pool: the activations of one
+#: forward at its shape), e.g. the full batch of a rig and a few partial ones.
+MAX_CUDA_GRAPHS = 8
 
 
 def resolve_precision(precision: str, device: torch.device, has_network: bool = True) -> str:
@@ -109,51 +115,78 @@ def resolve_modes(device: torch.device, has_network: bool, channels_last: bool,
 
 
 @dataclasses.dataclass
-class _Capture:
-    signature: Hashable
-    graph: torch.cuda.CUDAGraph
+class CapturedForward:
+    """A forward recorded on static buffers: `replay()` recomputes `outputs` from whatever
+    `inputs` hold (both keep their storage from one replay to the next)."""
+
     inputs: tuple[torch.Tensor, ...]
     outputs: dict[str, torch.Tensor]
+    replay: Callable[[], None]
+
+
+def capture_cuda_graph(forward: Callable[..., dict[str, torch.Tensor]],
+                       inputs: tuple[torch.Tensor, ...], warmup_runs: int = 2
+                       ) -> CapturedForward:
+    """`forward(*inputs)` captured in a torch.cuda.CUDAGraph on clones of the CUDA `inputs`,
+    after warmup_runs runs on a side stream (as torch.cuda.graphs requires: lazy
+    initialisation, cuDNN algorithm choice, Triton and torch.compile compilation happen
+    outside the capture). The graph keeps its own memory pool until it is dropped."""
+    static_inputs = tuple(t.clone() for t in inputs)
+    side = torch.cuda.Stream(device=static_inputs[0].device)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup_runs):
+            forward(*static_inputs)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = forward(*static_inputs)
+    return CapturedForward(static_inputs, outputs, graph.replay)
 
 
 class CudaGraphRunner:
-    """Replays `forward(*inputs) -> dict of tensors` from a CUDA graph.
+    """Replays `forward(*inputs) -> dict of tensors` from CUDA graphs, one per signature.
 
-    The graph is captured at the first call and again whenever the inputs' shapes/dtypes or
-    `key` change (the previous graph is freed first). Each call copies the inputs into the
-    graph's static buffers and returns clones of its outputs, so results stay valid after the
-    next call. `forward` must not synchronise with the host (no .item(), no data-dependent
-    Python control flow).
+    A signature is the inputs' shapes/dtypes/devices plus `key` (precision, steps). The first
+    call with a signature captures its graph (`capture`, default capture_cuda_graph); later
+    calls replay it. At most max_graphs are kept: capturing one more drops the least recently
+    used first (its memory pool is freed). Each call copies the inputs into the graph's static
+    buffers and returns clones of its outputs, so results stay valid after the next call.
+    `forward` must not synchronise with the host (no .item(), no data-dependent Python control
+    flow). `captures` counts the captures made, `len(runner)` the graphs kept.
     """
 
-    def __init__(self, warmup_runs: int = 2) -> None:
-        self.warmup_runs = warmup_runs
+    def __init__(self, max_graphs: int = MAX_CUDA_GRAPHS,
+                 capture: Callable[[Callable[..., dict[str, torch.Tensor]],
+                                    tuple[torch.Tensor, ...]], CapturedForward]
+                 = capture_cuda_graph) -> None:
+        if max_graphs < 1:
+            raise ValueError(f'max_graphs must be >= 1, got {max_graphs}')
+        self.max_graphs = int(max_graphs)
         self.captures = 0
-        self._capture: _Capture | None = None
+        self._capture = capture
+        self._graphs: collections.OrderedDict[Hashable, CapturedForward] = (
+            collections.OrderedDict())
+
+    def __len__(self) -> int:
+        return len(self._graphs)
 
     def __call__(self, forward: Callable[..., dict[str, torch.Tensor]],
                  *inputs: torch.Tensor, key: Hashable = None) -> dict[str, torch.Tensor]:
         signature = (key, tuple((t.shape, t.dtype, t.device) for t in inputs))
-        if self._capture is None or self._capture.signature != signature:
-            self._capture = None  # release the old graph's memory pool before capturing anew
-            self._capture = self._record(forward, inputs, signature)
-        for static, value in zip(self._capture.inputs, inputs):
+        captured = self._graphs.get(signature)
+        if captured is None:
+            while len(self._graphs) >= self.max_graphs:  # free the pool before capturing anew
+                self._graphs.popitem(last=False)
+            captured = self._capture(forward, inputs)
+            self.captures += 1
+            self._graphs[signature] = captured
+        self._graphs.move_to_end(signature)
+        for static, value in zip(captured.inputs, inputs):
             static.copy_(value)
-        self._capture.graph.replay()
-        return {name: value.clone() for name, value in self._capture.outputs.items()}
+        captured.replay()
+        return {name: value.clone() for name, value in captured.outputs.items()}
 
-    def _record(self, forward, inputs, signature) -> _Capture:
-        static_inputs = tuple(t.clone() for t in inputs)
-        # Warm-up runs on a side stream, as torch.cuda.graphs requires: lazy initialisation,
-        # cuDNN algorithm choice, Triton and torch.compile compilation happen outside capture.
-        side = torch.cuda.Stream(device=static_inputs[0].device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup_runs):
-                forward(*static_inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = forward(*static_inputs)
-        self.captures += 1
-        return _Capture(signature, graph, static_inputs, outputs)
+    def clear(self) -> None:
+        """Drop every graph (and its memory pool)."""
+        self._graphs.clear()

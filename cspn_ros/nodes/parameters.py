@@ -64,8 +64,8 @@ PARAMETERS = {
                 {'additional_constraints': 'one of: torch, onnxruntime, auto'}, True),
     'channels_last': (Parameter.Type.BOOL, 'channels-last memory format for the network; unset: '
                       'on CUDA', {}, True),
-    'cuda_graphs': (Parameter.Type.BOOL, 'replay the network from a CUDA graph (fixed image '
-                    'size); unset: on CUDA', {}, True),
+    'cuda_graphs': (Parameter.Type.BOOL, 'replay the network from CUDA graphs (one per image '
+                    'and batch size, up to 8 kept); unset: on CUDA', {}, True),
     'compile': (Parameter.Type.BOOL, 'torch.compile the network (compiles during the warm-up '
                 'at start, see warmup_size); unset: on CUDA where Triton is installed', {}, True),
     'warmup_size': ([0, 0], '[width, height] px of frames to warm the model up with at start; '
