@@ -142,13 +142,86 @@ def test_two_lidars_are_merged_into_one_sparse_input(start_node, ros_node):
     assert node.stop() == 0 and 'Traceback' not in node.log()
 
 
+def test_each_camera_compensates_the_moving_sweep_to_its_own_stamp_over_dds(start_node,
+                                                                            ros_node):
+    """Two cameras around one LiDAR (front, and back turned 180 deg; poses as parameters), the
+    platform driving at 10 m/s along the front camera's axis, a 100 ms sweep with per-point
+    times ('t', Ouster layout), PoseStamped odometry of the LiDAR (the rig's base): each
+    camera fires at its own stamp (back 30 ms after front) and its published sparse depth is
+    the scene at that stamp, not where the sweep saw it."""
+    from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
+    from conftest import plane_points
+
+    from cspn_ros.core.projection import project_to_sparse_depth
+    speed, stamp0 = 10.0, 1_700_000_000 * 10**9
+    fires_s = {'front': 0.0, 'back': 0.03}
+    T_lidar_from = {'front': np.eye(4),
+                    'back': transform_from_translation_quaternion([0, 0, 0], [0, 1, 0, 0])}
+    poses = {}
+    for name, T in T_lidar_from.items():
+        poses[f'{name}.extrinsic.translation'] = T[:3, 3].tolist()
+        poses[f'{name}.extrinsic.rotation'] = quaternion_from_rotation(T[:3, :3]).tolist()
+    node = start_node('completion_node', checkpoint='classical', cameras=['front', 'back'],
+                      publish_sparse=True, slop=0.15, batch_wait=0.5,
+                      **{'extrinsic.from_tf': False, 'self_check.holdout_share': 0.0,
+                         'motion.odometry_topic': 'odom', 'motion.odometry_type': 'pose',
+                         'motion.time_field': 'ouster'}, **poses)
+    publishers = {topic: ros_node.publisher(kind, topic) for topic, kind in (
+        ('odom', PoseStamped), ('points', PointCloud2), *((f'{c}/{t}', k) for c in fires_s
+                                                           for t, k in (('camera_info',
+                                                                         CameraInfo),
+                                                                        ('image', Image))))}
+    inboxes = {camera: ros_node.inbox(Image, f'{camera}/depth/sparse') for camera in fires_s}
+    truth = plane_points(W, H)  # each camera sees the plane, at its own image stamp
+    rng = np.random.default_rng()
+    sweep, offsets = [], []
+    for camera, fire_s in fires_s.items():  # the points each camera sees, as the sweep saw them
+        offset_ns = rng.integers(0, 100_000_000, len(truth)).astype(np.uint32)
+        in_lidar = (np.c_[truth, np.ones(len(truth))] @ T_lidar_from[camera].T)[:, :3]
+        ago_s = fire_s + (100_000_000 - offset_ns.astype(np.float64)) / 1e9
+        in_lidar[:, 2] += speed * ago_s  # the LiDAR was further back along its z
+        sweep.append(in_lidar)
+        offsets.append(offset_ns)
+    cloud_points = np.concatenate(sweep).astype(np.float32)
+
+    def publish(i: int) -> None:
+        image_ns = stamp0 + i * 10**9
+        for k in range(-20, 6):  # odometry of the LiDAR, z forward at `speed`
+            publishers['odom'].publish(PoseStamped(
+                header=header_msg(image_ns + k * 10_000_000, 'odom'), pose=Pose(
+                    position=Point(x=0.0, y=0.0, z=speed * k * 0.01 + i * 100.0),
+                    orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))))
+        publishers['points'].publish(pointcloud2_msg(
+            pointcloud2_fields(cloud_points, extra={'t': np.concatenate(offsets)}),
+            header_msg(image_ns - 100_000_000, 'lidar')))
+        for camera, fire_s in fires_s.items():
+            frame = plane_frame(image_ns + round(fire_s * 1e9), W, H)
+            for topic in ('camera_info', 'image'):
+                frame[topic].header.frame_id = f'{camera}_optical'
+                publishers[f'{camera}/{topic}'].publish(frame[topic])
+
+    assert publish_until(publish, inboxes['back'], timeout=90, period=0.5) is not None, node.log()
+    received = inboxes['front'].wait_for(lambda msg: True, timeout=30)
+    assert received is not None, node.log()
+    expected = project_to_sparse_depth(truth, np.eye(4), plane_camera(W, H), 0.1, 100.0)
+    for camera, inbox in inboxes.items():
+        sparse = inbox.messages[-1]
+        stamp_ns = stamp_to_ns(sparse.header.stamp)
+        assert (stamp_ns - stamp0) % 10**9 == round(fires_s[camera] * 1e9), camera
+        got = np.nan_to_num(image_to_depth(sparse))
+        both = (got > 0) & (expected > 0)
+        assert both.sum() > 0.9 * (expected > 0).sum(), camera
+        np.testing.assert_allclose(got[both], expected[both], atol=2e-3, err_msg=camera)
+    assert node.stop() == 0 and 'Traceback' not in node.log()
+
+
 @pytest.mark.parametrize('overrides, problem', [
     ({'cameras': ['front', 'front']}, 'cameras must be distinct names'),
     ({'lidars': ['top', '2nd']}, 'lidars must be distinct names'),
     ({'cameras': ['front', 'back'], 'depth_source': 'tof'}, 'cameras and lidars take '
      'depth_source lidar'),
-    ({'lidars': ['top', 'rear'], 'motion.odometry_topic': '/odom',
-      'motion.odometry_type': 'pose'}, 'motion compensation'),
+    ({'cameras': ['front', 'back'], 'lidars': ['top', 'rear'], 'motion.odometry_topic': '/odom',
+      'motion.odometry_type': 'pose'}, "the pose is of the rig's base"),
 ])
 def test_rigs_the_node_refuses_at_start(ros_domain, overrides, problem):
     context = rclpy.Context()

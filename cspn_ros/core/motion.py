@@ -14,7 +14,9 @@ measured at t_i in the sensor frame S is moved to the image stamp t:
 interpolated linearly in translation and by slerp in rotation between the two samples around
 each time; a time outside the track (beyond `max_extrapolation_ns`) raises MotionError, so a
 frame is never compensated with a guessed motion. `MotionCompensation` is what
-`core.pipeline.CompletionPipeline` applies to every cloud (its `motion`).
+`core.pipeline.CompletionPipeline` applies to every cloud (its `motion`). In a rig every camera
+has its own (one pose track shared): each moves the sweep(s) to its own image stamp, each LiDAR
+with its own T_body_from_sensor.
 """
 from __future__ import annotations
 
@@ -238,19 +240,46 @@ def compensate(points: np.ndarray, times_ns: np.ndarray, target_ns: int, track: 
 
 @dataclasses.dataclass
 class MotionCompensation:
-    """Compensation settings of a pipeline: time_field (where the cloud keeps per-point times),
-    track (the platform's poses around the frame, refilled by the caller: odometry), and
-    T_body_from_sensor (the track's body frame <- the LiDAR frame)."""
+    """Compensation settings of one camera's pipeline: time_field (where the cloud keeps
+    per-point times), track (the platform's poses around the frame, refilled by the caller:
+    odometry; the cameras of a rig share one, `sharing_track`), and T_body_from_sensor (the
+    track's body frame <- the LiDAR frame: (4,4), or (K,4,4) for the K LiDARs whose clouds the
+    pipeline merges, in their order; `set_sensors`)."""
 
     time_field: TimeField
     track: PoseTrack = dataclasses.field(default_factory=PoseTrack)
     T_body_from_sensor: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(4))
 
-    def apply(self, cloud_msg: Any, points: np.ndarray, target_ns: int) -> np.ndarray:
-        """The (N,3) points of cloud_msg (as `pointcloud2_to_xyz` gives them) moved to
-        target_ns; unchanged when the cloud has no time field (an instantaneous sweep, as
-        without compensation). MotionError when the track does not cover the sweep."""
+    def sharing_track(self) -> 'MotionCompensation':
+        """Another camera's compensation: the same time field and pose track, its own
+        T_body_from_sensor (each camera moves the sweep to its own image stamp)."""
+        return dataclasses.replace(self, T_body_from_sensor=np.eye(4))
+
+    def set_sensors(self, body_frame: str, camera_frame: str, sensor_frames: Sequence[str],
+                    T_cam_from_sensor: np.ndarray,
+                    lookup: Optional[Callable[[str, str], Optional[np.ndarray]]] = None) -> None:
+        """Set T_body_from_sensor for a frame of `camera_frame` from each LiDAR frame of
+        sensor_frames, with the camera's extrinsics T_cam_from_sensor ((4,4) or (K,4,4), one per
+        LiDAR) (`body_from_sensor`; MotionError when one is unknown)."""
+        extrinsics = np.asarray(T_cam_from_sensor, dtype=np.float64).reshape(-1, 4, 4)
+        if len(extrinsics) != len(sensor_frames):
+            raise MotionError(f'{len(sensor_frames)} LiDAR frames but {len(extrinsics)} '
+                              'extrinsics')
+        bodies = [body_from_sensor(body_frame, camera_frame, frame, T, lookup)
+                  for frame, T in zip(sensor_frames, extrinsics)]
+        self.T_body_from_sensor = bodies[0] if len(bodies) == 1 else np.stack(bodies)
+
+    def apply(self, cloud_msg: Any, points: np.ndarray, target_ns: int,
+              lidar: int = 0) -> np.ndarray:
+        """The (N,3) points of cloud_msg (as `pointcloud2_to_xyz` gives them; LiDAR number
+        `lidar` of T_body_from_sensor) moved to target_ns; unchanged when the cloud has no time
+        field (an instantaneous sweep, as without compensation). MotionError when the track
+        does not cover the sweep."""
         if not any(field.name == self.time_field.name for field in cloud_msg.fields):
             return points
+        transforms = np.asarray(self.T_body_from_sensor, dtype=np.float64).reshape(-1, 4, 4)
+        if lidar >= len(transforms):
+            raise MotionError(f'no body <- LiDAR transform for LiDAR {lidar} '
+                              f'({len(transforms)} set)')
         times = point_times_ns(cloud_msg, self.time_field, stamp_to_ns(cloud_msg.header.stamp))
-        return compensate(points, times, target_ns, self.track, self.T_body_from_sensor)
+        return compensate(points, times, target_ns, self.track, transforms[lidar])

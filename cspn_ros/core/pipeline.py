@@ -455,17 +455,17 @@ class CompletionPipeline:
             self._cameras[key] = camera
         return camera
 
-    def _cloud_points(self, cloud_msg: Any, image_msg: Any) -> np.ndarray:
-        """PointCloud2 -> (N,3) float32 finite points, moved to the image's stamp with
-        `motion`; several PointCloud2 (one per LiDAR) -> their points merged in the camera
-        frame (`projection.merge_clouds`, float64); InputError when there are none or the
-        motion is unknown."""
+    def _cloud_points(self, cloud_msg: Any, image_msg: Any, lidar: int = 0) -> np.ndarray:
+        """PointCloud2 (of LiDAR number `lidar`) -> (N,3) float32 finite points, moved to the
+        image's stamp with `motion`; several PointCloud2 (one per LiDAR) -> their points merged
+        in the camera frame (`projection.merge_clouds`, float64); InputError when there are
+        none or the motion is unknown."""
         if _several(cloud_msg):
             transforms = self.T_cam_from_sensor.reshape(-1, 4, 4)
             if len(transforms) != len(cloud_msg):
                 raise InputError(f'{len(cloud_msg)} clouds but {len(transforms)} extrinsics')
-            return merge_clouds([self._cloud_points(cloud, image_msg) for cloud in cloud_msg],
-                                transforms)
+            return merge_clouds([self._cloud_points(cloud, image_msg, lidar)
+                                 for lidar, cloud in enumerate(cloud_msg)], transforms)
         if int(cloud_msg.width) * int(cloud_msg.height) == 0:
             raise InputError('point cloud is empty (no finite points)')
         try:
@@ -481,7 +481,7 @@ class CompletionPipeline:
             from cspn_ros.core.motion import MotionError
             try:
                 points = self.motion.apply(cloud_msg, points,
-                                           stamp_to_ns(image_msg.header.stamp))
+                                           stamp_to_ns(image_msg.header.stamp), lidar)
             except MotionError as error:
                 raise InputError(f'motion compensation: {error}') from error
         return points

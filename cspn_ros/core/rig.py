@@ -92,6 +92,20 @@ class SweepBatcher:
         self._slots.clear()
 
 
+def stamped_pose_base(cameras: Sequence[str], lidars: Sequence[str]) -> str:
+    """Whose pose an odometry of geometry_msgs/PoseStamped (it names no body frame) gives: the
+    rig's base, its unnamed sensor: 'camera' (one camera, with one LiDAR or several) or 'lidar'
+    (several cameras around one LiDAR). ValueError when every sensor is named (the base is
+    no sensor's frame: nav_msgs/Odometry names the body in child_frame_id)."""
+    if tuple(cameras) == ('',):
+        return 'camera'
+    if tuple(lidars) == ('',):
+        return 'lidar'
+    raise ValueError('motion.odometry_type pose with named cameras and lidars: the pose is of '
+                     "the rig's base, which is no sensor; use odometry (its child_frame_id "
+                     'names the body)')
+
+
 def after_out_of_memory(failures: int, require_gpu: bool) -> str:
     """What to do after the failures-th CUDA out-of-memory error on one batch (cache freed):
     'retry' the first time, then 'cpu' (fall back for good) or, with require_gpu, 'skip' the

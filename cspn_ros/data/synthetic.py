@@ -563,10 +563,12 @@ class SyntheticScene:
             ring.append(turn @ T_lidar_from_cam)
         return ring
 
-    def view(self, index: int, T_cam_from_view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def view(self, index: int, T_cam_from_view: np.ndarray,
+             offset_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Colour image (H,W,3) uint8 and ground-truth depth (H,W) float32 m of a camera like
-        the colour camera placed at T_cam_from_view (4,4) in frame `index`."""
-        world_from_cam = self.world_from_camera(index)
+        the colour camera placed at T_cam_from_view (4,4), firing offset_s seconds after frame
+        `index`'s stamp (a ring's cameras fire at their own times)."""
+        world_from_cam = self.pose_at(index / self.rate_hz + offset_s)
         return self._render_camera(world_from_cam @ T_cam_from_view,
                                    self._objects_near(world_from_cam[:3, 3]))
 

@@ -112,10 +112,7 @@ class CompletionCore:
             raise StartupError('cameras and lidars take depth_source lidar (a ToF camera '
                                'serves one colour camera)')
         declare_rig_parameters(self.node, cameras + lidars)
-        self.motion = read.motion_source(self.depth_source)
-        if self.motion is not None and cameras + lidars != ('', ''):
-            raise StartupError('motion compensation (motion.odometry_topic) takes one camera '
-                               'and one LiDAR (unset cameras and lidars)')
+        self.motion = read.motion_source(self.depth_source, cameras, lidars)
         completer, self.model_source = read.load_completer(read.value('require_gpu'),
                                                            torch.cuda.is_available())
         self._default_steps = completer.steps
@@ -184,7 +181,7 @@ class CompletionCore:
             min_input_pixels=read.value('min_input_pixels'),
             max_input_distance=read.value('max_input_distance'), max_image_size=max_image_size,
             occlusion=read.occlusion(self.depth_source), holdout=self_check.holdout(),
-            motion=self.motion and self.motion.compensation)
+            motion=self.motion and self.motion.compensation.sharing_track())
         keys = ['image', 'camera_info']
         depth_keys = ([sensor_topic(lidar, 'points') for lidar in self.lidars]
                       if self.depth_source == 'lidar' else ['tof/depth'])
@@ -436,7 +433,8 @@ class CompletionCore:
             channel.pipeline.T_cam_from_sensor = (transforms[0] if len(transforms) == 1
                                                   else np.stack(transforms))
         if self.motion is not None:
-            self.motion.prepare(image_frame, messages['points'].header.frame_id,
+            self.motion.prepare(channel.pipeline.motion, image_frame,
+                                [messages[key].header.frame_id for key in channel.depth_keys],
                                 channel.pipeline.T_cam_from_sensor,
                                 self._extrinsic.for_frames if self._extrinsic.kind == 'tf'
                                 else None)

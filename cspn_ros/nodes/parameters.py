@@ -22,7 +22,7 @@ from cspn_ros.core.input_check import (DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_INPUT
 from cspn_ros.core.motion import MotionCompensation, parse_time_field
 from cspn_ros.core.occlusion import OcclusionFilter
 from cspn_ros.core.projection import transform_from_translation_quaternion
-from cspn_ros.core.rig import extrinsics_from_poses
+from cspn_ros.core.rig import extrinsics_from_poses, stamped_pose_base
 from cspn_ros.core.selfcheck import FALLBACKS, SelfCheck, SelfCheckConfig
 from cspn_ros.nodes.motion_source import ODOMETRY_TYPES, MotionSource, odometry_message_type
 
@@ -94,7 +94,8 @@ PARAMETERS = {
                               "off): every cloud point is moved to the image's stamp using "
                               'its per-point time (motion.time_field)', {}, True),
     'motion.odometry_type': ('odometry', 'odometry = nav_msgs/Odometry (child_frame_id: the '
-                             'body); pose = geometry_msgs/PoseStamped of the camera',
+                             'body); pose = geometry_msgs/PoseStamped of the camera (with '
+                             'cameras: of the LiDAR)',
                              {'additional_constraints': 'one of: odometry, pose'}, True),
     'motion.time_field': ('velodyne', 'per-point time of the cloud: a driver (velodyne, ouster, '
                           'hesai, robosense, livox, livox_offset) or NAME:UNIT:REFERENCE '
@@ -330,20 +331,22 @@ class ParameterReader:
         return OcclusionFilter(*(self.value(f'occlusion_filter.{name}') for name in (
             'window', 'min_gap', 'min_quadrants')))
 
-    def motion_source(self, depth_source: str) -> Optional[MotionSource]:
+    def motion_source(self, depth_source: str, cameras: tuple[str, ...],
+                      lidars: tuple[str, ...]) -> Optional[MotionSource]:
         """The odometry-driven MotionSource when motion.odometry_topic is set (LiDAR only)."""
         if not self.value('motion.odometry_topic') or depth_source != 'lidar':
             return None
-        self.choice('motion.odometry_type', ODOMETRY_TYPES)
+        kind = self.choice('motion.odometry_type', ODOMETRY_TYPES)
         try:
-            odometry_message_type(self.value('motion.odometry_type'))
+            odometry_message_type(kind)
             time_field = parse_time_field(self.value('motion.time_field'))
+            pose_base = stamped_pose_base(cameras, lidars) if kind == 'pose' else 'camera'
         except (ImportError, ValueError) as error:
             raise StartupError(str(error)) from error
         self.log.info(f'LiDAR motion compensation: odometry on '
                       f'{self.node.resolve_topic_name(self.value("motion.odometry_topic"))}, '
                       f'per-point time {time_field}')
-        return MotionSource(MotionCompensation(time_field))
+        return MotionSource(MotionCompensation(time_field), pose_base)
 
     def parameter_extrinsic(self) -> np.ndarray:
         """T_cam_from_sensor (4,4) from extrinsic.matrix, else translation + rotation."""
