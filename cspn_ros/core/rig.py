@@ -213,8 +213,8 @@ class RigCompleter:
     def warm_up(self, height: int, width: int) -> float:
         """Run the model once on random height x width batches of one frame per camera, so
         the first frames are fast; with CUDA graphs also on every smaller batch (a sweep one
-        camera missed), so each batch size is captured now and only replayed later. Returns
-        the seconds it took."""
+        camera missed), so each batch size is captured (and with compile, compiled) now and
+        only replayed later. Returns the seconds it took."""
         start = time.perf_counter()
         cameras = len(self.pipelines)
         self.completer.warmup(height, width, batch=cameras)
