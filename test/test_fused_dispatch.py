@@ -27,9 +27,9 @@ def random_case(kernel_size=3, batch=2, height=9, width=13, seed=None):
     return init, cspn.normalize_affinity(raw), sparse
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the machine without CUDA (CI)')
 def test_unavailable_without_cuda_or_triton():
-    """This CI machine has no CUDA: nothing may claim the fused path."""
-    assert not torch.cuda.is_available()
+    """Without CUDA nothing may claim the fused path."""
     assert fused.available() is False
     init, affinity, sparse = random_case()
     assert not fused.can_fuse(init, affinity, sparse)
