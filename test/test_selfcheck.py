@@ -1,14 +1,17 @@
 """Self-check core: held-out points (numpy == torch, seeded, share), frame scores, rolling
 statistics, the fallback switch with hysteresis, and evaluate's self-check on a bag scored
 without ground truth."""
+import functools
 import json
 import math
+import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from cspn_ros.core.background import BackgroundWorker
 from cspn_ros.core.selfcheck import HeldOutPoints, SelfCheck, SelfCheckConfig, score_frame
 from cspn_ros.data.synthetic import DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION
 from cspn_ros.data.synthetic_bag import write_synthetic_bag
@@ -133,6 +136,85 @@ def test_classical_fill_runs_every_nth_frame_unless_the_fallback_is_active():
     assert active.fallback_active and active.frames_scored == 4  # frame 1, then every frame
     np.testing.assert_array_equal(result.dense,
                                   classical.complete(result.rgb, result.sparse).depth)
+
+
+class CountingFill:
+    """The real classical fill, counting its runs."""
+
+    def __init__(self):
+        self.fill = DepthCompleter.from_config('classical')
+        self.runs = 0
+
+    def complete(self, rgb, sparse):
+        self.runs += 1
+        return self.fill.complete(rgb, sparse)
+
+
+def test_the_model_is_published_without_a_classical_fill_and_scored_after():
+    rng = np.random.default_rng()
+    sparse = random_sparse(rng)
+    kept, held = HeldOutPoints(0.1).split(sparse, 1)
+    far_off = np.full_like(sparse, 100.0)  # a model 100 m everywhere
+    fill = CountingFill()
+    check = SelfCheck(SelfCheckConfig(holdout_share=0.1, classical_every=1, fallback='classical',
+                                      min_frames=2), fill)
+    events = []
+    for _ in range(2):
+        result = _replaceable(frame(held, far_off, kept))
+        published, pending = check.before_publish(result)
+        assert published is result and fill.runs == len(events)  # no fill before publishing
+        events.append(check.score(pending))
+        assert fill.runs == len(events)  # the fill runs when scored
+    assert events[0] == '' and 'worse than the classical fill' in events[1]
+    assert check.fallback_active  # from the next frame on: the second one published the model
+    published, pending = check.before_publish(_replaceable(frame(held, far_off, kept)))
+    expected = fill.fill.complete(published.rgb, kept).depth
+    np.testing.assert_array_equal(published.dense, expected)  # the fallback's output
+    np.testing.assert_array_equal(pending.frame.dense_unblanked, far_off)  # scores the model
+    assert fill.runs == 3
+    assert check.score(pending) == '' and fill.runs == 3  # the published fill is reused
+    assert check.frames_scored == 3
+
+
+def test_the_background_scorer_skips_frames_while_busy_and_never_blocks_the_publisher():
+    rng = np.random.default_rng()
+    sparse = random_sparse(rng)
+    kept, held = HeldOutPoints(0.1).split(sparse, 1)
+    check = SelfCheck(SelfCheckConfig(holdout_share=0.1, classical_every=2),
+                      DepthCompleter.from_config('classical'))
+    errors = []
+    scorer = BackgroundWorker('test_scorer', errors.append)
+    release = threading.Event()
+
+    def publish_and_score():
+        """The completion worker's steps: decide, (publish,) hand the score to the scorer."""
+        result, pending = check.before_publish(_replaceable(frame(held, sparse, kept)))
+        if pending is not None and not scorer.submit(functools.partial(check.score, pending)):
+            check.skip()
+        return result
+
+    try:
+        assert scorer.submit(lambda: release.wait(60.0))  # the scorer is busy ...
+        for _ in range(6):  # ... so the 3 due frames are published and their scores skipped
+            publish_and_score()
+        assert check.frames_skipped == 3 and check.frames_scored == 0
+        assert check.summary()['frames_skipped'] == 3
+        assert check.diagnostic_values()['self-check frames skipped (scorer busy)'] == '3'
+        release.set()
+        assert scorer.wait_idle(60.0)
+        for _ in range(4):  # frames 7 and 9 are due and scored once the scorer is free
+            publish_and_score()
+            assert scorer.wait_idle(60.0)
+        assert check.frames_scored == 2 and check.frames_skipped == 3
+        assert check.rolling('model')['rmse'] == 0.0  # the model returned the held-out depth
+        assert scorer.jobs_done == 3 and scorer.jobs_skipped == 3
+        assert scorer.submit(lambda: 1 / 0) and scorer.wait_idle(60.0)
+        assert isinstance(errors[0], ZeroDivisionError)  # reported, the scorer goes on
+        assert scorer.submit(lambda: None) and scorer.wait_idle(60.0)
+    finally:
+        release.set()
+        scorer.stop()
+    assert not scorer.submit(lambda: None)  # stopped: refused
 
 
 def test_config_rejects_a_fallback_without_held_out_points():

@@ -44,9 +44,11 @@ def test_an_untrained_model_is_replaced_by_the_classical_fill(start_node, ros_no
     assert np.isfinite(classical_rmse) and model_rmse > classical_rmse
     assert float(values['self-check model MAE (m)']) > float(values['self-check classical MAE (m)'])
 
-    # A frame completed after the switch: its depth is the classical fill of the model's input,
-    # i.e. of the projected points (depth/sparse) without the held-out share.
-    after = stamp_to_ns(depth.messages[-1].header.stamp) if depth.messages else 0
+    # A frame captured after the switch was reported (each frame's output is decided by the
+    # scores of earlier frames): its depth is the classical fill of the model's input, i.e. of
+    # the projected points (depth/sparse) without the held-out share.
+    after = max(stamp_to_ns(warned.header.stamp),
+                stamp_to_ns(depth.messages[-1].header.stamp) if depth.messages else 0)
     published = depth.wait_for(lambda m: stamp_to_ns(m.header.stamp) > after, timeout=60.0)
     assert published is not None, node.log()
     stamp = stamp_to_ns(published.header.stamp)

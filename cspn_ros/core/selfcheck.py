@@ -7,17 +7,23 @@ keeps rolling RMSE / MAE of both over the last `window` scored frames and the sh
 the model wins, and decides the fallback: with `fallback='classical'` the published depth is
 the classical fill while the model's rolling held-out RMSE is above the fill's, and the model
 again once its RMSE is `hysteresis` below the fill's; a switch needs `min_frames` scored frames
-since the previous one. The classical fill runs on the CPU (a few ms at VGA, BENCHMARKS.md), so
-it is computed on every `classical_every`-th frame only, and on every frame while the fallback
-is active (it is published then); only those frames are scored. Shared by the completion node
-and `evaluate` (which reports the same score on bags without ground truth). Depth (H,W) float32
-metres, 0 = none.
+since the previous one. The classical fill runs on the CPU (12-30 ms at 640x480 / 1216x352,
+BENCHMARKS.md), so it is computed on every `classical_every`-th frame only, and on every frame
+while the fallback is active (it is published then); only those frames are scored.
+
+Live (`before_publish` then `score`): which depth to publish is decided from the earlier frames'
+scores, so a frame publishing the model waits for no classical fill; the node scores it after
+publishing, on a background thread (core.background). Offline (`check`): each frame is scored,
+then published by the updated decision (`evaluate`, which reports the same score on bags
+without ground truth). Thread-safe: the statistics are updated and read under one lock. Depth
+(H,W) float32 metres, 0 = none.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import math
+import threading
 from typing import Any, Optional
 
 import numpy as np
@@ -114,6 +120,16 @@ class SelfCheckConfig:
             raise ValueError(f'hysteresis must be in [0, 1), got {self.hysteresis}')
 
 
+@dataclasses.dataclass(frozen=True)
+class PendingScore:
+    """A published frame still to be scored: the model's `FrameResult` (held_out, its output
+    dense_unblanked, its input rgb / sparse) and the classical fill when it was computed already
+    (published by the fallback), else None (computed when scored)."""
+
+    frame: Any
+    classical_depth: Optional[np.ndarray]
+
+
 class SelfCheck:
     """Rolling held-out scores of the model and the classical fill, and the fallback switch.
 
@@ -128,8 +144,10 @@ class SelfCheck:
         self.frames = 0
         self.frames_scored = 0
         self.fallback_active = False
+        self.frames_skipped = 0
         self.switches = 0
         self._scored_since_switch = 0
+        self._lock = threading.RLock()  # the scorer thread updates what the others read
 
     def holdout(self) -> Optional[HeldOutPoints]:
         """The pipeline's held-out points (None when the self-check is off)."""
@@ -137,32 +155,74 @@ class SelfCheck:
             return None
         return HeldOutPoints(self.config.holdout_share, self.config.seed)
 
+    def before_publish(self, result: Any) -> tuple[Any, Optional[PendingScore]]:
+        """One completed frame (`FrameResult` with `held_out`) -> (the frame to publish, by the
+        rolling scores of the earlier frames: the result, or with the fallback active a copy
+        whose depth is the classical fill, computed here; its PendingScore when the frame is to
+        be scored, else None). Computes no classical fill while the model is published."""
+        with self._lock:
+            due = self._count_frame()
+            fallback_active = self.fallback_active
+        if result.held_out is None or not due:
+            return result, None
+        if not fallback_active:
+            return result, PendingScore(result, None)
+        classical_depth = self._classical_fill(result)
+        return _as_classical(result, classical_depth), PendingScore(result, classical_depth)
+
+    def score(self, pending: PendingScore) -> str:
+        """Score a frame from before_publish (the classical fill computed now when it was not
+        published) and update the rolling statistics and the fallback; the message when the
+        fallback switched, else ''. Safe on another thread than before_publish."""
+        classical_depth = pending.classical_depth
+        if classical_depth is None:
+            classical_depth = self._classical_fill(pending.frame)
+        return self._record(pending.frame, classical_depth)
+
+    def skip(self) -> None:
+        """Count a frame due for scoring that was not scored (the scorer was still busy)."""
+        with self._lock:
+            self.frames_skipped += 1
+
     def check(self, result: Any, classical_depth: Optional[np.ndarray] = None
               ) -> tuple[Any, str]:
-        """One completed frame (`FrameResult` with `held_out`) -> (the frame to publish: the
-        result, or with the fallback active a copy whose depth is the classical fill; a message
-        when the fallback switched, else ''). classical_depth: the fill of result.sparse when
-        the caller has it already (evaluate's baseline), else it is computed when due."""
-        self.frames += 1
-        due = self.fallback_active or (self.frames - 1) % self.config.classical_every == 0
+        """Score one frame now, then choose its output by the updated scores (offline replay):
+        (the result, or with the fallback active a copy whose depth is the classical fill; a
+        message when the fallback switched, else ''). classical_depth: the fill of
+        result.sparse when the caller has it already (evaluate's baseline), else it is computed
+        when due."""
+        with self._lock:
+            due = self._count_frame()
         if result.held_out is None or not (due or classical_depth is not None):
             return result, ''
         if classical_depth is None:
-            classical_depth = np.asarray(self.classical.complete(result.rgb, result.sparse).depth,
-                                         dtype=np.float32)
+            classical_depth = self._classical_fill(result)
+        event = self._record(result, classical_depth)
+        if self.fallback_active:
+            result = _as_classical(result, classical_depth)
+        return result, event
+
+    def _count_frame(self) -> bool:
+        """Count a frame (under the lock); True when it is due for scoring."""
+        self.frames += 1
+        return self.fallback_active or (self.frames - 1) % self.config.classical_every == 0
+
+    def _classical_fill(self, result: Any) -> np.ndarray:
+        """(H,W) float32 metres: the classical fill of the frame's model input."""
+        return np.asarray(self.classical.complete(result.rgb, result.sparse).depth,
+                          dtype=np.float32)
+
+    def _record(self, result: Any, classical_depth: np.ndarray) -> str:
+        """Add the frame's score to the rolling statistics and decide the fallback; the
+        message when it switched, else ''."""
         score = score_frame(result.held_out, result.dense_unblanked, classical_depth)
-        event = ''
-        if score.count:
+        if not score.count:
+            return ''
+        with self._lock:
             self.scores.append(score)
             self.frames_scored += 1
             self._scored_since_switch += 1
-            event = self._decide()
-        if self.fallback_active:
-            result = dataclasses.replace(result, dense=classical_depth,
-                                         dense_unblanked=classical_depth,
-                                         confidence=(classical_depth > 0).astype(np.float32),
-                                         dense_32fc1=None)
-        return result, event
+            return self._decide()
 
     def _decide(self) -> str:
         """Switch the fallback when the rolling scores say so; the message, or ''."""
@@ -187,26 +247,32 @@ class SelfCheck:
     def rolling(self, method: str) -> dict[str, float]:
         """{'rmse', 'mae'} metres of 'model' or 'classical' pooled over the window (NaN when
         nothing was scored)."""
-        count = sum(score.count for score in self.scores)
+        with self._lock:
+            scores = list(self.scores)
+        count = sum(score.count for score in scores)
         if not count:
             return {'rmse': math.nan, 'mae': math.nan}
-        se = sum(getattr(score, f'{method}_se') for score in self.scores)
-        ae = sum(getattr(score, f'{method}_ae') for score in self.scores)
+        se = sum(getattr(score, f'{method}_se') for score in scores)
+        ae = sum(getattr(score, f'{method}_ae') for score in scores)
         return {'rmse': math.sqrt(se / count), 'mae': ae / count}
 
     def summary(self) -> dict[str, Any]:
         """The rolling figures: model/classical RMSE and MAE (m), the share of scored frames the
-        model wins, frames and points scored in the window, the published source."""
-        model, classical = self.rolling('model'), self.rolling('classical')
-        wins = [score.model_wins for score in self.scores]
-        return {'model_rmse': model['rmse'], 'model_mae': model['mae'],
-                'classical_rmse': classical['rmse'], 'classical_mae': classical['mae'],
-                'model_wins_share': float(np.mean(wins)) if wins else math.nan,
-                'frames_in_window': len(self.scores),
-                'points_in_window': sum(score.count for score in self.scores),
-                'frames_scored': self.frames_scored, 'fallback': self.config.fallback,
-                'publishing': 'classical fill' if self.fallback_active else 'model',
-                'switches': self.switches}
+        model wins, frames and points scored in the window, frames skipped (scorer busy), the
+        published source."""
+        with self._lock:
+            model, classical = self.rolling('model'), self.rolling('classical')
+            scores = list(self.scores)
+            return {'model_rmse': model['rmse'], 'model_mae': model['mae'],
+                    'classical_rmse': classical['rmse'], 'classical_mae': classical['mae'],
+                    'model_wins_share': (float(np.mean([score.model_wins for score in scores]))
+                                         if scores else math.nan),
+                    'frames_in_window': len(scores),
+                    'points_in_window': sum(score.count for score in scores),
+                    'frames_scored': self.frames_scored, 'frames_skipped': self.frames_skipped,
+                    'fallback': self.config.fallback,
+                    'publishing': 'classical fill' if self.fallback_active else 'model',
+                    'switches': self.switches}
 
     def diagnostic_values(self) -> dict[str, str]:
         """summary() as /diagnostics key -> text."""
@@ -220,5 +286,13 @@ class SelfCheck:
                 'self-check model wins (share of frames)': f'{s["model_wins_share"]:.3f}',
                 'self-check frames in window': str(s['frames_in_window']),
                 'self-check held-out points in window': str(s['points_in_window']),
+                'self-check frames skipped (scorer busy)': str(s['frames_skipped']),
                 'self-check publishing': s['publishing'],
                 'self-check fallback': s['fallback']}
+
+
+def _as_classical(result: Any, classical_depth: np.ndarray) -> Any:
+    """A copy of the frame whose published depth is the classical fill."""
+    return dataclasses.replace(result, dense=classical_depth, dense_unblanked=classical_depth,
+                               confidence=(classical_depth > 0).astype(np.float32),
+                               dense_32fc1=None)

@@ -25,6 +25,7 @@ image_transport), `camera_info`, and `points` (depth_source=lidar) or `tof/depth
 """
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -41,11 +42,13 @@ from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from cspn_ros.core.background import BackgroundWorker
 from cspn_ros.core.conversions import stamp_to_ns
 from cspn_ros.core.diagnostics import CompletionDiagnostics
 from cspn_ros.core.pipeline import (DEPTH_SOURCES, CompletionPipeline, InputError,
                                     ModelOutputError)
 from cspn_ros.core.rig import CameraChannel, RigCompleter, SweepBatcher, sensor_topic
+from cspn_ros.core.selfcheck import PendingScore
 from cspn_ros.core.sync import ApproximateTimeMatcher, MatchedSet
 from cspn_ros.core.topics import COLOUR_TRANSPORTS, DEPTH_TRANSPORTS, transport_topic
 from cspn_ros.nodes.diagnostics_report import DiagnosticsReport
@@ -86,6 +89,7 @@ class CompletionCore:
         self._inputs_executor: Optional[SingleThreadedExecutor] = None
         self._messages_taken = 0
         self._worker: Optional[threading.Thread] = None
+        self._scorer: Optional[BackgroundWorker] = None  # self-check scores, after publishing
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards diagnostics (callbacks, worker and timer)
         self._loggers: dict[tuple, Any] = {}
@@ -232,6 +236,8 @@ class CompletionCore:
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name='completion_worker', daemon=True)
         self._worker.start()
+        self._scorer = BackgroundWorker('self_check_scorer', lambda error: self._log_throttled(
+            LoggingSeverity.ERROR, f'self-check scoring failed: {type(error).__name__}: {error}'))
         self.active = True
         self.log.info(f'waiting for {", ".join(self._resolved.values())}; publishing depth '
                       f'from {self.depth_source}')
@@ -243,6 +249,7 @@ class CompletionCore:
         self.active = False
         self._stop.set()
         self._worker.join(timeout=10.0)
+        self._scorer.stop()
         self._inputs_executor.shutdown(timeout_sec=1.0)
         self._inputs_node.destroy_node()
         self._inputs_node = self._inputs_executor = None
@@ -394,19 +401,19 @@ class CompletionCore:
             results = self.rig.complete(frames)
         except Exception as error:  # out of memory with require_gpu: the whole batch
             results = {camera: error for camera in frames}
+        to_score = []
         for camera, outcome in results.items():
             channel = self.channels[camera]
             channel.last_batch = len(results)
             try:
                 if isinstance(outcome, Exception):
                     raise outcome
-                with self._lock:
-                    result, switched = channel.self_check.check(outcome)
-                if switched:
-                    self.log.warning(switched)
+                result, pending = channel.self_check.before_publish(outcome)
                 header = batch[camera].messages['image'].header
                 timings = {**result.timings, **self.outputs[camera].publish(
                     header, result, channel.pipeline.min_depth, channel.pipeline.max_depth)}
+                if pending is not None:
+                    to_score.append((channel, pending))
                 latency_s = (self.node.get_clock().now().nanoseconds
                              - batch[camera].stamp_ns) / 1e9
                 with self._lock:
@@ -419,6 +426,16 @@ class CompletionCore:
             except Exception as error:  # keep running; the type says where to look
                 self._frame_failed(camera, f'frame skipped, unexpected {type(error).__name__}: '
                                            f'{error}')
+        if to_score and not self._scorer.submit(functools.partial(self._score, to_score)):
+            for channel, _ in to_score:
+                channel.self_check.skip()
+
+    def _score(self, to_score: list[tuple[CameraChannel, PendingScore]]) -> None:
+        """On the scorer thread, after publishing: the self-check scores of a sweep's frames."""
+        for channel, pending in to_score:
+            switched = channel.self_check.score(pending)
+            if switched:
+                self.log.warning(f'{channel.name}: {switched}' if channel.name else switched)
 
     def _frame(self, channel: CameraChannel, matched: MatchedSet) -> tuple:
         """The pipeline arguments of one camera's matched set, its extrinsic(s) and the
