@@ -49,11 +49,14 @@ def main() -> None:
     parser.add_argument('--out', type=Path,
                         default=Path(__file__).parent / 'results' / 'classical_fill_vm.json')
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     rows = [fill_ms(width, height, beams, args.repeats)
             for width, height in IMAGE_SIZES for beams in BEAMS]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({'machine': platform.machine(), 'cpus': os.cpu_count(),
-                                    'repeats': args.repeats, 'rows': rows}, indent=2) + '\n')
+    args.out.write_text(json.dumps({
+        'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores', 'repeats': args.repeats,
+        'load_1min_before_after': [load_before, os.getloadavg()[0]], 'rows': rows},
+        indent=2) + '\n')
     print('| size | beams | input pixels | median ms | p95 ms |\n| --- | --- | --- | --- | --- |')
     for row in rows:
         print(f"| {row['size']} | {row['beams']} | {row['input_pixels']} | {row['median_ms']} "
