@@ -126,6 +126,15 @@ def test_cache_key_follows_the_weights():
         != completer._onnx.digest
 
 
+def test_cache_key_follows_the_export_format(monkeypatch):
+    """A graph written by an older export (another EXPORT_FORMAT) is never reused."""
+    before = DepthCompleter.from_checkpoint(None, device='cpu', backend='onnxruntime')
+    monkeypatch.setattr(onnx_backend, 'EXPORT_FORMAT', onnx_backend.EXPORT_FORMAT + 1)
+    after = DepthCompleter.from_checkpoint(None, device='cpu', backend='onnxruntime')
+    assert after._onnx.path(64, 96) != before._onnx.path(64, 96)
+    assert after._onnx.path(64, 96).parent == before._onnx.path(64, 96).parent
+
+
 def test_auto_picks_onnxruntime_on_the_cpu_and_torch_where_it_cannot_run():
     assert DepthCompleter.from_checkpoint(None, device='cpu').backend == 'onnxruntime'
     cpu = torch.device('cpu')

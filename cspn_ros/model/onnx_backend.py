@@ -4,7 +4,7 @@ The graph is the network before propagation (`CompletionNet.predict`: fill, UNet
 80 % of the CPU time); the completer computes the depth scale before it and runs the propagation
 after it in torch (4x faster there than as unrolled ONNX steps, and the step count can change
 without exporting again). One exported graph per (weights + config content hash, height, width,
-onnx and onnxruntime versions), written under `cache_dir()` (CSPN_ROS_CACHE, else
+EXPORT_FORMAT, onnx and onnxruntime versions), written under `cache_dir()` (CSPN_ROS_CACHE, else
 $XDG_CACHE_HOME/cspn_ros, else ~/.cache/cspn_ros) as `onnx/<key>.onnx` next to a `<key>.sha256`
 of its bytes. An entry is used only when its bytes match that digest and onnxruntime loads it;
 anything else (truncated, edited, unreadable) is deleted and exported again. Files are written
@@ -42,6 +42,11 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+#: Bumped whenever cspn_ros.export changes the graph it writes (op rewrites, inputs, outputs):
+#: part of every cache key, so a graph cached by an older export is never reused.
+EXPORT_FORMAT = 2
 
 
 def cache_dir() -> Path:
@@ -85,7 +90,8 @@ class OnnxRunner:
         import onnx
         import onnxruntime
         self._export = export
-        self._versions = f'onnx{onnx.__version__}_ort{onnxruntime.__version__}'
+        self._versions = (f'export{EXPORT_FORMAT}_onnx{onnx.__version__}'
+                          f'_ort{onnxruntime.__version__}')
         self.digest = digest
         self.threads = threads or default_threads()
         self.folder = (folder or cache_dir()) / 'onnx'
