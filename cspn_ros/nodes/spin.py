@@ -26,6 +26,9 @@ def run(node_class: type, name: str, args: Optional[list[str]] = None) -> int:
     Here a signal only ends the spin; the node is destroyed (its workers stopped) while the
     context is still valid, and the context is shut down last."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    # Also when started with SIGINT ignored (inherited by a background job's children, e.g.
+    # `nohup ... &` in a script): ros2 launch and supervisors stop nodes with SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     node = None
     try:
