@@ -3,7 +3,9 @@
 Per run: bench/e2e_publisher.py (its own process: pre-rendered synthetic frames re-stamped with
 the wall clock), completion_node (its own process, `python -m cspn_ros.nodes.completion_node`),
 and a probe here that records, per frame, the latency from the image header stamp to receipt
-of `depth`, plus the node's /diagnostics. Frames out = depth messages whose stamp lies in the
+of `depth` (a raw subscription: the serialized bytes' arrival, before any conversion to Python;
+the publisher sends pre-serialized messages as a C++ driver would, so neither end's Python
+message conversion is counted; up to session 6 both were), plus the node's /diagnostics. Frames out = depth messages whose stamp lies in the
 scored window; dropped = frames published in that window - frames out. The node's reported
 output rate (`diagnostics_output_rate_hz`) is the mean over its /diagnostics reports whose rate
 window lies inside the scored window, and `node_diagnostics` holds the last reports made while
@@ -21,6 +23,8 @@ best_effort measures that).
   python bench/bench_e2e.py --device cpu --size 320x240 --beams 16 --rate 5   (CPU smoke test)
   python bench/bench_e2e.py --node-defaults ...  (the node's default modes: --precision,
   --compile, --channels-last, --no-cuda-graphs are then ignored)
+  python bench/bench_e2e.py --node-defaults --set self_check.enabled=false ...  (any node
+  parameter, value parsed as YAML)
 Writes bench/results/e2e_<device>.json and prints a markdown table last.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ import datetime
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -70,16 +75,17 @@ class Probe(BackgroundNode):
         self.diagnostics_history: list[tuple[int, dict[str, dict[str, str]]]] = []
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for topic in self.depth_topics:
-            self.node.create_subscription(Image, topic, lambda msg, t=topic: self._on_depth(
-                t, msg), qos)
+            self.node.create_subscription(Image, topic, lambda raw, t=topic: self._on_depth(
+                t, raw), qos, raw=True)  # serialized: receipt is not delayed by conversion
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         # This process holds torch and the pipeline too (split_in_process): keep full garbage
         # collections from walking them while frames arrive, as the node does after warm-up.
         freeze_long_lived_objects()
 
-    def _on_depth(self, topic: str, msg: Any) -> None:
+    def _on_depth(self, topic: str, raw: bytes) -> None:
         receipt = time.time_ns()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        seconds, nanoseconds = struct.unpack_from('<iI', raw, 4)  # CDR header.stamp
+        stamp = seconds * 1_000_000_000 + nanoseconds
         with self.lock:
             self.receipts.append((topic, stamp, receipt))
 
@@ -133,6 +139,7 @@ def node_parameters(args: argparse.Namespace,
                       warmup_size=list(size), **explicit_modes(args))
     if not checkpoint:
         parameters['model_config'] = args.model_config
+    parameters.update(getattr(args, 'set', None) or {})
     return parameters
 
 
@@ -333,7 +340,8 @@ def report_header(args: argparse.Namespace) -> dict[str, Any]:
             'date': datetime.datetime.now().isoformat(timespec='seconds'),
             'model': ('default checkpoint' if DEFAULT_CHECKPOINT.is_file()
                       else f'untrained {args.model_config}'),
-            **(explicit_modes(args) or {'modes': 'node defaults'})}
+            **(explicit_modes(args) or {'modes': 'node defaults'}),
+            **({'node_parameters_set': args.set} if args.set else {})}
 
 
 def slug(name: str) -> str:
@@ -370,12 +378,24 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--reliability', default='reliable', choices=('reliable', 'best_effort'))
     parser.add_argument('--model-config', default=FALLBACK_MODEL,
                         help='JSON model config used when the default checkpoint is missing')
+    parser.add_argument('--set', type=parse_setting, action='append', metavar='NAME=VALUE',
+                        help='a completion_node parameter (VALUE parsed as YAML), repeatable')
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """'name=value' -> (name, value parsed as YAML: 'false' -> False, '0.5' -> 0.5)."""
+    import yaml
+    name, separator, value = text.partition('=')
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f'expected NAME=VALUE, got {text!r}')
+    return name, yaml.safe_load(value)
 
 
 def finish_node_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """fp16 means nothing on the CPU: run fp32 there."""
+    """fp16 means nothing on the CPU: run fp32 there; --set pairs become a dict."""
     if args.device == 'cpu' and args.precision == 'fp16':
         args.precision = 'fp32'
+    args.set = dict(args.set or ())
     return args
 
 

@@ -1,10 +1,11 @@
 """Sensor publisher of the end-to-end benchmark (a process of its own; bench_e2e.py starts it).
 
 Renders `--frames` synthetic frames once (cspn_ros.data.synthetic), builds their messages once,
-then publishes image + camera_info + points (or tof/depth + tof/camera_info; with `--cameras N`
+serializes them once (CDR, as a driver's message arrives on the wire) and then publishes
+image + camera_info + points (or tof/depth + tof/camera_info; with `--cameras N`
 a ring of N cameras on camera<k>/image + camera<k>/camera_info around the one cloud, as
 synthetic_source_node publishes it) with a fresh stamp
-(the wall clock, int ns) at `--rate` Hz, or as fast as it can with `--rate 0`, so that the
+(the wall clock, int ns, written into the serialized header) at `--rate` Hz, or as fast as it can with `--rate 0`, so that the
 publisher is not the bottleneck. It waits until every topic has a subscriber, publishes for
 `--warmup-s` (not scored), then for `--duration-s` (scored), and writes a JSON summary:
 {measure_start_ns, measure_end_ns, published (scored frames), published_total, points, ...}.
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 import time
 from pathlib import Path
 
 import numpy as np
 import rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 
 from cspn_ros.core.conversions import depth_fields, image_fields, pointcloud2_fields
 from cspn_ros.data.synthetic import SyntheticScene
@@ -76,16 +79,34 @@ def render(args: argparse.Namespace) -> list[dict]:
     return frames
 
 
+def serialized(msg, frame_id: str) -> tuple[bytes, bytes]:
+    """msg with frame_id as CDR bytes split around its header stamp: (the 4-byte encapsulation,
+    everything after the stamp). Every message published here starts with std_msgs/Header."""
+    msg.header = header_msg(0, frame_id)
+    raw = serialize_message(msg)
+    if raw[:2] != b'\x00\x01':
+        raise ValueError(f'expected little-endian CDR, got encapsulation {raw[:4]!r}')
+    return raw[:4], raw[12:]
+
+
+def stamped(parts: tuple[bytes, bytes], stamp_ns: int) -> bytes:
+    """The serialized message of `serialized` with header.stamp = stamp_ns."""
+    seconds, nanoseconds = divmod(stamp_ns, 1_000_000_000)
+    return b''.join((parts[0], struct.pack('<iI', seconds, nanoseconds), parts[1]))
+
+
 def main() -> int:
     args = parse_args()
-    frames = render(args)
+    rendered = render(args)
+    frames = [{topic: (type(msg), serialized(msg, frame_id))
+               for topic, (msg, frame_id) in frame.items()} for frame in rendered]
     rclpy.init()
     node = rclpy.create_node('e2e_publisher')
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                      reliability=RELIABILITIES[args.reliability],
                      durability=DurabilityPolicy.VOLATILE)
-    publishers = {topic: node.create_publisher(type(msg), topic, qos)
-                  for topic, (msg, _) in frames[0].items()}
+    publishers = {topic: node.create_publisher(msg_type, topic, qos)
+                  for topic, (msg_type, _) in frames[0].items()}
     deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
     while any(p.get_subscription_count() == 0 for p in publishers.values()):
         if time.monotonic() > deadline:
@@ -110,13 +131,12 @@ def main() -> int:
             break
         if period_ns and now_ns - next_ns > period_ns // 2:
             late += 1
-        for topic, (msg, frame_id) in frames[published_total % len(frames)].items():
-            msg.header = header_msg(now_ns, frame_id)
-            publishers[topic].publish(msg)
+        for topic, (_, parts) in frames[published_total % len(frames)].items():
+            publishers[topic].publish(stamped(parts, now_ns))
         published_total += 1
         published += now_ns >= measure_start_ns
         next_ns += period_ns
-    points = (frames[0]['points'][0].width if args.depth_source == 'lidar' else 0)
+    points = (rendered[0]['points'][0].width if args.depth_source == 'lidar' else 0)
     args.summary.write_text(json.dumps({
         'measure_start_ns': measure_start_ns, 'measure_end_ns': measure_end_ns,
         'published': published, 'published_total': published_total, 'late_ticks': late,

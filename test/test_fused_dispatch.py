@@ -27,7 +27,13 @@ def random_case(kernel_size=3, batch=2, height=9, width=13, seed=None):
     return init, cspn.normalize_affinity(raw), sparse
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the machine without CUDA (CI)')
+#: Checks of a machine where the fused path cannot run (CI); on a CUDA machine with Triton the
+#: dispatch rightly imports Triton and uses the shared-memory kernel.
+cpu_machine_only = pytest.mark.skipif(torch.cuda.is_available(),
+                                      reason='checks the machine without CUDA (CI)')
+
+
+@cpu_machine_only
 def test_unavailable_without_cuda_or_triton():
     """Without CUDA nothing may claim the fused path."""
     assert fused.available() is False
@@ -35,6 +41,7 @@ def test_unavailable_without_cuda_or_triton():
     assert not fused.can_fuse(init, affinity, sparse)
 
 
+@cpu_machine_only
 def test_importing_never_needs_triton():
     """Importing the dispatch (and the model package) must not import triton."""
     code = ('import sys; import cspn_ros.model.propagation.fused as f; '
@@ -46,6 +53,7 @@ def test_importing_never_needs_triton():
     assert result.stdout.strip() == 'False'
 
 
+@cpu_machine_only
 def test_a_cpu_forward_never_imports_torch_dynamo():
     """Where the fused path cannot run, nothing is wrapped for torch.compile: importing
     torch._dynamo takes ~1.6 s on this machine, which the node's first frame paid (and the
@@ -158,6 +166,7 @@ def test_shared_launch_rejects_tilings_the_kernel_cannot_take(fields):
         fused.SharedLaunch(*fields)
 
 
+@cpu_machine_only
 def test_without_the_shared_kernel_the_3x3_default_is_the_global_memory_kernel():
     assert not fused.shared_kernel_available()  # CPU-only here
     assert fused.default_launch(3) == fused.DEFAULT_LAUNCH[3]

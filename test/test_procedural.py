@@ -27,9 +27,9 @@ def test_batches_are_seeded_shaped_and_metric():
 
 
 @pytest.mark.parametrize('pattern', sorted(PATTERNS))
-def test_every_sensor_pattern_measures_the_scene(pattern, monkeypatch):
-    monkeypatch.setattr(procedural, 'PATTERNS', {pattern: 1.0})
-    batch = ProceduralBatches(steps=1, batch_size=4, height=40, width=56, seed=11).batch(0, 0)
+def test_every_sensor_pattern_measures_the_scene(pattern):
+    batch = ProceduralBatches(steps=1, batch_size=4, height=40, width=56, seed=11,
+                              patterns={pattern: 1.0}).batch(0, 0)
     sparse, target = batch['sparse'], batch['target']
     counts = (sparse > 0).flatten(1).sum(1)
     assert int(counts.max()) > 0, f'{pattern}: no sample has a single measurement'
@@ -37,6 +37,23 @@ def test_every_sensor_pattern_measures_the_scene(pattern, monkeypatch):
     # Noise, parallax and grazing hits aside, most measurements agree with the true depth.
     close = (sparse[both] - target[both]).abs() <= 0.1 * target[both] + 0.1
     assert float(close.float().mean()) > 0.6
+
+
+def test_pattern_weights_replace_the_defaults_and_are_checked():
+    weights = procedural.parse_pattern_weights('rows=0.5, tof=0')
+    assert 'tof' not in weights and sum(weights.values()) == pytest.approx(1.0)
+    assert weights['rows'] / weights['spinning'] == pytest.approx(0.5 / PATTERNS['spinning'])
+    for bad in ('laser=1', 'rows', 'rows=-1'):
+        with pytest.raises(ValueError):
+            procedural.parse_pattern_weights(bad)
+    with pytest.raises(ValueError):
+        ProceduralBatches(steps=1, batch_size=1, height=8, width=8, patterns={'rows': 0.0})
+    # rows only: the measured rows are dense (a random pattern touches rows sparsely)
+    batch = ProceduralBatches(steps=1, batch_size=2, height=40, width=56, seed=3,
+                              patterns={'rows': 1.0}).batch(0, 0)
+    measured = batch['sparse'][:, 0] > 0
+    rows = measured.any(-1)
+    assert float(measured.float().sum(-1)[rows].mean()) > 0.5 * 56
 
 
 def test_cast_hits_a_sphere_and_a_plane_at_their_analytic_depths():

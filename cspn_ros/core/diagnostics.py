@@ -172,7 +172,8 @@ class CompletionDiagnostics:
         Keys: `rate <topic> (Hz)`, `output rate (Hz)` (over the last `rate window (s)`),
         `received <topic>` and the other matcher counters, `pairing success` (matched /
         reference messages received), `stale dropped`, `published`, `failed`,
-        `latency p50/p95/p99 (ms)`, `time <stage> p50 (ms)`, `last error`, `last error age (s)`.
+        `latency p50/p95/p99 (ms)`, `time <stage> p50/p95 (ms)` (stages: `wait`, image stamp ->
+        work starts; the pipeline's; `serialize`, `publish`), `last error`, `last error age (s)`.
         """
         received = dict(matcher_stats.get('received', {}))
         matched = int(matcher_stats.get('matched', 0))
@@ -196,7 +197,8 @@ class CompletionDiagnostics:
         for p, seconds in self.latency.percentiles().items():
             values[f'latency p{p:g} (ms)'] = f'{1e3 * seconds:.1f}'
         for stage, tracker in self.stage_times.items():
-            values[f'time {stage} p50 (ms)'] = f'{1e3 * tracker.percentiles((50,))[50]:.2f}'
+            for p, seconds in tracker.percentiles((50, 95)).items():
+                values[f'time {stage} p{p:g} (ms)'] = f'{1e3 * seconds:.2f}'
         text, at = self.last_error if self.last_error else ('', None)
         values['last error'] = text
         values['last error age (s)'] = '' if at is None else f'{now - at:.1f}'

@@ -41,17 +41,47 @@ from cspn_ros.data.procedural_scene import (TILE, Scene, SceneSampler, cast, log
 #: Sensor patterns and their sampling weights.
 PATTERNS = {'spinning': 0.35, 'rosette': 0.1, 'raster': 0.1, 'random': 0.2, 'rows': 0.05,
             'tof': 0.2}
+
+
+def pattern_weights(weights: dict[str, float]) -> dict[str, float]:
+    """Sensor pattern weights normalised to sum 1; ValueError for unknown patterns, negative
+    weights or none positive."""
+    unknown = sorted(set(weights) - set(PATTERNS))
+    if unknown:
+        raise ValueError(f'unknown sensor patterns {unknown}; known: {list(PATTERNS)}')
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f'pattern weights must be >= 0 with a positive sum, got {weights}')
+    total = float(sum(weights.values()))
+    return {name: float(w) / total for name, w in weights.items() if w > 0}
+
+
+def parse_pattern_weights(text: str) -> dict[str, float]:
+    """'rows=0.2,tof=0.1' -> PATTERNS with those weights replaced, normalised."""
+    weights = dict(PATTERNS)
+    for item in filter(None, (part.strip() for part in text.split(','))):
+        name, separator, value = item.partition('=')
+        if not separator:
+            raise ValueError(f'expected PATTERN=WEIGHT, got {item!r}')
+        if name not in PATTERNS:
+            raise ValueError(f'unknown sensor pattern {name!r}; known: {list(PATTERNS)}')
+        weights[name] = float(value)
+    return pattern_weights(weights)
+
+
 class ProceduralBatches(torch.utils.data.IterableDataset):
     """An endless-per-epoch source of training batches (see the module docstring).
 
     `steps` batches of `batch_size` samples of height x width per epoch; batch k of epoch e is a
     pure function of (seed, e, k). Iterating yields dicts rgb / sparse / target on `device`.
     Use with a DataLoader of batch_size=None and num_workers=0 (the work runs on the device).
+    patterns: sensor pattern -> sampling weight (default PATTERNS; weights need not sum to 1).
     """
 
     def __init__(self, steps: int, batch_size: int, height: int, width: int,
-                 device: str | torch.device = 'cpu', seed: int = 0) -> None:
+                 device: str | torch.device = 'cpu', seed: int = 0,
+                 patterns: Optional[dict[str, float]] = None) -> None:
         super().__init__()
+        self.patterns = pattern_weights(PATTERNS if patterns is None else patterns)
         self.steps, self.batch_size = steps, batch_size
         self.height, self.width = height, width
         self.device, self.seed, self.epoch = torch.device(device), seed, 0
@@ -200,8 +230,8 @@ class ProceduralBatches(torch.utils.data.IterableDataset):
                 margins: list[float]) -> torch.Tensor:
         """Sparse depth (H,W) metres in the colour camera of sample b for a random sensor."""
         H, W, dev = self.height, self.width, self.device
-        names = list(PATTERNS)
-        pattern = names[rng.choice(len(names), p=np.array(list(PATTERNS.values())))]
+        names = list(self.patterns)
+        pattern = names[rng.choice(len(names), p=np.array(list(self.patterns.values())))]
         fx, fy, cx, cy = (float(x) for x in K)
         if pattern in ('random', 'rows', 'tof'):
             return self._depth_camera(rng, pattern, target)

@@ -390,7 +390,10 @@ class CompletionCore:
                 return
 
     def _process(self, batch: Mapping[str, MatchedSet]) -> None:
-        """Complete the matched sets of one sweep (one per camera) and publish each camera's."""
+        """Complete the matched sets of one sweep (one per camera) and publish each camera's.
+        Per camera the timings gain `wait`: image stamp -> this batch's start (s), the time in
+        transit and queued before any work."""
+        started_ns = self.node.get_clock().now().nanoseconds
         frames = {}
         for camera, matched in batch.items():
             try:
@@ -410,7 +413,8 @@ class CompletionCore:
                     raise outcome
                 result, pending = channel.self_check.before_publish(outcome)
                 header = batch[camera].messages['image'].header
-                timings = {**result.timings, **self.outputs[camera].publish(
+                timings = {'wait': (started_ns - batch[camera].stamp_ns) / 1e9,
+                           **result.timings, **self.outputs[camera].publish(
                     header, result, channel.pipeline.min_depth, channel.pipeline.max_depth)}
                 if pending is not None:
                     to_score.append((channel, pending))

@@ -54,7 +54,7 @@ from cspn_ros.data.augment import Augmenter
 from cspn_ros.data.bags import (DEPTH_SOURCES, SUPERVISIONS, BagError, BagTrainingSamples,
                                 ConcatenatedSamples, SupervisionOptions, add_bag_arguments,
                                 frames_from_args)
-from cspn_ros.data.procedural import ProceduralBatches
+from cspn_ros.data.procedural import PATTERNS, ProceduralBatches, parse_pattern_weights
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
 from cspn_ros.train.trainer import (DEPTH_LOSSES, Trainer, TrainingError, TrainOptions,
                                     is_main_process)
@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                              'default 256x320) instead of --bag')
     parser.add_argument('--procedural-val', type=int, default=8, metavar='BATCHES',
                         help='with --procedural: fixed validation batches (another seed)')
+    parser.add_argument('--procedural-patterns', type=parse_pattern_weights, default=None,
+                        metavar='PATTERN=WEIGHT,...',
+                        help='with --procedural: sensor pattern sampling weights replacing the '
+                             f'defaults {PATTERNS} (normalised; e.g. rows=0.2)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
     parser.add_argument('--no-amp', action='store_true', help='train in float32 on CUDA')
@@ -221,10 +225,11 @@ def procedural_sets(args: argparse.Namespace) -> tuple[ProceduralBatches, Proced
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda' and 'LOCAL_RANK' in os.environ:
         device = f'cuda:{os.environ["LOCAL_RANK"]}'
+    patterns = getattr(args, 'procedural_patterns', None)
     train_set = ProceduralBatches(args.procedural, args.batch_size, height, width, device,
-                                  seed=args.seed + 7919 * rank)
+                                  seed=args.seed + 7919 * rank, patterns=patterns)
     val_set = ProceduralBatches(args.procedural_val, args.batch_size, height, width, device,
-                                seed=args.seed + 1_000_003)
+                                seed=args.seed + 1_000_003)  # the default mix: comparable runs
     return train_set, val_set
 
 
