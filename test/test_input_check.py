@@ -2,6 +2,7 @@
 dilation), implausible clouds and the hint for inputs that have publishers but deliver nothing."""
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from cspn_ros.core.input_check import (GRID, far_from_input, implausible_cloud, measure_coverage,
@@ -31,6 +32,19 @@ def test_measure_coverage_counts_pixels_share_and_grid_cells():
     assert (coverage.pixels, coverage.cells) == (3, 2)
     assert coverage.share == 3 / sparse.size
     assert coverage.values()[f'input grid cells (of {GRID * GRID})'] == '2'
+
+
+@pytest.mark.parametrize('height,width', [(352, 1216), (37, 53), (5, 3), (1, 9)])
+def test_measure_coverage_cells_equal_the_cells_of_every_input_pixel(height, width):
+    """Grid cells counted from bands equal the distinct cells of the input pixels' own
+    coordinates (row * GRID // H, column * GRID // W), odd and tiny sizes included."""
+    rng = np.random.default_rng()
+    for share in (0.0, 0.001, 0.05, 0.9):
+        sparse = np.where(rng.random((height, width)) < share, 5.0, 0.0).astype(np.float32)
+        rows, cols = np.nonzero(sparse > 0)
+        expected = len({(r * GRID // height, c * GRID // width) for r, c in zip(rows, cols)})
+        coverage = measure_coverage(sparse)
+        assert (coverage.pixels, coverage.cells) == (rows.size, expected)
 
 
 def test_a_cloud_read_in_the_wrong_byte_order_is_implausible():

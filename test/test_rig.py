@@ -133,21 +133,28 @@ def _frames(count: int, width: int = W, height: int = H) -> dict[str, tuple]:
     return frames
 
 
-def test_rig_completer_equals_each_camera_alone_and_fails_frames_alone():
+@pytest.mark.parametrize('on_device', [False, True], ids=['host', 'device'])
+def test_rig_completer_equals_each_camera_alone_and_fails_frames_alone(on_device):
     """Three cameras through one batched forward pass (CPU) give each camera's own result;
-    a frame with a bad cloud fails alone; a camera of another size runs in its own batch."""
+    a frame with a bad cloud fails alone and never reaches the model; a camera of another size
+    runs in its own batch. On the device path (torch on the CPU here) the frames' projected
+    points are checked together after staging."""
     completer = DepthCompleter.from_config({'width': 8, 'steps': 2})
     calls = []
     batch = completer.complete_batch
     completer.complete_batch = lambda rgbs, sparses: calls.append(len(rgbs)) or batch(rgbs,
                                                                                         sparses)
-    pipelines = {f'camera{i}': CompletionPipeline(completer, min_depth=0.1, max_depth=100.0)
+    pipelines = {f'camera{i}': CompletionPipeline(completer, min_depth=0.1, max_depth=100.0,
+                                                  on_device=on_device)
                  for i in range(4)}
     rig = RigCompleter(pipelines)
     frames = _frames(3)
     frames['camera3'] = _frames(1, 64, 40)['camera0']
     results = rig.complete(frames)
     assert sorted(calls) == [1, 3]
+    for result in results.values():  # the other cameras' staging is not the model's time
+        assert result.timings['batch'] >= 0 and result.timings['model'] > 0
+    assert results['camera0'].timings['batch'] >= results['camera2'].timings['batch']
     alone = CompletionPipeline(DepthCompleter(completer.config, completer.model),
                                min_depth=0.1, max_depth=100.0)
     for camera, messages in frames.items():
@@ -157,8 +164,11 @@ def test_rig_completer_equals_each_camera_alone_and_fails_frames_alone():
     empty = pointcloud2_msg(pointcloud2_fields(np.zeros((0, 3), np.float32)),
                             header_msg(0, 'lidar'))
     frames['camera1'] = (*frames['camera1'][:2], empty)
+    calls.clear()
     results = rig.complete(frames)
     assert isinstance(results['camera1'], InputError)
+    assert 'no finite points' in str(results['camera1']) or not on_device
+    assert sorted(calls) == [1, 2]
     assert all(not isinstance(results[c], Exception) for c in ('camera0', 'camera2', 'camera3'))
 
 

@@ -7,6 +7,7 @@ Image). Depth is float32 metres with 0 = no measurement.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -79,7 +80,8 @@ class StagedFrame:
     the model inputs (numpy, or tensors on the completer's device when on_device); held_out:
     the self-check's points (same kind, or None); timings + staged_at (host) or clock
     (device): the stages so far; coverage: the input measured (host; the device path measures
-    it after its one download)."""
+    it after its one download); points_found: on the device, a 0-d bool tensor, whether any
+    LiDAR point projected (read by `CompletionPipeline.check_points`, a synchronisation)."""
 
     on_device: bool
     rgb: np.ndarray
@@ -92,6 +94,17 @@ class StagedFrame:
     staged_at: float = 0.0
     clock: Any = None
     coverage: Optional[InputCoverage] = None
+    points_found: Any = None
+
+    def mark_batch_start(self) -> None:
+        """The model's batch starts now: the time since this frame was staged (the other
+        cameras' staging) becomes the stage `batch`, so `model` is the batch's own time."""
+        if self.clock is not None:
+            self.clock.mark('batch')
+        else:
+            now = time.perf_counter()
+            self.timings['batch'] = now - self.staged_at
+            self.staged_at = now
 
 
 def several_clouds(depth_msg: Any) -> bool:

@@ -170,16 +170,32 @@ class CompletionPipeline(SensorInputs):
                           depth_info_msg: Any = None) -> FrameResult:
         """The same frame as `process`, computed on `completer.device` (any torch device)."""
         staged = self._stage_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
+        self.check_points(staged)
         return self.finish(staged, *self.completer.complete_tensor(staged.rgb_model,
                                                                    staged.sparse_model))
 
+    def check_points(self, staged: 'StagedFrame', found: Optional[bool] = None) -> None:
+        """InputError when no LiDAR point of a device-staged frame projected into the image;
+        found: staged.points_found already read (else it is read here: a synchronisation)."""
+        if staged.points_found is None:
+            return
+        if not (bool(staged.points_found) if found is None else found):
+            raise InputError(f'point cloud: no finite points project into the image within '
+                             f'[{self.min_depth}, {self.max_depth}] m '
+                             f'({point_count(staged.depth_msg)} points; '
+                             'check the extrinsic and the depth range)')
+
     def stage(self, image_msg: Any, info_msg: Any, depth_msg: Any,
-              depth_info_msg: Any = None) -> 'StagedFrame':
+              depth_info_msg: Any = None, check_points: bool = True) -> 'StagedFrame':
         """Everything of `process` before the model: converted, projected (and, on the host,
         checked for coverage) model inputs of one frame. Frames of several cameras staged
-        alike can go through the model as one batch (`core.rig.RigCompleter`)."""
+        alike can go through the model as one batch (`core.rig.RigCompleter`, which passes
+        check_points=False and checks its frames' points with one synchronisation)."""
         if self.on_device:
-            return self._stage_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
+            staged = self._stage_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
+            if check_points:
+                self.check_points(staged)
+            return staged
         inputs = self.prepare(image_msg, info_msg, depth_msg, depth_info_msg)
         coverage = self._check_coverage(inputs.sparse, inputs.camera, depth_msg)
         return StagedFrame(on_device=False, rgb=inputs.rgb, camera=inputs.camera,
@@ -222,20 +238,17 @@ class CompletionPipeline(SensorInputs):
         rgb_t = self._staging.upload('rgb', rgb)
         depth_t = self._staging.upload('depth', host_depth)
         clock.mark('h2d')
+        points_found = None
         if self.depth_source == 'lidar':
             sparse_t = self._project_on_device(depth_t, cloud, camera, depth_msg)
-            if not bool((sparse_t > 0).any()):
-                raise InputError(f'point cloud: no finite points project into the image within '
-                                 f'[{self.min_depth}, {self.max_depth}] m '
-                                 f'({point_count(depth_msg)} points; '
-                                 'check the extrinsic and the depth range)')
+            points_found = (sparse_t > 0).any()  # read later: no synchronisation here
         else:
             sparse_t = self._register_tof(depth_t, depth_info_msg, camera)
         sparse_t, held_out_t = self._hold_out(sparse_t, image_msg)
         clock.mark('project')
         return StagedFrame(on_device=True, rgb=rgb, camera=camera, depth_msg=depth_msg,
                            rgb_model=rgb_t, sparse_model=sparse_t, held_out=held_out_t,
-                           clock=clock)
+                           clock=clock, points_found=points_found)
 
     def _finish_on_device(self, staged: 'StagedFrame', depth_t: Any,
                           confidence_t: Any) -> FrameResult:

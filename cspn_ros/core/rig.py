@@ -163,16 +163,19 @@ class RigCompleter:
         staged = {}
         for camera, messages in frames.items():
             try:
-                staged[camera] = self.pipelines[camera].stage(*messages)
+                staged[camera] = self.pipelines[camera].stage(*messages, check_points=False)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as error:  # the pipeline's InputError, or a surprise: this frame
                 results[camera] = error
+        self._check_points(staged, results)
         groups: dict[tuple, list[str]] = {}
         for camera, frame in staged.items():
             groups.setdefault((frame.on_device, tuple(frame.sparse_model.shape)), []).append(
                 camera)
         for cameras in groups.values():
+            for camera in cameras:
+                staged[camera].mark_batch_start()
             try:
                 outputs = self.completer.complete_batch(
                     [staged[camera].rgb_model for camera in cameras],
@@ -191,6 +194,21 @@ class RigCompleter:
                 except Exception as error:
                     results[camera] = error
         return results
+
+    def _check_points(self, staged: dict[str, Any], results: dict[str, Any]) -> None:
+        """Move the staged frames without projected points from `staged` to `results` (their
+        InputError), reading every frame's flag with one synchronisation."""
+        import torch
+        flagged = [camera for camera, frame in staged.items() if frame.points_found is not None]
+        if not flagged:
+            return
+        found = torch.stack([staged[camera].points_found for camera in flagged]).tolist()
+        for camera, present in zip(flagged, found):
+            try:
+                self.pipelines[camera].check_points(staged[camera], present)
+            except Exception as error:
+                results[camera] = error
+                del staged[camera]
 
     def move_to_cpu(self) -> None:
         """Every pipeline runs the same model on the CPU from now on."""
