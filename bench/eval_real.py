@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / 'scripts')]
 
-from cspn_ros.data.bags import holdout_split  # noqa: E402
+from cspn_ros.data.bag_samples import holdout_split  # noqa: E402
 from cspn_ros.model.completer import DEFAULT_CHECKPOINT, DepthCompleter  # noqa: E402
 from cspn_ros.train.metrics import compute_metrics, mean_metrics  # noqa: E402
 from real_to_bag import read_redwood  # noqa: E402

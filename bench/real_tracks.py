@@ -37,7 +37,7 @@ for _path in (str(ROOT), str(ROOT / 'scripts'), str(ROOT / 'bench')):
 from cspn_ros.core.camera import PinholeCamera  # noqa: E402
 from cspn_ros.core.projection import (project_to_sparse_depth,  # noqa: E402
                                       transform_from_translation_quaternion)
-from cspn_ros.data.bags import holdout_split  # noqa: E402
+from cspn_ros.data.bag_samples import holdout_split  # noqa: E402
 from cspn_ros.data.nyu import sample_sparse_depth  # noqa: E402
 from eval_real import beam_rows  # noqa: E402
 from real_to_bag import read_redwood  # noqa: E402

@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cspn_ros.core.pipeline import CompletionPipeline  # noqa: E402
-from cspn_ros.data.bags import BagTopics, BagFrames  # noqa: E402
+from cspn_ros.data.bag_frames import BagFrames  # noqa: E402
+from cspn_ros.data.bag_reader import BagTopics  # noqa: E402
 from cspn_ros.data.synthetic import SyntheticScene  # noqa: E402
 from cspn_ros.model.completer import DepthCompleter  # noqa: E402
 from cspn_ros.train.metrics import compute_metrics  # noqa: E402

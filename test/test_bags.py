@@ -11,10 +11,12 @@ from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.core.projection import (project_to_sparse_depth, quaternion_from_rotation,
                                       register_depth, transform_from_translation_quaternion)
 from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC, TF_TOPIC
-from cspn_ros.data.bags import (BagError, BagFrames, BagTopics, BagTrainingSamples,
-                                ConcatenatedSamples, FrameRef, MessageRef, SupervisionOptions,
-                                add_bag_arguments, chain_transform, frames_from_args,
-                                header_stamp_ns, holdout_split)
+from cspn_ros.data.bag_arguments import add_bag_arguments, frames_from_args
+from cspn_ros.data.bag_frames import BagFrames
+from cspn_ros.data.bag_reader import (BagError, BagTopics, FrameRef, MessageRef, chain_transform,
+                                      header_stamp_ns)
+from cspn_ros.data.bag_samples import (BagTrainingSamples, ConcatenatedSamples,
+                                       SupervisionOptions, holdout_split)
 from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION,
                                      SyntheticScene)
 from cspn_ros.data.synthetic_bag import write_synthetic_bag

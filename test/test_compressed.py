@@ -21,7 +21,8 @@ from cspn_ros.core.conversions import (ConversionError, image_to_array, image_to
                                        image_to_rgb, stamp_to_ns)
 from cspn_ros.core.pipeline import CompletionPipeline, InputError
 from cspn_ros.core.topics import recorded_topic, transport_topic
-from cspn_ros.data.bags import BagFrames, BagTopics
+from cspn_ros.data.bag_frames import BagFrames
+from cspn_ros.data.bag_reader import BagTopics
 from cspn_ros.data.synthetic_bag import write_synthetic_bag
 from cspn_ros.model.completer import DepthCompleter
 from cspn_ros.nodes.messages import compressed_image_msg

@@ -144,7 +144,7 @@ def test_bags_compensate_a_moving_sweep_with_the_recorded_odometry(tmp_path):
     import json
     from argparse import ArgumentParser
 
-    from cspn_ros.data.bags import add_bag_arguments, frames_from_args
+    from cspn_ros.data.bag_arguments import add_bag_arguments, frames_from_args
     from cspn_ros.core.pipeline import CompletionPipeline
     from cspn_ros.data.synthetic_bag import write_synthetic_bag
     from cspn_ros.nodes.evaluate import main as evaluate_main

@@ -33,7 +33,9 @@ import numpy as np
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.core.selfcheck import SelfCheck, SelfCheckConfig
-from cspn_ros.data.bags import BagError, add_bag_arguments, frames_from_args, holdout_split
+from cspn_ros.data.bag_arguments import add_bag_arguments, frames_from_args
+from cspn_ros.data.bag_reader import BagError
+from cspn_ros.data.bag_samples import holdout_split
 from cspn_ros.model.completer import DepthCompleter
 from cspn_ros.train.metrics import METRIC_KEYS, compute_metrics, mean_metrics, scored_pixels
 

@@ -51,9 +51,10 @@ import numpy as np
 from cspn_ros.config import ModelConfig
 from cspn_ros.core.pipeline import CompletionPipeline
 from cspn_ros.data.augment import Augmenter
-from cspn_ros.data.bags import (DEPTH_SOURCES, SUPERVISIONS, BagError, BagTrainingSamples,
-                                ConcatenatedSamples, SupervisionOptions, add_bag_arguments,
-                                frames_from_args)
+from cspn_ros.data.bag_arguments import DEPTH_SOURCES, add_bag_arguments, frames_from_args
+from cspn_ros.data.bag_reader import BagError
+from cspn_ros.data.bag_samples import (SUPERVISIONS, BagTrainingSamples, ConcatenatedSamples,
+                                       SupervisionOptions)
 from cspn_ros.data.procedural import PATTERNS, ProceduralBatches, parse_pattern_weights
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
 from cspn_ros.train.trainer import (DEPTH_LOSSES, Trainer, TrainingError, TrainOptions,
