@@ -3,8 +3,9 @@
 # machine: sensor-agnostic procedural scenes ray cast on the GPU while training
 # (cspn_ros/data/procedural.py: random cameras, scenes 0.3-250 m, photo textures, spinning /
 # rosette / raster LiDARs with parallax outliers, random points, rows, ToF-like holes) ->
-# training_node --procedural (dense supervision, scale-free loss) -> the log-residual bound is
-# set for inference (scripts/set_residual_bound.py) -> scored on the real-data suite
+# training_node --procedural (dense supervision, scale-free loss) -> the log-residual bound and
+# the output's bound by the inputs around each pixel are set for inference
+# (scripts/set_model_config.py) -> scored on the real-data suite
 # (bench/real_suite.py, where ../shared/data/real exists) and on held-out synthetic bags
 # (scripts/eval_heldout.sh).
 # Model: CSPN over a bounded log residual of the weight-free nearest-surface fill, depths
@@ -22,7 +23,7 @@
 set -euo pipefail
 out=${1:?output folder}; epochs=${2:-9}; steps=${3:-400}
 python=${PYTHON:-python3}; device=${DEVICE:-cuda}
-work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; bound=${BOUND:-0.1}
+work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; bound=${BOUND:-0.1}; radius=${RADIUS:-4}
 mkdir -p "$out" "$work"
 config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological", "residual": "log", "max_depth": 250.0}'}
 resume=(); [ "${RESUME:-0}" = 1 ] && resume=(--resume)
@@ -32,7 +33,8 @@ time $python "${trainer[@]}" --procedural "$steps" --procedural-val 8 \
   --out "$work/$run" --epochs "$epochs" --config "$config" --batch-size "$batch" \
   --crop 256x320 --depth-loss scaled --device "$device" --no-progress \
   --checkpoint-every 200 "${resume[@]}" 2>&1 | tee -a "$out/train.log" | grep -v ' INFO training_node'
-$python scripts/set_residual_bound.py "$work/$run/best.safetensors" "$out/default.safetensors" "$bound"
+$python scripts/set_model_config.py "$work/$run/best.safetensors" "$out/default.safetensors" \
+  "max_log_residual=$bound" "input_bound_radius=$radius"
 if [ -d ../shared/data/real ]; then
   $python bench/real_suite.py --checkpoint "$out/default.safetensors" --device "$device" \
     --out "$out/real_suite.json" | tail -40

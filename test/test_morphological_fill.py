@@ -1,10 +1,11 @@
-"""The weight-free torch nearest-depth fill (initial_fill='morphological')."""
+"""The weight-free torch nearest-depth fill (initial_fill='morphological') and the output
+bound by the inputs around each pixel (ModelConfig.input_bound_radius)."""
 import numpy as np
 import pytest
 import torch
 
 from cspn_ros.config import ModelConfig
-from cspn_ros.model.morphological_fill import nearest_depth_fill
+from cspn_ros.model.morphological_fill import bound_by_inputs, input_range, nearest_depth_fill
 from cspn_ros.model.network import CompletionNet
 
 
@@ -61,3 +62,43 @@ def test_network_with_morphological_fill_runs_and_is_scale_equivariant():
         scaled = model(rgb, sparse * 4.0)
     assert out['depth'].shape == (1, 1, 37, 53) and torch.isfinite(out['depth']).all()
     torch.testing.assert_close(scaled['depth'], out['depth'] * 4.0, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('opencv', [True, False], ids=['opencv', 'max_pool'])
+@pytest.mark.parametrize('radius', [1, 4])
+def test_bound_by_inputs_clamps_to_the_window_range_of_the_inputs(opencv, radius):
+    """Both filters equal a loop over each pixel's window; no input in it: unchanged."""
+    rng = np.random.default_rng()
+    sparse = torch.cat([_sparse(rng, 23, 31, 0.04), _sparse(rng, 23, 31, 0.0)])
+    depth = torch.from_numpy(rng.uniform(0.1, 60.0, (2, 1, 23, 31)).astype(np.float32))
+    lowest, highest = input_range(sparse, radius, opencv=opencv)
+    out = torch.where(highest > 0, depth.clamp(lowest, highest), depth)
+    expected = depth.clone()
+    for b, y, x in np.ndindex(2, 23, 31):
+        window = sparse[b, 0, max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+        inputs = window[window > 0]
+        if inputs.numel():
+            expected[b, 0, y, x] = depth[b, 0, y, x].clamp(inputs.min(), inputs.max())
+    assert torch.equal(out, expected)
+    assert torch.equal(bound_by_inputs(depth, sparse, radius), expected)
+    assert torch.equal(out[1], depth[1])  # no inputs at all
+    assert bound_by_inputs(depth, sparse, 0) is depth
+
+
+def test_a_bounded_network_stays_within_its_inputs_and_passes_gradients():
+    torch.manual_seed(0)
+    config = ModelConfig(width=8, steps=2, initial_fill='morphological', residual='log',
+                         input_bound_radius=3)
+    model = CompletionNet(config)
+    rng = np.random.default_rng(2)
+    sparse = _sparse(rng, 37, 53, 0.2)
+    out = model(torch.rand(1, 3, 37, 53), sparse)
+    lowest, highest = input_range(sparse, 3)
+    inside = highest > 0
+    assert torch.all(out['depth'][inside] >= lowest[inside] - 1e-5)
+    assert torch.all(out['depth'][inside] <= highest[inside] + 1e-5)
+    out['depth'].mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with pytest.raises(ValueError, match='input_bound_radius'):
+        ModelConfig(input_bound_radius=-1)
+
