@@ -54,10 +54,11 @@ class ModelConfig:
     affinity: CSPN affinity normalisation: 'signed' (the paper's '8sum', weights of either
         sign) or 'convex' (a softmax over the neighbours and the pixel itself: every step is a
         convex combination, so propagation never leaves the range of its inputs).
-    input_bound_radius: pixels; when > 0 every output depth is clamped to the [min, max] of
-        the input depths within this Chebyshev radius (a (2r+1) x (2r+1) window) where the
-        window holds any: the output never lies beyond the farthest or before the nearest
-        measurement around it (model/morphological_fill.bound_by_inputs). 0 = off.
+    input_bound: when > 0, `DepthCompleter` clamps every output depth to the [min, max] of the
+        input depths within a Chebyshev radius of input_bound x the frame's mean input spacing
+        (sqrt(H W / inputs) pixels; model/morphological_fill.bound_by_inputs) where that window
+        holds any input: the output never lies beyond the farthest or before the nearest
+        measurement around it. Applied after the network (not in training losses); 0 = off.
     """
 
     propagation: str = 'cspn'
@@ -77,7 +78,7 @@ class ModelConfig:
     residual: str = 'additive'
     max_log_residual: float = 1.0
     affinity: str = 'signed'
-    input_bound_radius: int = 0
+    input_bound: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice('propagation', self.propagation, PROPAGATIONS)
@@ -105,9 +106,9 @@ class ModelConfig:
             raise ValueError('cspnpp_kernel_sizes and cspnpp_steps must not be empty')
         if not 1 <= self.nlspn_neighbors <= 24:
             raise ValueError(f'nlspn_neighbors must be in [1, 24], got {self.nlspn_neighbors}')
-        if not 0 <= self.input_bound_radius <= 64:
-            raise ValueError(f'input_bound_radius must be in [0, 64] pixels, got '
-                             f'{self.input_bound_radius}')
+        if not 0 <= self.input_bound <= 8:
+            raise ValueError(f'input_bound must be in [0, 8] input spacings, got '
+                             f'{self.input_bound}')
         if self.depth_scale <= 0 or self.max_depth <= 0:
             raise ValueError('depth_scale and max_depth must be positive metres')
 

@@ -2,11 +2,11 @@
 """Re-save a checkpoint with inference-time ModelConfig fields changed; the weights are unchanged.
 
     python3 scripts/set_model_config.py IN.safetensors OUT.safetensors NAME=VALUE [NAME=VALUE ...]
-    e.g. max_log_residual=0.1 input_bound_radius=4
+    e.g. max_log_residual=0.1 input_bound=0.5
 
 How the packaged default was made from its training run (docs/real_data.md): the log-residual
 bound (max_log_residual) and the bound of the output by the inputs around each pixel
-(input_bound_radius) were chosen on the real-data suite; the trained bound is kept in the
+(input_bound) were chosen on the real-data suite; the trained bound is kept in the
 checkpoint's metadata (trained_max_log_residual).
 """
 import dataclasses
@@ -17,7 +17,7 @@ import yaml
 from cspn_ros.model.checkpoint import load_checkpoint, save_checkpoint
 
 #: Fields that change what the weights compute at inference, not what they mean.
-SETTABLE = ('max_log_residual', 'input_bound_radius', 'steps', 'max_depth')
+SETTABLE = ('max_log_residual', 'input_bound', 'steps', 'max_depth')
 
 
 def main(argv: list[str]) -> int:

@@ -23,7 +23,7 @@
 set -euo pipefail
 out=${1:?output folder}; epochs=${2:-9}; steps=${3:-400}
 python=${PYTHON:-python3}; device=${DEVICE:-cuda}
-work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; bound=${BOUND:-0.1}; radius=${RADIUS:-4}
+work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; bound=${BOUND:-0.1}; input_bound=${INPUT_BOUND:-0.5}
 mkdir -p "$out" "$work"
 config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological", "residual": "log", "max_depth": 250.0}'}
 resume=(); [ "${RESUME:-0}" = 1 ] && resume=(--resume)
@@ -34,7 +34,7 @@ time $python "${trainer[@]}" --procedural "$steps" --procedural-val 8 \
   --crop 256x320 --depth-loss scaled --device "$device" --no-progress \
   --checkpoint-every 200 "${resume[@]}" 2>&1 | tee -a "$out/train.log" | grep -v ' INFO training_node'
 $python scripts/set_model_config.py "$work/$run/best.safetensors" "$out/default.safetensors" \
-  "max_log_residual=$bound" "input_bound_radius=$radius"
+  "max_log_residual=$bound" "input_bound=$input_bound"
 if [ -d ../shared/data/real ]; then
   $python bench/real_suite.py --checkpoint "$out/default.safetensors" --device "$device" \
     --out "$out/real_suite.json" | tail -40

@@ -22,12 +22,12 @@ def test_fields_change_and_weights_stay(tmp_path):
     state = CompletionNet(config).state_dict()
     source, target = tmp_path / 'in.safetensors', tmp_path / 'out.safetensors'
     save_checkpoint(source, state, config, {'step': 7})
-    result = run(source, target, 'max_log_residual=0.1', 'input_bound_radius=4')
+    result = run(source, target, 'max_log_residual=0.1', 'input_bound=0.5')
     assert result.returncode == 0, result.stderr
     weights, changed, meta = load_checkpoint(target)
-    assert (changed.max_log_residual, changed.input_bound_radius) == (0.1, 4)
+    assert (changed.max_log_residual, changed.input_bound) == (0.1, 0.5)
     assert changed.initial_fill == 'morphological' and meta['step'] == 7
     assert meta['trained_max_log_residual'] == 1.0
     assert all(torch.equal(weights[name], value) for name, value in state.items())
     assert run(source, target, 'width=16').returncode == 2  # changes what the weights mean
-    assert run(source, target, 'input_bound_radius=-1').returncode != 0
+    assert run(source, target, 'input_bound=-1').returncode != 0

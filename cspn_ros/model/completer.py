@@ -22,6 +22,7 @@ from cspn_ros.model.checkpoint import CheckpointError, load_checkpoint, load_wei
 from cspn_ros.model.fill import classical_fill
 from cspn_ros.model.inference import (PRECISIONS, CudaGraphRunner, choose_modes,
                                       compile_available, resolve_modes, resolve_precision)
+from cspn_ros.model.morphological_fill import bound_by_inputs
 from cspn_ros.model.network import CompletionNet
 from cspn_ros.model import onnx_backend
 
@@ -292,7 +293,21 @@ class DepthCompleter:
 
     def _run(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network on device tensors, one frame (H,W,3) / (H,W) or a batch (B,H,W,3) /
-        (B,H,W) (through the CUDA graph when enabled); OUTPUTS as (B,1,H,W) float32."""
+        (B,H,W); OUTPUTS as (B,1,H,W) float32, the depth bounded by the inputs around each
+        pixel when config.input_bound > 0 (outside the CUDA graph: its radius follows each
+        frame's input count)."""
+        outputs = self._run_network(rgb_t, sparse_t)
+        if self.config.input_bound > 0:
+            with torch.inference_mode():
+                sparse = _valid_depth(sparse_t if sparse_t.ndim == 3 else sparse_t[None])
+                sparse = sparse.to(outputs['depth'].device)
+                outputs['depth'] = bound_by_inputs(outputs['depth'], sparse[:, None],
+                                                   self.config.input_bound)
+        return outputs
+
+    def _run_network(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """The network alone (through the CUDA graph when enabled, or onnxruntime)."""
         with torch.inference_mode():
             if self.backend == 'onnxruntime':
                 return self._run_onnx(*_network_inputs(rgb_t, sparse_t))

@@ -9,6 +9,7 @@ instead of inventing one.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import cv2
@@ -107,10 +108,34 @@ def interpolation_fill(depth: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, depth, dense)
 
 
-def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, radius: int) -> torch.Tensor:
+#: Largest window radius (pixels) of bound_by_inputs.
+MAX_BOUND_RADIUS = 24
+
+
+def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float) -> torch.Tensor:
+    """(B,1,H,W) depth bounded by the inputs around each pixel: per frame the radius is
+    `spacings` x its mean input spacing sqrt(H W / inputs) pixels (bound_radius), then
+    bound_within. Reads the frames' input counts (one host synchronisation)."""
+    height, width = sparse.shape[-2:]
+    counts = (sparse > 0).flatten(1).sum(1).tolist()
+    return torch.cat([bound_within(depth[b:b + 1], sparse[b:b + 1],
+                                   bound_radius(count, height, width, spacings))
+                      for b, count in enumerate(counts)])
+
+
+def bound_radius(inputs: int, height: int, width: int, spacings: float) -> int:
+    """Window radius (pixels, 1..MAX_BOUND_RADIUS) of `spacings` mean input spacings of a
+    height x width frame with `inputs` valid input pixels; 0 without inputs."""
+    if inputs <= 0:
+        return 0
+    spacing = math.sqrt(height * width / inputs)
+    return int(min(MAX_BOUND_RADIUS, max(1, round(spacings * spacing))))
+
+
+def bound_within(depth: torch.Tensor, sparse: torch.Tensor, radius: int) -> torch.Tensor:
     """(B,1,H,W) depth clamped per pixel to [min, max] of the valid (> 0) depths of sparse
     (B,1,H,W) within Chebyshev `radius` pixels; pixels with no input in their window keep their
-    depth. Gradients flow to depth where it is not clamped."""
+    depth; radius 0: depth itself."""
     if radius <= 0:
         return depth
     lowest, highest = input_range(sparse.to(depth.dtype), radius)

@@ -20,8 +20,7 @@ from torch import nn
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.backbone import UNet, conv_bn_relu
 from cspn_ros.model.heads import ConvHead, merged_heads
-from cspn_ros.model.morphological_fill import (bound_by_inputs, interpolation_fill,
-                                               nearest_depth_fill)
+from cspn_ros.model.morphological_fill import interpolation_fill, nearest_depth_fill
 from cspn_ros.model.propagation import build_propagation
 
 #: The UNet downsamples 5 times; inputs are padded to a multiple of this.
@@ -163,10 +162,8 @@ class CompletionNet(nn.Module):
 
     def propagate(self, depth_init: torch.Tensor, guidance: torch.Tensor,
                   confidence: torch.Tensor, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
-        """predict's outputs and sparse (B,1,H,W) m -> forward's output dict (the depth bounded
-        by the inputs around it when config.input_bound_radius > 0)."""
+        """predict's outputs and sparse (B,1,H,W) m -> forward's output dict."""
         depth, _ = self.propagation(depth_init, guidance, sparse, confidence)
-        depth = bound_by_inputs(depth, sparse, self.config.input_bound_radius)
         return {'depth': depth.clamp(0.0, self.config.max_depth),
                 'depth_init': depth_init.clamp(0.0, self.config.max_depth),
                 'confidence': confidence,
