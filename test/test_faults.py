@@ -53,12 +53,12 @@ class OutOfMemoryPipeline:
     def __init__(self, pipeline, failures: int) -> None:
         self.pipeline, self.failures, self.calls = pipeline, failures, 0
 
-    def stage(self, *messages):
+    def stage(self, *messages, **options):
         self.calls += 1
         if self.failures > 0:
             self.failures -= 1
             raise torch.cuda.OutOfMemoryError('CUDA out of memory (test)')
-        return self.pipeline.stage(*messages)
+        return self.pipeline.stage(*messages, **options)
 
     def __getattr__(self, name):  # finish, completer: the wrapped pipeline's
         return getattr(self.pipeline, name)
