@@ -185,3 +185,31 @@ def test_complete_batch_equals_complete_and_checks_sizes():
         np.testing.assert_allclose(confidence, one.confidence, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match='one batch takes frames of one size'):
         completer.complete_batch([rgbs[0], rgbs[1][:-2]], [sparses[0], sparses[1][:-2]])
+
+
+def test_the_cameras_of_a_sweep_upload_their_shared_cloud_once(monkeypatch):
+    """Device path (torch on the CPU here): three cameras pairing with one cloud message
+    upload it once per sweep, and each camera's result equals its pipeline alone."""
+    from cspn_ros.core.staging import HostStaging
+    uploads = []
+    upload = HostStaging.upload
+    monkeypatch.setattr(HostStaging, 'upload', lambda self, name, array: uploads.append(name)
+                        or upload(self, name, array))
+    completer = DepthCompleter.from_config({'width': 8, 'steps': 2})
+    frames = _frames(3)
+    cloud = frames['camera0'][2]
+    frames = {camera: (image, info, cloud) for camera, (image, info, _) in frames.items()}
+    pipelines = {camera: CompletionPipeline(completer, min_depth=0.1, max_depth=100.0,
+                                            on_device=True) for camera in frames}
+    rig = RigCompleter(pipelines)
+    for _ in range(2):  # a second sweep uploads again: nothing is kept between sweeps
+        uploads.clear()
+        results = rig.complete(frames)
+        assert sorted(uploads) == ['depth', 'rgb', 'rgb', 'rgb']
+    assert all(pipeline.shared_uploads is None for pipeline in pipelines.values())
+    alone = CompletionPipeline(DepthCompleter(completer.config, completer.model),
+                               min_depth=0.1, max_depth=100.0, on_device=True)
+    for camera, messages in frames.items():
+        expected = alone.process(*messages)
+        np.testing.assert_array_equal(results[camera].sparse, expected.sparse)
+        np.testing.assert_allclose(results[camera].dense, expected.dense, rtol=0, atol=1e-4)

@@ -107,6 +107,9 @@ class CompletionPipeline(SensorInputs):
         self.holdout = holdout
         self._staging: Optional[HostStaging] = None
         self._cameras: dict[tuple, PinholeCamera] = {}
+        #: Device copies of the raw clouds already uploaded in this sweep, by message: the
+        #: cameras of a rig staging one cloud upload it once (RigCompleter sets and clears it).
+        self.shared_uploads: Optional[dict[int, Any]] = None
 
     @property
     def on_device(self) -> bool:
@@ -174,6 +177,17 @@ class CompletionPipeline(SensorInputs):
         return self.finish(staged, *self.completer.complete_tensor(staged.rgb_model,
                                                                    staged.sparse_model))
 
+    def _upload_depth(self, host_depth: np.ndarray, raw_cloud: Any) -> Any:
+        """The depth input on the device; a raw cloud message (raw_cloud, whose bytes
+        host_depth views) another camera of the sweep already uploaded is not uploaded again."""
+        shared = self.shared_uploads if raw_cloud is not None else None
+        if shared is not None and id(raw_cloud) in shared:
+            return shared[id(raw_cloud)]
+        uploaded = self._staging.upload('depth', host_depth)
+        if shared is not None:
+            shared[id(raw_cloud)] = uploaded
+        return uploaded
+
     def check_points(self, staged: 'StagedFrame', found: Optional[bool] = None) -> None:
         """InputError when no LiDAR point of a device-staged frame projected into the image;
         found: staged.points_found already read (else it is read here: a synchronisation)."""
@@ -236,7 +250,7 @@ class CompletionPipeline(SensorInputs):
             host_depth = self._tof_depth(depth_msg)
         clock.mark('convert')
         rgb_t = self._staging.upload('rgb', rgb)
-        depth_t = self._staging.upload('depth', host_depth)
+        depth_t = self._upload_depth(host_depth, depth_msg if cloud is not None else None)
         clock.mark('h2d')
         points_found = None
         if self.depth_source == 'lidar':
