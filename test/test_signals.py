@@ -24,3 +24,25 @@ def test_a_node_started_with_sigint_ignored_still_stops_on_sigint(name, ros_doma
         time.sleep(0.2)
     assert node.running(), node.log()
     assert node.stop(timeout=20) == 0, node.log()
+
+
+def test_ctrl_c_before_the_render_thread_starts_shuts_down_cleanly(ros_domain, monkeypatch):
+    """SIGINT while synthetic_source_node is still being constructed (its render thread made,
+    not started): shutting the context down destroys the half-built node without an error."""
+    import threading
+
+    import rclpy
+
+    from cspn_ros.nodes.synthetic_source_node import SyntheticSourceNode
+
+    def interrupted(thread):
+        raise KeyboardInterrupt
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    monkeypatch.setattr(threading.Thread, 'start', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        SyntheticSourceNode(context=context)
+    monkeypatch.undo()
+    context.try_shutdown()  # destroys the node: raised "cannot join thread before it is started"
+    assert not context.ok()

@@ -209,9 +209,13 @@ class SyntheticSourceNode(Node):
         self.frames_published += 1
 
     def destroy_node(self) -> None:
-        """Stop the producer thread, then the node."""
-        self._stop.set()
-        self._producer.join(timeout=10.0)
+        """Stop the producer thread, then the node; also for a node whose construction was
+        interrupted (Ctrl-C at start-up) before its thread started."""
+        stop, producer = getattr(self, '_stop', None), getattr(self, '_producer', None)
+        if stop is not None:
+            stop.set()
+        if producer is not None and producer.ident is not None:
+            producer.join(timeout=10.0)
         super().destroy_node()
 
 
