@@ -9,10 +9,10 @@ from cspn_ros.core.conversions import (image_to_depth, image_to_rgb, pointcloud2
                                        stamp_to_ns)
 from cspn_ros.core.projection import (project_to_sparse_depth, register_depth,
                                       transform_from_translation_quaternion)
-from cspn_ros.data import synthetic
+from cspn_ros.data import synthetic_rays
 from cspn_ros.data.synthetic import (DEFAULT_LIDAR_ROTATION, DEFAULT_LIDAR_TRANSLATION,
-                                     DEFAULT_TOF_ROTATION, DEFAULT_TOF_TRANSLATION,
-                                     LIDAR_VERTICAL_FOV_DEG, SyntheticScene)
+                                     DEFAULT_TOF_ROTATION, DEFAULT_TOF_TRANSLATION, SyntheticScene)
+from cspn_ros.data.synthetic_rays import LIDAR_VERTICAL_FOV_DEG
 from cspn_ros.core.topics import BAG_TOPICS, FRAME_IDS, TF_STATIC_TOPIC
 from cspn_ros.data.synthetic_bag import write_synthetic_bag
 
@@ -138,8 +138,8 @@ def test_footprint_culling_changes_nothing(scene, monkeypatch):
     settings = {**SMALL, 'lidar_beams': 64, 'lidar_horizontal_resolution_deg': 0.5}
     culled = SyntheticScene(seed, scene=scene, **settings).frame(25)
     everything = [(slice(None), slice(None))]
-    monkeypatch.setattr(synthetic._PinholeRays, 'footprint', lambda *args: everything)
-    monkeypatch.setattr(synthetic._SpinningRays, 'footprint', lambda *args: everything)
+    monkeypatch.setattr(synthetic_rays.PinholeRays, 'footprint', lambda *args: everything)
+    monkeypatch.setattr(synthetic_rays.SpinningRays, 'footprint', lambda *args: everything)
     assert_frames_equal(culled, SyntheticScene(seed, scene=scene, **settings).frame(25))
 
 
