@@ -330,6 +330,8 @@ class Trainer:
             self._end_epoch(mean_loss, skipped, start, summary)
         if self.writer is not None:
             self.writer.flush()
+        if self.world > 1:  # no rank tears its connections down while rank 0 still saves
+            dist.barrier()  # (gloo aborted a rank that left early: seen once in CI)
         summary.update(step=self.step, epoch=self.epoch, best_score=self.best_score)
         return summary
 
