@@ -253,7 +253,10 @@ def test_node_compensates_a_moving_sweep_with_odometry_over_dds(start_node, ros_
     assert both.sum() > 0.9 * (expected > 0).sum()
     np.testing.assert_allclose(received[both], expected[both], atol=2e-3)
     raw = (uncompensated > 0) & (expected > 0)
-    assert np.abs(uncompensated[raw] - expected[raw]).mean() > 0.2  # what it removed
+    # what it removed: the z-buffer keeps the nearest of several points per pixel (the least
+    # shifted), so the uncompensated error is a fraction of the 0.5 m mean shift (0.17-0.3 m
+    # seen); 20x the compensated tolerance is what the check needs
+    assert np.abs(uncompensated[raw] - expected[raw]).mean() > 20 * 2e-3
     assert node.stop() == 0 and 'Traceback' not in node.log()
 
 
