@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,8 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
+from cspn_ros.config import parse_setting  # noqa: E402
+from cspn_ros.data.bag_reader import header_stamp_ns  # noqa: E402
 from cspn_ros.demo import BackgroundNode, NodeProcess, completion_parameters  # noqa: E402
 from cspn_ros.model.completer import DEFAULT_CHECKPOINT  # noqa: E402
 from cspn_ros.nodes.spin import freeze_long_lived_objects  # noqa: E402
@@ -84,8 +85,7 @@ class Probe(BackgroundNode):
 
     def _on_depth(self, topic: str, raw: bytes) -> None:
         receipt = time.time_ns()
-        seconds, nanoseconds = struct.unpack_from('<iI', raw, 4)  # CDR header.stamp
-        stamp = seconds * 1_000_000_000 + nanoseconds
+        stamp = header_stamp_ns(raw)
         with self.lock:
             self.receipts.append((topic, stamp, receipt))
 
@@ -380,15 +380,6 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help='JSON model config used when the default checkpoint is missing')
     parser.add_argument('--set', type=parse_setting, action='append', metavar='NAME=VALUE',
                         help='a completion_node parameter (VALUE parsed as YAML), repeatable')
-
-
-def parse_setting(text: str) -> tuple[str, Any]:
-    """'name=value' -> (name, value parsed as YAML: 'false' -> False, '0.5' -> 0.5)."""
-    import yaml
-    name, separator, value = text.partition('=')
-    if not separator or not name:
-        raise argparse.ArgumentTypeError(f'expected NAME=VALUE, got {text!r}')
-    return name, yaml.safe_load(value)
 
 
 def finish_node_arguments(args: argparse.Namespace) -> argparse.Namespace:

@@ -168,6 +168,17 @@ class ModelConfig:
         return cls.from_dict(data)
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """'NAME=VALUE' -> (NAME, VALUE parsed as YAML: 'false' -> False, '0.5' -> 0.5): a setting
+    given on a command line (benchmarks, scripts, training options). ValueError without a NAME
+    or '='."""
+    import yaml
+    name, separator, value = text.partition('=')
+    if not separator or not name.strip():
+        raise ValueError(f'expected NAME=VALUE, got {text!r}')
+    return name.strip(), yaml.safe_load(value)
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f'{name} must be one of {choices}, got {value!r}')

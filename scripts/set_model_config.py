@@ -12,8 +12,7 @@ checkpoint's metadata (trained_max_log_residual).
 import dataclasses
 import sys
 
-import yaml
-
+from cspn_ros.config import parse_setting
 from cspn_ros.model.checkpoint import load_checkpoint, save_checkpoint
 
 #: Fields that change what the weights compute at inference, not what they mean.
@@ -21,12 +20,15 @@ SETTABLE = ('max_log_residual', 'input_bound', 'steps', 'max_depth')
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or not all('=' in item for item in argv[2:]):
+    if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     source, target = argv[0], argv[1]
-    changes = {name: yaml.safe_load(value)
-               for name, value in (item.split('=', 1) for item in argv[2:])}
+    try:
+        changes = dict(map(parse_setting, argv[2:]))
+    except ValueError as error:
+        print(f'{error}\n{__doc__}', file=sys.stderr)
+        return 2
     unknown = sorted(set(changes) - set(SETTABLE))
     if unknown:
         print(f'cannot set {unknown}: settable fields are {list(SETTABLE)}', file=sys.stderr)

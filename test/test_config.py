@@ -55,3 +55,13 @@ def test_model_config_file_that_is_not_a_mapping_says_so(tmp_path):
     binary.write_bytes(bytes(range(256)))
     with pytest.raises(ValueError, match='not readable JSON/YAML'):
         ModelConfig.load(binary)
+
+
+def test_parse_setting_reads_name_equals_yaml_value():
+    from cspn_ros.config import parse_setting
+    assert parse_setting('self_check.holdout_share=0.0') == ('self_check.holdout_share', 0.0)
+    assert parse_setting('enabled=false') == ('enabled', False)
+    assert parse_setting('cameras=[a, b]') == ('cameras', ['a', 'b'])
+    for bad in ('noequals', '=1'):
+        with pytest.raises(ValueError, match='NAME=VALUE'):
+            parse_setting(bad)

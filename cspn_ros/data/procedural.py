@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cspn_ros.config import parse_setting
 from cspn_ros.data.procedural_scene import (TILE, Scene, SceneSampler, cast, log_uniform,
                                             rotation_matrix, texture_atlas)
 
@@ -59,13 +60,9 @@ def parse_pattern_weights(text: str) -> dict[str, float]:
     """'rows=0.2,tof=0.1' -> PATTERNS with those weights replaced, normalised."""
     weights = dict(PATTERNS)
     for item in filter(None, (part.strip() for part in text.split(','))):
-        name, separator, value = item.partition('=')
-        if not separator:
-            raise ValueError(f'expected PATTERN=WEIGHT, got {item!r}')
-        if name not in PATTERNS:
-            raise ValueError(f'unknown sensor pattern {name!r}; known: {list(PATTERNS)}')
+        name, value = parse_setting(item)
         weights[name] = float(value)
-    return pattern_weights(weights)
+    return pattern_weights(weights)  # unknown names are refused there
 
 
 class ProceduralBatches(torch.utils.data.IterableDataset):
