@@ -107,9 +107,6 @@ class CompletionPipeline(SensorInputs):
         self.holdout = holdout
         self._staging: Optional[HostStaging] = None
         self._cameras: dict[tuple, PinholeCamera] = {}
-        #: Device copies of the raw clouds already uploaded in this sweep, by message: the
-        #: cameras of a rig staging one cloud upload it once (RigCompleter sets and clears it).
-        self.shared_uploads: Optional[dict[int, Any]] = None
 
     @property
     def on_device(self) -> bool:
@@ -177,10 +174,12 @@ class CompletionPipeline(SensorInputs):
         return self.finish(staged, *self.completer.complete_tensor(staged.rgb_model,
                                                                    staged.sparse_model))
 
-    def _upload_depth(self, host_depth: np.ndarray, raw_cloud: Any) -> Any:
+    def _upload_depth(self, host_depth: np.ndarray, raw_cloud: Any,
+                      shared: Optional[dict[int, Any]]) -> Any:
         """The depth input on the device; a raw cloud message (raw_cloud, whose bytes
-        host_depth views) another camera of the sweep already uploaded is not uploaded again."""
-        shared = self.shared_uploads if raw_cloud is not None else None
+        host_depth views) already in `shared` (device copies by message) is not uploaded again,
+        and one uploaded is added to it."""
+        shared = shared if raw_cloud is not None else None
         if shared is not None and id(raw_cloud) in shared:
             return shared[id(raw_cloud)]
         uploaded = self._staging.upload('depth', host_depth)
@@ -200,13 +199,16 @@ class CompletionPipeline(SensorInputs):
                              'check the extrinsic and the depth range)')
 
     def stage(self, image_msg: Any, info_msg: Any, depth_msg: Any,
-              depth_info_msg: Any = None, check_points: bool = True) -> 'StagedFrame':
+              depth_info_msg: Any = None, check_points: bool = True,
+              shared_uploads: Optional[dict[int, Any]] = None) -> 'StagedFrame':
         """Everything of `process` before the model: converted, projected (and, on the host,
         checked for coverage) model inputs of one frame. Frames of several cameras staged
         alike can go through the model as one batch (`core.rig.RigCompleter`, which passes
-        check_points=False and checks its frames' points with one synchronisation)."""
+        check_points=False and checks its frames' points with one synchronisation, and one
+        `shared_uploads` dict per sweep so that a cloud the cameras share is uploaded once)."""
         if self.on_device:
-            staged = self._stage_on_device(image_msg, info_msg, depth_msg, depth_info_msg)
+            staged = self._stage_on_device(image_msg, info_msg, depth_msg, depth_info_msg,
+                                           shared_uploads)
             if check_points:
                 self.check_points(staged)
             return staged
@@ -230,7 +232,8 @@ class CompletionPipeline(SensorInputs):
         return self._finish_on_device(staged, depth, confidence)
 
     def _stage_on_device(self, image_msg: Any, info_msg: Any, depth_msg: Any,
-                         depth_info_msg: Any = None) -> 'StagedFrame':
+                         depth_info_msg: Any = None,
+                         shared_uploads: Optional[dict[int, Any]] = None) -> 'StagedFrame':
         """Host work is one copy of each message buffer into a pinned staging buffer (a float32
         x/y/z cloud is sent as raw bytes and decoded on the device; other layouts, several
         clouds and ToF depth are converted on the host first)."""
@@ -250,7 +253,8 @@ class CompletionPipeline(SensorInputs):
             host_depth = self._tof_depth(depth_msg)
         clock.mark('convert')
         rgb_t = self._staging.upload('rgb', rgb)
-        depth_t = self._upload_depth(host_depth, depth_msg if cloud is not None else None)
+        depth_t = self._upload_depth(host_depth, depth_msg if cloud is not None else None,
+                                     shared_uploads)
         clock.mark('h2d')
         points_found = None
         if self.depth_source == 'lidar':

@@ -163,16 +163,13 @@ class RigCompleter:
         staged = {}
         uploads: dict[int, Any] = {}  # the sweep's cloud, uploaded once for every camera
         for camera, messages in frames.items():
-            pipeline = self.pipelines[camera]
-            pipeline.shared_uploads = uploads
             try:
-                staged[camera] = pipeline.stage(*messages, check_points=False)
+                staged[camera] = self.pipelines[camera].stage(*messages, check_points=False,
+                                                              shared_uploads=uploads)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as error:  # the pipeline's InputError, or a surprise: this frame
                 results[camera] = error
-            finally:
-                pipeline.shared_uploads = None
         self._check_points(staged, results)
         groups: dict[tuple, list[str]] = {}
         for camera, frame in staged.items():

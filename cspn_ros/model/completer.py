@@ -299,9 +299,7 @@ class DepthCompleter:
         outputs = self._run_network(rgb_t, sparse_t)
         if self.config.input_bound > 0:
             with torch.inference_mode():
-                sparse = _valid_depth(sparse_t if sparse_t.ndim == 3 else sparse_t[None])
-                sparse = sparse.to(outputs['depth'].device)
-                outputs['depth'] = bound_by_inputs(outputs['depth'], sparse[:, None],
+                outputs['depth'] = bound_by_inputs(outputs['depth'], _network_sparse(sparse_t),
                                                    self.config.input_bound)
         return outputs
 
@@ -345,10 +343,16 @@ class DepthCompleter:
 def _network_inputs(rgb_t: torch.Tensor, sparse_t: torch.Tensor):
     """rgb_t ([B,]H,W,3) uint8, sparse_t ([B,]H,W) metres -> the network's rgb (B,3,H,W) float
     in [0, 1] and sparse (B,1,H,W) metres with missing = 0 (B = 1 for one frame)."""
+    if rgb_t.ndim == 3:
+        rgb_t = rgb_t.unsqueeze(0)
+    return rgb_t.permute(0, 3, 1, 2).float() / 255.0, _network_sparse(sparse_t)
+
+
+def _network_sparse(sparse_t: torch.Tensor) -> torch.Tensor:
+    """sparse_t ([B,]H,W) metres -> (B,1,H,W) metres with missing = 0 (B = 1 for one frame)."""
     if sparse_t.ndim == 2:
-        rgb_t, sparse_t = rgb_t.unsqueeze(0), sparse_t.unsqueeze(0)
-    rgb = rgb_t.permute(0, 3, 1, 2).float() / 255.0
-    return rgb, _valid_depth(sparse_t).unsqueeze(1)
+        sparse_t = sparse_t.unsqueeze(0)
+    return _valid_depth(sparse_t).unsqueeze(1)
 
 
 def _valid_depth(sparse):

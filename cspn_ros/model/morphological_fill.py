@@ -150,7 +150,6 @@ def input_range(sparse: torch.Tensor, radius: int, opencv: Optional[bool] = None
     OpenCV's erode / dilate (opencv; default on the CPU, where torch's max pooling is ~50x
     slower), else separable max pooling (no host synchronisation, capturable in a CUDA graph)."""
     size = 2 * radius + 1
-    valid = sparse > 0
     if sparse.device.type == 'cpu' if opencv is None else opencv:
         kernel = np.ones((size, size), np.uint8)
         values = sparse.detach().float().numpy()
@@ -166,4 +165,4 @@ def input_range(sparse: torch.Tensor, radius: int, opencv: Optional[bool] = None
         rows = F.max_pool2d(values, (1, size), stride=1, padding=(0, radius))
         return F.max_pool2d(rows, (size, 1), stride=1, padding=(radius, 0))
 
-    return (-window_max(torch.where(valid, -sparse, float('-inf'))), window_max(sparse))
+    return (-window_max(torch.where(sparse > 0, -sparse, float('-inf'))), window_max(sparse))
