@@ -78,7 +78,7 @@ class Probe(BackgroundNode):
         for topic in self.depth_topics:
             self.node.create_subscription(Image, topic, lambda raw, t=topic: self._on_depth(
                 t, raw), qos, raw=True)  # serialized: receipt is not delayed by conversion
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 100)
         # This process holds torch and the pipeline too (split_in_process): keep full garbage
         # collections from walking them while frames arrive, as the node does after warm-up.
         freeze_long_lived_objects()
@@ -95,6 +95,17 @@ class Probe(BackgroundNode):
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
             self.diagnostics_history.append((stamp, statuses))
+
+    def wait_for_diagnostics(self, timeout_s: float) -> bool:
+        """Whether a /diagnostics report arrived within timeout_s (s): the nodes and this probe
+        have discovered each other, so the reports of a run that starts now are not lost."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.diagnostics_history:
+                    return True
+            time.sleep(0.1)
+        return False
 
     def reports_within(self, start_ns: int, end_ns: int
                        ) -> list[tuple[int, str, dict[str, str]]]:
