@@ -22,7 +22,7 @@ from cspn_ros.model.checkpoint import CheckpointError, load_checkpoint, load_wei
 from cspn_ros.model.fill import classical_fill
 from cspn_ros.model.inference import (PRECISIONS, CudaGraphRunner, choose_modes,
                                       compile_available, resolve_modes, resolve_precision)
-from cspn_ros.model.morphological_fill import bound_by_inputs
+from cspn_ros.model.input_bound import bound_by_inputs
 from cspn_ros.model.network import CompletionNet
 from cspn_ros.model import onnx_backend
 

@@ -9,11 +9,6 @@ instead of inventing one.
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
-
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -106,63 +101,3 @@ def interpolation_fill(depth: torch.Tensor) -> torch.Tensor:
     dense = torch.where(have > 0, filled, coarse)
     dense = torch.where(valid.flatten(1).any(1).view(-1, 1, 1, 1), torch.exp(dense), 0.0)
     return torch.where(valid, depth, dense)
-
-
-#: Largest window radius (pixels) of bound_by_inputs.
-MAX_BOUND_RADIUS = 24
-
-
-def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float) -> torch.Tensor:
-    """(B,1,H,W) depth bounded by the inputs around each pixel: per frame the radius is
-    `spacings` x its mean input spacing sqrt(H W / inputs) pixels (bound_radius), then
-    bound_within. Reads the frames' input counts (one host synchronisation)."""
-    height, width = sparse.shape[-2:]
-    counts = (sparse > 0).flatten(1).sum(1).tolist()
-    return torch.cat([bound_within(depth[b:b + 1], sparse[b:b + 1],
-                                   bound_radius(count, height, width, spacings))
-                      for b, count in enumerate(counts)])
-
-
-def bound_radius(inputs: int, height: int, width: int, spacings: float) -> int:
-    """Window radius (pixels, 1..MAX_BOUND_RADIUS) of `spacings` mean input spacings of a
-    height x width frame with `inputs` valid input pixels; 0 without inputs."""
-    if inputs <= 0:
-        return 0
-    spacing = math.sqrt(height * width / inputs)
-    return int(min(MAX_BOUND_RADIUS, max(1, round(spacings * spacing))))
-
-
-def bound_within(depth: torch.Tensor, sparse: torch.Tensor, radius: int) -> torch.Tensor:
-    """(B,1,H,W) depth clamped per pixel to [min, max] of the valid (> 0) depths of sparse
-    (B,1,H,W) within Chebyshev `radius` pixels; pixels with no input in their window keep their
-    depth; radius 0: depth itself."""
-    if radius <= 0:
-        return depth
-    lowest, highest = input_range(sparse.to(depth.dtype), radius)
-    bounded = torch.minimum(torch.maximum(depth, lowest), highest)
-    return torch.where(highest > 0, bounded, depth)
-
-
-def input_range(sparse: torch.Tensor, radius: int, opencv: Optional[bool] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,1,H,W) sparse depth (> 0 valid) -> (lowest, highest) valid depth within Chebyshev
-    `radius` of each pixel; where none: lowest = inf, highest = 0. Exact min / max filters:
-    OpenCV's erode / dilate (opencv; default on the CPU, where torch's max pooling is ~50x
-    slower), else separable max pooling (no host synchronisation, capturable in a CUDA graph)."""
-    size = 2 * radius + 1
-    if sparse.device.type == 'cpu' if opencv is None else opencv:
-        kernel = np.ones((size, size), np.uint8)
-        values = sparse.detach().float().numpy()
-        inf = np.float32(np.inf)
-        # OpenCV's default border never wins (+inf for erode, -inf for dilate)
-        highest = np.stack([cv2.dilate(v[0], kernel)[None] for v in values])
-        lowest = np.stack([cv2.erode(np.where(v[0] > 0, v[0], inf), kernel)[None]
-                           for v in values])
-        return (torch.from_numpy(lowest).to(sparse.dtype),
-                torch.from_numpy(highest).to(sparse.dtype))
-
-    def window_max(values: torch.Tensor) -> torch.Tensor:
-        rows = F.max_pool2d(values, (1, size), stride=1, padding=(0, radius))
-        return F.max_pool2d(rows, (size, 1), stride=1, padding=(radius, 0))
-
-    return (-window_max(torch.where(sparse > 0, -sparse, float('-inf'))), window_max(sparse))

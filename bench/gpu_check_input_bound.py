@@ -1,0 +1,128 @@
+"""Check the input bound on a CUDA GPU against the CPU path, and time it with the model.
+
+The CPU path (OpenCV filters and exact distance transform) is the reference the tests check
+against a per-pixel loop; here the CUDA path (max pooling, cummax, the Triton distance kernel)
+must give the same depths on random inputs of several patterns and sizes. Then the model's
+latency at 1216x352 in the node's default modes (CUDA events after warm-up), with and without
+the bound, and the bound alone.
+
+    python3 bench/gpu_check_input_bound.py [--checkpoint P] [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cspn_ros.model.completer import DepthCompleter  # noqa: E402
+from cspn_ros.model.input_bound import bound_by_inputs, nearest_input_distance  # noqa: E402
+
+SIZES = [(352, 1216), (480, 640), (37, 91)]
+PATTERNS = ('lidar64', 'random500', 'rows32', 'holes')
+
+
+def pattern(rng: np.random.Generator, name: str, height: int, width: int) -> np.ndarray:
+    """(H,W) float32 sparse depth (metres, 0 = none) of a named input pattern."""
+    depth = rng.uniform(0.5, 80.0, (height, width)).astype(np.float32)
+    if name == 'lidar64':  # 64 wavy scan lines, points every 1-2 pixels
+        keep = np.zeros((height, width), bool)
+        columns = np.arange(0, width, 2)
+        for ring in range(64):
+            rows = (ring * height / 64 + 2 * np.sin(columns / 50 + ring)).astype(int)
+            inside = (rows >= 0) & (rows < height)
+            keep[rows[inside], columns[inside]] = True
+    elif name == 'random500':
+        keep = np.zeros(height * width, bool)
+        keep[rng.choice(height * width, min(500, height * width // 4), replace=False)] = True
+        keep = keep.reshape(height, width)
+    elif name == 'rows32':
+        keep = np.zeros((height, width), bool)
+        keep[::max(1, height // 32)] = True
+    else:
+        keep = rng.random((height, width)) < 0.95
+        keep[height // 4:height // 2, width // 3:width // 2] = False
+    return np.where(keep, depth, 0.0).astype(np.float32)
+
+
+def check(rng: np.random.Generator) -> list[dict]:
+    """Per size and pattern: largest |CUDA - CPU| of the distance and of the bounded depth."""
+    rows = []
+    for height, width in SIZES:
+        for name in PATTERNS:
+            sparse = torch.from_numpy(pattern(rng, name, height, width))[None, None]
+            depth = torch.from_numpy(rng.uniform(0.1, 90.0, (1, 1, height, width))
+                                     .astype(np.float32))
+            cpu = bound_by_inputs(depth, sparse, 0.5)
+            gpu = bound_by_inputs(depth.cuda(), sparse.cuda(), 0.5).cpu()
+            distance = (nearest_input_distance(sparse.cuda()).cpu()
+                        - nearest_input_distance(sparse)).abs().max().item()
+            rows.append(dict(size=f'{width}x{height}', pattern=name,
+                             distance_max_error_px=distance,
+                             depth_max_error_m=(gpu - cpu).abs().max().item(),
+                             changed_pixels=int((cpu != depth).sum())))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def cuda_ms(fn, repeats: int = 200, warmup: int = 30) -> dict:
+    """Median and p95 milliseconds of fn() over CUDA events after warm-up."""
+    times = []
+    for i in range(warmup + repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    times.sort()
+    return dict(median_ms=statistics.median(times), p95_ms=times[int(0.95 * len(times))])
+
+
+def latency(checkpoint: str | None, rng: np.random.Generator) -> dict:
+    """Model latency at 1216x352 (64-line pattern) in the default modes, bound on and off."""
+    height, width = 352, 1216
+    sparse = torch.from_numpy(pattern(rng, 'lidar64', height, width)).cuda()
+    rgb = torch.from_numpy(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).cuda()
+    out = {}
+    completer = DepthCompleter.from_checkpoint(checkpoint, device='cuda')
+    bound = completer.config.input_bound
+    completer.warmup(height, width)
+    out['modes'] = dict(precision=str(completer.precision), cuda_graphs=completer.cuda_graphs,
+                        input_bound=bound)
+    out['model_with_bound'] = cuda_ms(lambda: completer.complete_tensor(rgb, sparse))
+    completer.config = dataclasses.replace(completer.config, input_bound=0.0)
+    out['model_without_bound'] = cuda_ms(lambda: completer.complete_tensor(rgb, sparse))
+    depth = torch.rand(1, 1, height, width, device='cuda') * 80
+    out['bound_alone'] = cuda_ms(lambda: bound_by_inputs(depth, sparse[None, None], bound or 0.5))
+    print(out, flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--checkpoint', default=None)
+    parser.add_argument('--json', default=None)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    rows = check(rng)
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, checks=rows,
+                  latency=latency(args.checkpoint, rng))
+    failed = [r for r in rows if r['distance_max_error_px'] > 1e-3 or r['depth_max_error_m'] > 0]
+    result['passed'] = not failed
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    print('PASSED' if not failed else f'FAILED: {failed}')
+    return 0 if not failed else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The input bound (model/input_bound.py) against a per-pixel loop written from its definition,
+its pieces against each other (OpenCV / max-pool ranges, OpenCV / two-pass distances), the
+case it is for (a vertical depth edge crossing rows of inputs) and its use in DepthCompleter."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cspn_ros.config import ModelConfig
+from cspn_ros.model.completer import DepthCompleter
+from cspn_ros.model.input_bound import (LINE_SLACK_PX, PAIR_GAP_FACTOR, WINDOW_RADII,
+                                        bound_by_inputs, input_range, line_neighbour,
+                                        nearest_input_distance, row_distance, smallest_radius)
+from cspn_ros.model.network import CompletionNet
+
+
+def _sparse(rng: np.random.Generator, height: int, width: int, pattern: str) -> torch.Tensor:
+    """(1,1,H,W) float32 depths in metres on a random, row, hole or empty pattern."""
+    depth = rng.uniform(0.5, 60.0, (height, width)).astype(np.float32)
+    if pattern == 'random':
+        keep = rng.random((height, width)) < 0.05
+    elif pattern == 'rows':
+        keep = np.zeros((height, width), bool)
+        keep[rng.integers(0, 4)::int(rng.integers(4, 9))] = True
+        keep &= rng.random((height, width)) < 0.9
+    elif pattern == 'holes':
+        keep = rng.random((height, width)) < 0.9
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        keep[max(0, y - 8):y + 8, max(0, x - 12):x + 12] = False
+    else:
+        keep = np.zeros((height, width), bool)
+    return torch.from_numpy(np.where(keep, depth, 0.0).astype(np.float32))[None, None]
+
+
+def _reference(depth: np.ndarray, sparse: np.ndarray, smallest: int) -> np.ndarray:
+    """The module docstring's three rules, pixel by pixel (H,W)."""
+    height, width = sparse.shape
+    ys, xs = np.nonzero(sparse > 0)
+    out = depth.copy()
+    if smallest == 0:
+        return out
+    for y, x in np.ndindex(height, width):
+        nearest = min(float(np.sqrt(((ys - y) ** 2 + (xs - x) ** 2).min())) if len(ys)
+                      else math.inf, WINDOW_RADII[-1] + 1.0)
+        radius = min(max(math.ceil(nearest), smallest), WINDOW_RADII[-1])
+        window = None
+        for size in WINDOW_RADII:
+            patch = sparse[max(0, y - size):y + size + 1, max(0, x - size):x + size + 1]
+            if size >= radius and (patch > 0).any():
+                window = (patch[patch > 0].min(), patch[patch > 0].max())
+                break
+        windowed = depth[y, x] if window is None else np.clip(depth[y, x], *window)
+        if sparse[y, x] > 0:
+            out[y, x] = windowed
+            continue
+        lines = {}  # direction -> (gap, depth) of the nearest input along it
+        for name, dy, dx in (('up', -1, 0), ('down', 1, 0), ('left', 0, -1), ('right', 0, 1)):
+            step = 1
+            while 0 <= y + step * dy < height and 0 <= x + step * dx < width:
+                if sparse[y + step * dy, x + step * dx] > 0:
+                    lines[name] = (step, sparse[y + step * dy, x + step * dx])
+                    break
+                step += 1
+        low, high, paired = 0.0, np.inf, False
+        for a, b in (('up', 'down'), ('left', 'right')):
+            if a in lines and b in lines and (lines[a][0] + lines[b][0]
+                                              <= 2 * PAIR_GAP_FACTOR * nearest + 2):
+                low = max(low, min(lines[a][1], lines[b][1]))
+                high = min(high, max(lines[a][1], lines[b][1]))
+                paired = True
+        near = [v for gap, v in lines.values() if gap <= nearest + LINE_SLACK_PX]
+        if paired:
+            out[y, x] = np.clip(depth[y, x], low, max(high, low))
+        elif near:
+            out[y, x] = np.clip(depth[y, x], min(near), max(near))
+        else:
+            out[y, x] = windowed
+    return out
+
+
+@pytest.mark.parametrize('pattern', ['random', 'rows', 'holes', 'empty'])
+def test_the_bound_is_its_definition(pattern):
+    rng = np.random.default_rng()
+    sparse = _sparse(rng, 29, 41, pattern)
+    depth = torch.from_numpy(rng.uniform(0.1, 70.0, (1, 1, 29, 41)).astype(np.float32))
+    out = bound_by_inputs(depth, sparse, 0.5)
+    smallest = smallest_radius(int((sparse > 0).sum()), 29, 41, 0.5)
+    expected = _reference(depth[0, 0].numpy(), sparse[0, 0].numpy(), smallest)
+    np.testing.assert_array_equal(out[0, 0].numpy(), expected)
+    if pattern == 'empty':
+        assert torch.equal(out, depth)
+
+
+def test_frames_of_a_batch_are_bounded_each_with_its_own_spacing():
+    rng = np.random.default_rng()
+    sparse = torch.cat([_sparse(rng, 30, 40, 'random'), _sparse(rng, 30, 40, 'rows')])
+    depth = torch.from_numpy(rng.uniform(0.1, 70.0, (2, 1, 30, 40)).astype(np.float32))
+    out = bound_by_inputs(depth, sparse, 0.5)
+    for b in range(2):
+        assert torch.equal(out[b:b + 1], bound_by_inputs(depth[b:b + 1], sparse[b:b + 1], 0.5))
+    assert smallest_radius(0, 100, 100, 0.5) == 0
+    assert smallest_radius(100, 100, 100, 0.5) == 5       # one input per 10 x 10 pixels
+    assert smallest_radius(10000, 100, 100, 0.5) == 1     # dense: at least 1
+
+
+def test_a_vertical_edge_across_rows_keeps_its_sides():
+    """Rows of inputs every 8 pixels over a wall at 2 m (left) and a wall at 8 m (right);
+    a depth blurred across the edge between them (the network keeps its inputs) comes out as
+    the walls, exactly."""
+    height, width, edge = 41, 60, 30
+    truth = np.where(np.arange(width) < edge, 2.0, 8.0).astype(np.float32)[None].repeat(height, 0)
+    sparse = np.zeros_like(truth)
+    sparse[::8] = truth[::8]
+    blurred = truth.copy()
+    blurred[:, edge - 4:edge + 4] = np.linspace(2.0, 8.0, 8)
+    blurred[::8] = truth[::8]
+    out = bound_by_inputs(torch.from_numpy(blurred)[None, None],
+                          torch.from_numpy(sparse)[None, None], 0.5)[0, 0].numpy()
+    np.testing.assert_array_equal(out, truth)
+
+
+@pytest.mark.parametrize('pattern', ['random', 'rows', 'holes'])
+def test_the_two_distance_transforms_agree(pattern):
+    """OpenCV's exact transform (CPU) and the two-pass one (column distances, then rows: the
+    GPU's, here through its torch reference) give the same distances up to float rounding."""
+    rng = np.random.default_rng()
+    sparse = _sparse(rng, 33, 47, pattern)
+    column = torch.minimum(*(line_neighbour(sparse, 2, reverse)[0] for reverse in (False, True)))
+    two_pass = row_distance(column.clamp_max(WINDOW_RADII[-1] + 1.0))
+    opencv = nearest_input_distance(sparse)
+    torch.testing.assert_close(two_pass, opencv, rtol=0, atol=1e-4)
+    ys, xs = np.nonzero(sparse[0, 0].numpy() > 0)
+    y, x = 5, 7
+    assert opencv[0, 0, y, x].item() == pytest.approx(np.sqrt(((ys - y) ** 2 + (xs - x) ** 2)
+                                                              .min()), abs=1e-4)
+
+
+@pytest.mark.parametrize('radius', [1, 4])
+def test_both_range_filters_equal_a_loop_and_windows_compose(radius):
+    rng = np.random.default_rng()
+    sparse = torch.cat([_sparse(rng, 23, 31, 'random'), _sparse(rng, 23, 31, 'empty')])
+    ranges = [input_range(sparse, radius, sparse, sparse, opencv=opencv)
+              for opencv in (True, False)]
+    for low, high in ranges:
+        for b, y, x in np.ndindex(2, 23, 31):
+            window = sparse[b, 0, max(0, y - radius):y + radius + 1,
+                            max(0, x - radius):x + radius + 1]
+            inputs = window[window > 0]
+            assert high[b, 0, y, x] == (inputs.max() if inputs.numel() else 0)
+            assert low[b, 0, y, x] == (inputs.min() if inputs.numel() else math.inf)
+    grown = input_range(None, 2, *ranges[0])
+    assert all(torch.equal(a, b) for a, b in zip(grown, input_range(sparse, radius + 2, sparse,
+                                                                      sparse)))
+
+
+def test_the_completer_bounds_its_output_and_the_network_is_unchanged():
+    """input_bound acts in DepthCompleter after the network, on single frames and batches; the
+    same weights without it give the raw output."""
+    torch.manual_seed(0)
+    config = ModelConfig(width=8, steps=2, initial_fill='morphological', residual='log')
+    model = CompletionNet(config).eval()
+    bounded = DepthCompleter(dataclasses.replace(config, input_bound=0.5), model)
+    plain = DepthCompleter(config, model)
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    sparse = _sparse(rng, 37, 53, 'rows')[0, 0].numpy()
+    out, raw = bounded(rgb, sparse), plain(rgb, sparse)
+    expected = bound_by_inputs(torch.from_numpy(raw)[None, None],
+                               torch.from_numpy(sparse)[None, None], 0.5)[0, 0].numpy()
+    np.testing.assert_array_equal(out, expected)
+    assert not np.array_equal(out, raw)
+    batch = bounded.complete_batch([rgb, rgb], [sparse, sparse])
+    np.testing.assert_allclose(batch[0][0], out, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match='input_bound'):
+        ModelConfig(input_bound=-1)
