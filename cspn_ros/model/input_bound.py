@@ -130,11 +130,17 @@ def nearest_input_distance(sparse: torch.Tensor) -> torch.Tensor:
 def row_distance(column: torch.Tensor) -> torch.Tensor:
     """min over columns x' within DISTANCE_CAP_PX of sqrt((x - x')^2 + column(x')^2), capped:
     the second pass of the Euclidean distance transform on (B,1,H,W) column distances (pixels).
-    Triton on CUDA when installed, else this torch loop (the reference)."""
+    On CUDA the Triton kernel when it matches this function's torch loop (the reference) on a
+    random input of the device at first use (input_bound_kernels.verified), else the loop."""
     if column.is_cuda:
         from cspn_ros.model import input_bound_kernels
-        if input_bound_kernels.available():
+        if input_bound_kernels.verified(column.device, row_distance_reference, DISTANCE_CAP_PX):
             return input_bound_kernels.row_distance(column, DISTANCE_CAP_PX)
+    return row_distance_reference(column)
+
+
+def row_distance_reference(column: torch.Tensor) -> torch.Tensor:
+    """row_distance as a torch loop over the column shifts within the cap."""
     cap = int(DISTANCE_CAP_PX)
     squared = column.float() ** 2
     padded = F.pad(squared, (cap, cap), value=math.inf)
@@ -177,6 +183,7 @@ def input_range(sparse: Optional[torch.Tensor], radius: int, low: torch.Tensor,
     if low.device.type == 'cpu' if opencv is None else opencv:
         kernel = np.ones((size, size), np.uint8)
         low_np = np.stack([cv2.erode(v[0], kernel)[None] for v in low.float().numpy()])
+        low_np[low_np >= np.finfo(np.float32).max] = np.inf  # erode's border: the float max
         low_np[low_np >= np.finfo(np.float32).max] = np.inf  # erode's border: the float max
         high_np = np.stack([cv2.dilate(v[0], kernel)[None] for v in high.float().numpy()])
         return (torch.from_numpy(low_np).to(low.dtype), torch.from_numpy(high_np).to(high.dtype))

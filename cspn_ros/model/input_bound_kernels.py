@@ -1,18 +1,46 @@
 """Triton kernel of the input bound's distance transform (`input_bound.row_distance`): the
 second pass of the exact Euclidean distance transform, one program per block of a row, a loop
-over the columns within the cap. Checked against the torch reference on a GPU by
-bench/gpu_check_input_bound.py. Triton is imported only when a kernel is first used.
+over the columns within the cap. `verified` compares it with the torch reference on each device
+before first use (and bench/gpu_check_input_bound.py with the CPU path); a kernel that fails
+to build or to match is not used. Triton is imported only when a kernel is first used.
 """
 from __future__ import annotations
 
 import functools
+import logging
+from typing import Callable
 
 import torch
 
-from cspn_ros.model.propagation.fused import available  # noqa: F401  (same condition)
+from cspn_ros.model.propagation.fused import available
+
+LOGGER = logging.getLogger(__name__)
 
 #: Pixels of a row one program computes.
 BLOCK = 256
+
+
+@functools.cache
+def verified(device: torch.device, reference: Callable[[torch.Tensor], torch.Tensor],
+             cap: float) -> bool:
+    """Whether the kernel runs on `device` and equals `reference` on random column distances
+    (a 3 x 67 x 301 frame with every distance from 0 to beyond the cap); logs why not."""
+    if not available():
+        return False
+    generator = torch.Generator(device=device).manual_seed(0)
+    column = torch.rand((3, 1, 67, 301), generator=generator, device=device) * (cap + 10)
+    column = torch.where(column > cap, float('inf'), column.round()).clamp_max(cap)
+    try:
+        error = (row_distance(column, cap) - reference(column)).abs().max().item()
+    except Exception as exc:  # a Triton build or launch failure: use the reference
+        LOGGER.warning('input bound distance kernel unavailable on %s (%s); using the torch '
+                       'loop', device, exc)
+        return False
+    if error > 1e-3:
+        LOGGER.warning('input bound distance kernel differs from the torch loop on %s by %.3g '
+                       'px; using the loop', device, error)
+        return False
+    return True
 
 
 @functools.cache
