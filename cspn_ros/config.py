@@ -54,11 +54,13 @@ class ModelConfig:
     affinity: CSPN affinity normalisation: 'signed' (the paper's '8sum', weights of either
         sign) or 'convex' (a softmax over the neighbours and the pixel itself: every step is a
         convex combination, so propagation never leaves the range of its inputs).
-    input_bound: when > 0, `DepthCompleter` clamps every output depth to the [min, max] of the
-        input depths within a Chebyshev radius of input_bound x the frame's mean input spacing
-        (sqrt(H W / inputs) pixels; model/morphological_fill.bound_by_inputs) where that window
-        holds any input: the output never lies beyond the farthest or before the nearest
-        measurement around it. Applied after the network (not in training losses); 0 = off.
+    input_bound: when > 0, `DepthCompleter` clamps every output depth to the measurements
+        around it (model/input_bound.py): to the row or column pair of inputs enclosing the
+        pixel when that pair is close, else to row / column neighbours as near as the nearest
+        input, else to [min, max] of the inputs in the smallest window holding one, at least
+        input_bound x the frame's mean input spacing (sqrt(H W / inputs) pixels) wide. The
+        output never leaves the depths measured around it; applied after the network (not in
+        training losses, not in the ONNX export); 0 = off.
     """
 
     propagation: str = 'cspn'

@@ -12,8 +12,8 @@ import torch
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.completer import DepthCompleter
-from cspn_ros.model.input_bound import (LINE_SLACK_PX, PAIR_GAP_FACTOR, WINDOW_RADII,
-                                        bound_by_inputs, input_range, line_neighbour,
+from cspn_ros.model.input_bound import (LINE_SLACK_PX, NO_BOUND_M, PAIR_GAP_FACTOR, WINDOW_RADII,
+                                        bound_by_inputs, input_range, line_neighbours,
                                         nearest_input_distance, row_distance, smallest_radius)
 from cspn_ros.model.network import CompletionNet
 
@@ -129,7 +129,7 @@ def test_the_two_distance_transforms_agree(pattern):
     GPU's, here through its torch reference) give the same distances up to float rounding."""
     rng = np.random.default_rng()
     sparse = _sparse(rng, 33, 47, pattern)
-    column = torch.minimum(*(line_neighbour(sparse, 2, reverse)[0] for reverse in (False, True)))
+    column = line_neighbours(sparse, 2)[0].amin(0, keepdim=True)
     two_pass = row_distance(column.clamp_max(WINDOW_RADII[-1] + 1.0))
     opencv = nearest_input_distance(sparse)
     torch.testing.assert_close(two_pass, opencv, rtol=0, atol=1e-4)
@@ -151,7 +151,7 @@ def test_both_range_filters_equal_a_loop_and_windows_compose(radius):
                             max(0, x - radius):x + radius + 1]
             inputs = window[window > 0]
             assert high[b, 0, y, x] == (inputs.max() if inputs.numel() else 0)
-            assert low[b, 0, y, x] == (inputs.min() if inputs.numel() else math.inf)
+            assert low[b, 0, y, x] == (inputs.min() if inputs.numel() else NO_BOUND_M)
     grown = input_range(None, 2, *ranges[0])
     assert all(torch.equal(a, b) for a, b in zip(grown, input_range(sparse, radius + 2, sparse,
                                                                       sparse)))

@@ -15,11 +15,12 @@ enclose the pixel, and clamps it to their range otherwise:
    WINDOW_RADII that holds an input and is at least `spacings` x the frame's mean input
    spacing sqrt(H W / inputs) wide (its radius).
 
-Distances are Chebyshev and quantised to WINDOW_RADII (the nearest input distance is the
-radius of the smallest window holding one). Shapes (B,1,H,W), metres, 0 = no input. The same
-torch code runs on the GPU (max pooling, cummax; no host synchronisation but the frames' input
-counts and one per window level) and on the CPU (OpenCV min / max filters, ~50x faster there
-than torch's pooling).
+The nearest input distance is Euclidean (pixels, exact up to DISTANCE_CAP_PX). Shapes
+(B,1,H,W), metres, 0 = no input. The same torch code runs on the GPU (max pooling, cummax, a
+Triton kernel for the distance transform; host synchronisations: the frames' input counts and
+the window sizes needed) and on the CPU (OpenCV's min / max filters and distance transform).
+Selections are written as products with 0 / 1 masks and NO_BOUND_M instead of torch.where,
+which is ~10x slower than arithmetic on the CPU.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Window radii (pixels) the bound chooses from, about sqrt(2) apart.
-WINDOW_RADII = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+#: Window radii (pixels) the bound chooses from, about sqrt(2) apart (larger windows changed
+#: no track of the real-data suite; each costs more than the last on the CPU).
+WINDOW_RADII = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 #: A row or column pair of inputs enclosing a pixel bounds it when their gap (pixels) is at
 #: most PAIR_GAP_FACTOR x 2 x the pixel's nearest input distance + 2.
 PAIR_GAP_FACTOR = 5.0
@@ -42,6 +44,9 @@ DISTANCE_CAP_PX = float(WINDOW_RADII[-1] + 1)
 #: Row / column neighbours at most this many pixels farther than the nearest input bound a
 #: pixel that no close pair encloses.
 LINE_SLACK_PX = 1.0
+#: Stands for "no bound" (metres) and "no neighbour" (pixels): finite, so that 0 / 1 masks
+#: multiply it without NaN.
+NO_BOUND_M = 1e30
 
 
 def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float) -> torch.Tensor:
@@ -66,49 +71,50 @@ def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int) -> to
     """One frame (1,1,H,W) bounded with windows of radius >= smallest (0: unchanged)."""
     if smallest <= 0:
         return depth
-    valid = sparse > 0
     nearest = nearest_input_distance(sparse)
-    window_bounded = _window_bound(depth, sparse,
-                                   nearest.ceil().clamp(smallest, WINDOW_RADII[-1]))
-    pair_low, pair_high = depth.new_zeros(depth.shape), torch.full_like(depth, math.inf)
-    paired = torch.zeros_like(valid)
-    line_low, line_high = torch.full_like(depth, math.inf), depth.new_zeros(depth.shape)
-    for dim in (2, 3):
-        (gap_a, value_a), (gap_b, value_b) = (line_neighbour(sparse, dim, reverse)
-                                              for reverse in (False, True))
-        pair = ((value_a > 0) & (value_b > 0)
-                & (gap_a + gap_b <= 2 * PAIR_GAP_FACTOR * nearest + 2))
-        pair_low = torch.where(pair, torch.maximum(pair_low, torch.minimum(value_a, value_b)),
-                               pair_low)
-        pair_high = torch.where(pair, torch.minimum(pair_high, torch.maximum(value_a, value_b)),
-                                pair_high)
-        paired |= pair
-        for gap, value in ((gap_a, value_a), (gap_b, value_b)):
-            near = (value > 0) & (gap <= nearest + LINE_SLACK_PX)
-            line_low = torch.where(near, torch.minimum(line_low, value), line_low)
-            line_high = torch.where(near, torch.maximum(line_high, value), line_high)
+    window_low, window_high = _window_range(sparse, nearest.ceil().clamp(smallest,
+                                                                          WINDOW_RADII[-1]))
+    # (4,1,H,W): the nearest input up, down, left and right of each pixel
+    gaps, values = (torch.cat(pieces) for pieces in zip(*(line_neighbours(sparse, dim)
+                                                          for dim in (2, 3))))
+    # rule 1: per axis (up, down) and (left, right); a missing neighbour's gap never passes
+    pair = (gaps[0::2] + gaps[1::2] <= 2 * PAIR_GAP_FACTOR * nearest + 2).to(depth.dtype)
+    pair_low = (pair * torch.minimum(values[0::2], values[1::2])).amax(0, keepdim=True)
+    pair_high = (pair * torch.maximum(values[0::2], values[1::2])
+                 + (1 - pair) * NO_BOUND_M).amin(0, keepdim=True)
     pair_high = torch.maximum(pair_high, pair_low)  # disjoint row and column pairs: the higher
-    line_bounded = torch.where(line_high > 0, depth.clamp(line_low, line_high), window_bounded)
-    bounded = torch.where(paired, depth.clamp(pair_low, pair_high), line_bounded)
-    return torch.where(valid, window_bounded, bounded)
+    # rule 2: neighbours at most LINE_SLACK_PX farther than the nearest input
+    near = (gaps <= nearest + LINE_SLACK_PX).to(depth.dtype)
+    line_low = (near * values + (1 - near) * NO_BOUND_M).amin(0, keepdim=True)
+    line_high = (near * values).amax(0, keepdim=True)
+    missing = (sparse <= 0).to(depth.dtype)  # inputs take their window's range
+    by_pair = pair.amax(0, keepdim=True) * missing
+    by_line = near.amax(0, keepdim=True) * missing * (1 - by_pair)
+    by_window = 1 - by_pair - by_line
+    low = by_pair * pair_low + by_line * line_low + by_window * window_low
+    high = by_pair * pair_high + by_line * line_high + by_window * window_high
+    return torch.minimum(torch.maximum(depth, low), high)
 
 
-def _window_bound(depth: torch.Tensor, sparse: torch.Tensor, radius: torch.Tensor
-                  ) -> torch.Tensor:
-    """depth (1,1,H,W) clamped to [min, max] of the inputs within the smallest window of
-    WINDOW_RADII with at least `radius` (1,1,H,W, at most WINDOW_RADII[-1]) pixels where it
-    holds an input; unchanged elsewhere."""
-    bounded, unset = depth, torch.ones_like(sparse, dtype=torch.bool)
+def _window_range(sparse: torch.Tensor, radius: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) (1,1,H,W): [min, max] of the inputs within the smallest window of
+    WINDOW_RADII with at least `radius` (1,1,H,W, at most WINDOW_RADII[-1]) pixels; (0,
+    NO_BOUND_M) where it holds none. Windows are grown only up to the largest needed."""
+    radii = torch.tensor(WINDOW_RADII, dtype=radius.dtype, device=radius.device)
+    level = torch.searchsorted(radii, radius.flatten().contiguous()).view_as(radius)
+    needed = {index for index, count in enumerate(
+        torch.bincount(level.flatten(), minlength=len(WINDOW_RADII)).tolist()) if count}
+    taken_low, taken_high = torch.zeros_like(sparse), torch.zeros_like(sparse)
     low, high, previous = sparse, sparse, 0
-    for size in WINDOW_RADII:
+    for index, size in enumerate(WINDOW_RADII[:max(needed) + 1]):
         low, high = input_range(sparse if previous == 0 else None, size - previous, low, high)
         previous = size
-        take = unset & (high > 0) & (radius <= size)
-        bounded = torch.where(take, torch.minimum(torch.maximum(depth, low), high), bounded)
-        unset &= ~take
-        if not bool((unset & (radius > size)).any()):
-            break
-    return bounded
+        if index in needed:
+            here = (level == index).to(sparse.dtype)
+            taken_low, taken_high = taken_low + here * low, taken_high + here * high
+    found = (taken_high > 0).to(sparse.dtype)
+    return found * taken_low, taken_high + (1 - found) * NO_BOUND_M
 
 
 def nearest_input_distance(sparse: torch.Tensor) -> torch.Tensor:
@@ -123,7 +129,7 @@ def nearest_input_distance(sparse: torch.Tensor) -> torch.Tensor:
             distance[:] = DISTANCE_CAP_PX
         return torch.from_numpy(np.minimum(distance, DISTANCE_CAP_PX))[None, None].to(
             sparse.dtype)
-    column = torch.minimum(*(line_neighbour(sparse, 2, reverse)[0] for reverse in (False, True)))
+    column = line_neighbours(sparse, 2)[0].amin(0, keepdim=True)
     return row_distance(column.clamp_max(DISTANCE_CAP_PX))
 
 
@@ -151,40 +157,40 @@ def row_distance_reference(column: torch.Tensor) -> torch.Tensor:
     return best.sqrt().clamp_max(DISTANCE_CAP_PX).to(column.dtype)
 
 
-def line_neighbour(sparse: torch.Tensor, dim: int, reverse: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distance in pixels, depth) of the nearest input at or before each pixel along `dim`
-    (2: up the column, 3: left along the row; reverse: down / right); where none: (inf, 0)."""
-    values = sparse.flip(dim) if reverse else sparse
+def line_neighbours(sparse: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gaps, depths), each (2,1,H,W): distance in pixels and depth of the nearest input at or
+    before each pixel of a (1,1,H,W) frame along `dim` (2: up, then down the column; 3: left,
+    then right along the row); where none: (>= NO_BOUND_M, 0)."""
+    values = torch.cat([sparse, sparse.flip(dim)])
     length = values.shape[dim]
     shape = [1, 1, 1, 1]
     shape[dim] = length
-    position = torch.arange(length, device=sparse.device).view(shape).expand_as(values)
-    last = torch.where(values > 0, position, -1).cummax(dim).values
-    value = torch.where(last >= 0, values.gather(dim, last.clamp_min(0)), 0.0)
-    gap = torch.where(last >= 0, (position - last).to(sparse.dtype), math.inf)
-    if reverse:
-        value, gap = value.flip(dim), gap.flip(dim)
-    return gap, value
+    position = torch.arange(length, dtype=torch.int32, device=sparse.device).view(shape)
+    valid = (values > 0).to(torch.int32)
+    last = (position * valid + valid - 1).cummax(dim).values  # -1 before the first input
+    found = (last >= 0).to(sparse.dtype)
+    value = values.gather(dim, last.clamp_min(0).long()) * found
+    gap = (position - last).to(sparse.dtype) + (1 - found) * NO_BOUND_M
+    flip_second = (lambda x: torch.cat([x[:1], x[1:].flip(dim)]))
+    return flip_second(gap), flip_second(value)
 
 
 def input_range(sparse: Optional[torch.Tensor], radius: int, low: torch.Tensor,
                 high: torch.Tensor, opencv: Optional[bool] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grow (low, high) (B,1,H,W), the lowest / highest valid depth within some window of each
-    pixel (inf / 0 where none), by `radius` pixels (Chebyshev): windows compose, so growing
-    the range of radius r by s gives the range of radius r + s. With `sparse` (> 0 valid) the
-    range of radius `radius` of its inputs. Exact min / max filters: OpenCV's erode / dilate
-    (opencv; default on the CPU), else separable max pooling (capturable in a CUDA graph)."""
+    pixel (NO_BOUND_M / 0 where none), by `radius` pixels (Chebyshev): windows compose, so
+    growing the range of radius r by s gives the range of radius r + s. With `sparse` (> 0
+    valid) the range of radius `radius` of its inputs. Exact min / max filters: OpenCV's
+    erode / dilate (opencv; default on the CPU), else separable max pooling."""
     if sparse is not None:
-        low = torch.where(sparse > 0, sparse, math.inf)
         high = sparse
+        low = sparse + (sparse <= 0).to(sparse.dtype) * NO_BOUND_M
     size = 2 * radius + 1
     if low.device.type == 'cpu' if opencv is None else opencv:
         kernel = np.ones((size, size), np.uint8)
+        # OpenCV's borders never win: the float maximum for erode, its negative for dilate
         low_np = np.stack([cv2.erode(v[0], kernel)[None] for v in low.float().numpy()])
-        low_np[low_np >= np.finfo(np.float32).max] = np.inf  # erode's border: the float max
-        low_np[low_np >= np.finfo(np.float32).max] = np.inf  # erode's border: the float max
         high_np = np.stack([cv2.dilate(v[0], kernel)[None] for v in high.float().numpy()])
         return (torch.from_numpy(low_np).to(low.dtype), torch.from_numpy(high_np).to(high.dtype))
 
