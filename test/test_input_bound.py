@@ -177,3 +177,14 @@ def test_the_completer_bounds_its_output_and_the_network_is_unchanged():
     np.testing.assert_allclose(batch[0][0], out, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match='input_bound'):
         ModelConfig(input_bound=-1)
+
+
+def test_half_precision_depth_is_bounded_in_float32():
+    """A float16 depth (the network's dtype under autocast) comes back float16, finite and
+    equal to the float32 result rounded."""
+    rng = np.random.default_rng()
+    sparse = _sparse(rng, 30, 40, 'rows')
+    depth = torch.from_numpy(rng.uniform(0.1, 70.0, (1, 1, 30, 40)).astype(np.float32))
+    half = bound_by_inputs(depth.half(), sparse, 0.25)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert torch.equal(half, bound_by_inputs(depth.half().float(), sparse, 0.25).half())

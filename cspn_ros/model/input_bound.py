@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Window radii (pixels) the bound chooses from, about sqrt(2) apart (larger windows changed
-#: no track of the real-data suite; each costs more than the last on the CPU).
-WINDOW_RADII = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+#: Window radii (pixels) the bound chooses from, about sqrt(2) apart; only those a frame needs
+#: are computed (windows up to 32 px only cost Argoverse 2-4% RMSE on the real-data suite).
+WINDOW_RADII = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: A row or column pair of inputs enclosing a pixel bounds it when their gap (pixels) is at
 #: most PAIR_GAP_FACTOR x 2 x the pixel's nearest input distance + 2.
 PAIR_GAP_FACTOR = 5.0
@@ -51,12 +51,14 @@ NO_BOUND_M = 1e30
 
 def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float) -> torch.Tensor:
     """(B,1,H,W) depth bounded by the inputs of sparse (B,1,H,W) around each pixel (module
-    docstring); `spacings` sets the smallest window in mean input spacings of each frame."""
+    docstring), computed in float32 and returned in depth's dtype; `spacings` sets the
+    smallest window in mean input spacings of each frame."""
     height, width = sparse.shape[-2:]
     counts = (sparse > 0).flatten(1).sum(1).tolist()
-    return torch.cat([_bound_frame(depth[b:b + 1], sparse[b:b + 1].to(depth.dtype),
+    depth32, sparse32 = depth.float(), sparse.float()  # NO_BOUND_M overflows float16
+    return torch.cat([_bound_frame(depth32[b:b + 1], sparse32[b:b + 1],
                                    smallest_radius(count, height, width, spacings))
-                      for b, count in enumerate(counts)])
+                      for b, count in enumerate(counts)]).to(depth.dtype)
 
 
 def smallest_radius(inputs: int, height: int, width: int, spacings: float) -> int:
