@@ -82,12 +82,15 @@ def _reference(depth: np.ndarray, sparse: np.ndarray, smallest: int) -> np.ndarr
     return out
 
 
+@pytest.mark.parametrize('opencv', [True, False], ids=['opencv', 'device_path'])
 @pytest.mark.parametrize('pattern', ['random', 'rows', 'holes', 'empty'])
-def test_the_bound_is_its_definition(pattern):
+def test_the_bound_is_its_definition(pattern, opencv):
+    """Both paths: the CPU's (OpenCV) and the GPU's (max pooling, two-pass distance transform
+    through its torch reference), run here on the CPU."""
     rng = np.random.default_rng()
     sparse = _sparse(rng, 29, 41, pattern)
     depth = torch.from_numpy(rng.uniform(0.1, 70.0, (1, 1, 29, 41)).astype(np.float32))
-    out = bound_by_inputs(depth, sparse, 0.5)
+    out = bound_by_inputs(depth, sparse, 0.5, opencv=opencv)
     smallest = smallest_radius(int((sparse > 0).sum()), 29, 41, 0.5)
     expected = _reference(depth[0, 0].numpy(), sparse[0, 0].numpy(), smallest)
     np.testing.assert_array_equal(out[0, 0].numpy(), expected)

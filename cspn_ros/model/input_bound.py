@@ -49,15 +49,19 @@ LINE_SLACK_PX = 1.0
 NO_BOUND_M = 1e30
 
 
-def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float) -> torch.Tensor:
+def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float,
+                    opencv: Optional[bool] = None) -> torch.Tensor:
     """(B,1,H,W) depth bounded by the inputs of sparse (B,1,H,W) around each pixel (module
     docstring), computed in float32 and returned in depth's dtype; `spacings` sets the
-    smallest window in mean input spacings of each frame."""
+    smallest window in mean input spacings of each frame. opencv: the CPU's filters and
+    distance transform (default on the CPU), else the device path (max pooling, two-pass
+    distance transform)."""
     height, width = sparse.shape[-2:]
     counts = (sparse > 0).flatten(1).sum(1).tolist()
     depth32, sparse32 = depth.float(), sparse.float()  # NO_BOUND_M overflows float16
+    opencv = depth.device.type == 'cpu' if opencv is None else opencv
     return torch.cat([_bound_frame(depth32[b:b + 1], sparse32[b:b + 1],
-                                   smallest_radius(count, height, width, spacings))
+                                   smallest_radius(count, height, width, spacings), opencv)
                       for b, count in enumerate(counts)]).to(depth.dtype)
 
 
@@ -69,13 +73,14 @@ def smallest_radius(inputs: int, height: int, width: int, spacings: float) -> in
     return max(1, round(spacings * math.sqrt(height * width / inputs)))
 
 
-def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int) -> torch.Tensor:
+def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int, opencv: bool
+                 ) -> torch.Tensor:
     """One frame (1,1,H,W) bounded with windows of radius >= smallest (0: unchanged)."""
     if smallest <= 0:
         return depth
-    nearest = nearest_input_distance(sparse)
-    window_low, window_high = _window_range(sparse, nearest.ceil().clamp(smallest,
-                                                                          WINDOW_RADII[-1]))
+    nearest = nearest_input_distance(sparse, opencv)
+    window_low, window_high = _window_range(
+        sparse, nearest.ceil().clamp(smallest, WINDOW_RADII[-1]), opencv)
     # (4,1,H,W): the nearest input up, down, left and right of each pixel
     gaps, values = (torch.cat(pieces) for pieces in zip(*(line_neighbours(sparse, dim)
                                                           for dim in (2, 3))))
@@ -98,7 +103,7 @@ def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int) -> to
     return torch.minimum(torch.maximum(depth, low), high)
 
 
-def _window_range(sparse: torch.Tensor, radius: torch.Tensor
+def _window_range(sparse: torch.Tensor, radius: torch.Tensor, opencv: bool
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high) (1,1,H,W): [min, max] of the inputs within the smallest window of
     WINDOW_RADII with at least `radius` (1,1,H,W, at most WINDOW_RADII[-1]) pixels; (0,
@@ -110,7 +115,8 @@ def _window_range(sparse: torch.Tensor, radius: torch.Tensor
     taken_low, taken_high = torch.zeros_like(sparse), torch.zeros_like(sparse)
     low, high, previous = sparse, sparse, 0
     for index, size in enumerate(WINDOW_RADII[:max(needed) + 1]):
-        low, high = input_range(sparse if previous == 0 else None, size - previous, low, high)
+        low, high = input_range(sparse if previous == 0 else None, size - previous, low, high,
+                                opencv)
         previous = size
         if index in needed:
             here = (level == index).to(sparse.dtype)
@@ -119,12 +125,13 @@ def _window_range(sparse: torch.Tensor, radius: torch.Tensor
     return found * taken_low, taken_high + (1 - found) * NO_BOUND_M
 
 
-def nearest_input_distance(sparse: torch.Tensor) -> torch.Tensor:
+def nearest_input_distance(sparse: torch.Tensor, opencv: Optional[bool] = None
+                           ) -> torch.Tensor:
     """(1,1,H,W) Euclidean distance (pixels) from each pixel to the nearest input of sparse
-    (1,1,H,W) (> 0 valid), at most DISTANCE_CAP_PX (also where there is none). On the CPU
-    OpenCV's exact transform; elsewhere the two-pass transform (the column distance, then the
-    nearest column within the cap along each row: `row_distance`)."""
-    if sparse.device.type == 'cpu':
+    (1,1,H,W) (> 0 valid), at most DISTANCE_CAP_PX (also where there is none). With opencv
+    (default on the CPU) OpenCV's exact transform; else the two-pass transform (the column
+    distance, then the nearest column within the cap along each row: `row_distance`)."""
+    if sparse.device.type == 'cpu' if opencv is None else opencv:
         missing = (sparse[0, 0] <= 0).to(torch.uint8).numpy()
         distance = cv2.distanceTransform(missing, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         if not (missing == 0).any():
