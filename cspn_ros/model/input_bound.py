@@ -79,8 +79,6 @@ def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int, openc
     if smallest <= 0:
         return depth
     nearest = nearest_input_distance(sparse, opencv)
-    window_low, window_high = _window_range(
-        sparse, nearest.ceil().clamp(smallest, WINDOW_RADII[-1]), opencv)
     # (4,1,H,W): the nearest input up, down, left and right of each pixel
     gaps, values = (torch.cat(pieces) for pieces in zip(*(line_neighbours(sparse, dim)
                                                           for dim in (2, 3))))
@@ -98,31 +96,41 @@ def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int, openc
     by_pair = pair.amax(0, keepdim=True) * missing
     by_line = near.amax(0, keepdim=True) * missing * (1 - by_pair)
     by_window = 1 - by_pair - by_line
+    # rule 3, only where it applies
+    window_low, window_high = _window_range(
+        sparse, nearest.ceil().clamp(smallest, WINDOW_RADII[-1]), by_window > 0, opencv)
     low = by_pair * pair_low + by_line * line_low + by_window * window_low
     high = by_pair * pair_high + by_line * line_high + by_window * window_high
     return torch.minimum(torch.maximum(depth, low), high)
 
 
-def _window_range(sparse: torch.Tensor, radius: torch.Tensor, opencv: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) (1,1,H,W): [min, max] of the inputs within the smallest window of
-    WINDOW_RADII with at least `radius` (1,1,H,W, at most WINDOW_RADII[-1]) pixels; (0,
-    NO_BOUND_M) where it holds none. Windows are grown only up to the largest needed."""
+def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tensor,
+                  opencv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) (1,1,H,W) at the `wanted` pixels (bool (1,1,H,W)): [min, max] of the inputs
+    within the smallest window of WINDOW_RADII with at least `radius` (1,1,H,W, at most
+    WINDOW_RADII[-1]) pixels; (0, NO_BOUND_M) where it holds none and at the other pixels.
+    Windows are grown only up to the largest a wanted pixel needs."""
+    pixels = wanted.flatten().nonzero().squeeze(1)
+    low_out = torch.zeros_like(sparse).flatten()
+    high_out = torch.full_like(low_out, NO_BOUND_M)
     radii = torch.tensor(WINDOW_RADII, dtype=radius.dtype, device=radius.device)
-    level = torch.searchsorted(radii, radius.flatten().contiguous()).view_as(radius)
+    level = torch.searchsorted(radii, radius.flatten()[pixels].contiguous())
     needed = {index for index, count in enumerate(
-        torch.bincount(level.flatten(), minlength=len(WINDOW_RADII)).tolist()) if count}
-    taken_low, taken_high = torch.zeros_like(sparse), torch.zeros_like(sparse)
+        torch.bincount(level, minlength=len(WINDOW_RADII)).tolist()) if count}
+    taken_low, taken_high = (torch.zeros_like(pixels, dtype=sparse.dtype) for _ in range(2))
     low, high, previous = sparse, sparse, 0
-    for index, size in enumerate(WINDOW_RADII[:max(needed) + 1]):
+    for index, size in enumerate(WINDOW_RADII[:max(needed, default=-1) + 1]):
         low, high = input_range(sparse if previous == 0 else None, size - previous, low, high,
                                 opencv)
         previous = size
         if index in needed:
             here = (level == index).to(sparse.dtype)
-            taken_low, taken_high = taken_low + here * low, taken_high + here * high
+            taken_low = taken_low + here * low.flatten()[pixels]
+            taken_high = taken_high + here * high.flatten()[pixels]
     found = (taken_high > 0).to(sparse.dtype)
-    return found * taken_low, taken_high + (1 - found) * NO_BOUND_M
+    low_out[pixels] = found * taken_low
+    high_out[pixels] = taken_high + (1 - found) * NO_BOUND_M
+    return low_out.view_as(sparse), high_out.view_as(sparse)
 
 
 def nearest_input_distance(sparse: torch.Tensor, opencv: Optional[bool] = None
