@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cspn_ros.config import ModelConfig  # noqa: E402
-from cspn_ros.train.trainer import Trainer, TrainOptions, collate_samples  # noqa: E402
+from cspn_ros.train.batching import collate_samples  # noqa: E402
+from cspn_ros.train.trainer import Trainer, TrainOptions  # noqa: E402
 
 SHIPPED = ModelConfig(width=16, steps=24, initial_fill='morphological')
 

@@ -264,8 +264,8 @@ from cspn_ros.model.checkpoint import save_checkpoint  # noqa: E402
 from cspn_ros.train.losses import confidence_loss, frame_rmse  # noqa: E402
 from cspn_ros.train.losses import depth_loss as depth_loss_l1_l2  # noqa: E402
 from cspn_ros.train.metrics import compute_metrics  # noqa: E402
-from cspn_ros.train.trainer import (Trainer, TrainingError, TrainOptions,  # noqa: E402
-                                    collate_samples)
+from cspn_ros.train.batching import collate_samples  # noqa: E402
+from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions  # noqa: E402
 
 
 def _random_samples(rng, count, height=32, width=48):

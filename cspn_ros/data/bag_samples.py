@@ -69,7 +69,7 @@ class BagTrainingSamples:
 
     Randomness (holdout, ToF subset, augmentation) comes from (seed, epoch, index), so runs
     repeat exactly. The key is a position (in the epoch of `set_epoch`) or (epoch, position),
-    as the trainer's DataLoader workers get it (`train.trainer.EpochKeys`).
+    as the trainer's DataLoader workers get it (`train.batching.EpochKeys`).
     """
 
     def __init__(self, frames: BagFrames, pipeline: CompletionPipeline,

@@ -57,8 +57,8 @@ from cspn_ros.data.bag_samples import (SUPERVISIONS, BagTrainingSamples, Concate
                                        SupervisionOptions)
 from cspn_ros.data.procedural import PATTERNS, ProceduralBatches, parse_pattern_weights
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
-from cspn_ros.train.trainer import (DEPTH_LOSSES, Trainer, TrainingError, TrainOptions,
-                                    is_main_process)
+from cspn_ros.train.runtime import is_main_process
+from cspn_ros.train.trainer import DEPTH_LOSSES, Trainer, TrainingError, TrainOptions
 
 LOGGER = logging.getLogger('training_node')
 #: argparse dest -> ROS parameter name, where the completion node spells it differently.

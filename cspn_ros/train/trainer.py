@@ -12,7 +12,7 @@ recomputed as plain averages over that many training batches, before the last va
 Datasets yield sample dicts of numpy arrays (data/augment.py describes the keys) or None for a
 frame that could not be used; None samples are counted and reported, never silently trained on.
 A dataset with `set_epoch` (random draws per epoch) is indexed with (epoch, position) keys
-(`EpochKeys`): the DataLoader workers persist across epochs, keeping their open bags, and never
+(`train.batching.EpochKeys`): the DataLoader workers persist across epochs, keeping their open bags, and never
 see the main process's set_epoch.
 Out dir: last.safetensors + last_state.pt (optimizer, scheduler, step: what resume needs),
 best.safetensors, tb/ (TensorBoard).
@@ -23,12 +23,10 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
-import random
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -40,9 +38,12 @@ from cspn_ros.config import ModelConfig
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cspn_ros.model.network import CompletionNet
+from cspn_ros.train.batching import EpochKeys, collate_samples, whole_batch
 from cspn_ros.train.losses import (confidence_loss, depth_loss, edge_aware_smoothness,
                                    frame_rmse, masked_l1, photometric_loss, scaled_frame_loss)
 from cspn_ros.train.metrics import compute_metrics, geometric_mean_rmse, mean_metrics
+from cspn_ros.train.runtime import (distributed_ranks, seed_everything, training_device,
+                                    warmup_cosine)
 
 LOGGER = logging.getLogger(__name__)
 STATE_FILE = 'last_state.pt'
@@ -93,86 +94,6 @@ class TrainOptions:
     progress: bool = True
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-class EpochKeys(torch.utils.data.Sampler):
-    """(epoch, index) keys from a sampler of indices; the trainer sets `epoch` every pass."""
-
-    def __init__(self, sampler: torch.utils.data.Sampler) -> None:
-        self.sampler, self.epoch = sampler, 0
-
-    def __iter__(self):
-        return ((self.epoch, index) for index in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-def collate_samples(samples: Sequence[Optional[dict]]) -> tuple[Optional[dict], int]:
-    """Numpy sample dicts -> (batch of tensors, number of None samples dropped).
-
-    rgb (B,3,H,W) float [0,1], sparse/target (B,1,H,W) metres, K (B,3,3); photometric:
-    source_rgbs (B,S,3,H,W), T_sources_from_target (B,S,4,4). Batch is None if all dropped.
-    """
-    kept = [s for s in samples if s is not None]
-    if not kept:
-        return None, len(samples)
-    batch = {
-        'rgb': torch.from_numpy(np.stack([s['rgb'] for s in kept])).permute(0, 3, 1, 2)
-        .float().div(255),
-        'sparse': torch.from_numpy(np.stack([s['sparse'] for s in kept])).float().unsqueeze(1),
-        'target': torch.from_numpy(np.stack([s['target'] for s in kept])).float().unsqueeze(1),
-        'K': torch.from_numpy(np.stack([s['K'] for s in kept])).float(),
-    }
-    if 'source_rgbs' in kept[0]:
-        batch['source_rgbs'] = (torch.from_numpy(np.stack([s['source_rgbs'] for s in kept]))
-                                .permute(0, 1, 4, 2, 3).float().div(255))
-        batch['T_sources_from_target'] = torch.from_numpy(
-            np.stack([s['T_sources_from_target'] for s in kept])).float()
-    return batch, len(samples) - len(kept)
-
-
-def whole_batch(batch: dict) -> tuple[dict, int]:
-    """collate_fn for a set that yields whole batches: (the batch, 0 samples dropped)."""
-    return batch, 0
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """LR factor per step: linear warm-up, then cosine decay to 0 at total_steps."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
-
-
-def is_main_process() -> bool:
-    """Whether this process is rank 0 (or not launched by torchrun): the one that writes."""
-    return _distributed()[0] == 0
-
-
-def _device(name: str, local_rank: int, world: int) -> torch.device:
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda':  # an explicit index: torch.cuda.set_device and DDP device_ids need one
-        name = f'cuda:{local_rank if world > 1 else torch.cuda.current_device()}'
-    return torch.device(name)
-
-
 class Trainer:
     """Trains `CompletionNet(config)` on `train_set`, scores `val_set` after every epoch (the
     geometric mean of the frames' RMSE picks the best, see `validate`) and writes checkpoints
@@ -193,8 +114,8 @@ class Trainer:
         self.options, self.train_set, self.val_set = options, train_set, val_set
         self.out_dir = Path(out_dir)
         self.on_progress = on_progress or (lambda _: None)
-        self.rank, self.world, local_rank = _distributed()
-        self.device = _device(options.device, local_rank, self.world)
+        self.rank, self.world, local_rank = distributed_ranks()
+        self.device = training_device(options.device, local_rank, self.world)
         if self.device.type == 'cuda':
             torch.cuda.set_device(self.device)
         self.owns_process_group = self.world > 1 and not dist.is_initialized()
