@@ -44,9 +44,10 @@ DISTANCE_CAP_PX = float(WINDOW_RADII[-1] + 1)
 #: Row / column neighbours at most this many pixels farther than the nearest input bound a
 #: pixel that no close pair encloses.
 LINE_SLACK_PX = 1.0
-#: Stands for "no bound" (metres) and "no neighbour" (pixels): finite, so that 0 / 1 masks
-#: multiply it without NaN.
+#: Stands for "no bound" (metres): finite, so that 0 / 1 masks multiply it without NaN.
 NO_BOUND_M = 1e30
+#: The gap (pixels) of a missing row / column neighbour: beyond every limit the rules compare.
+NO_NEIGHBOUR_PX = float(1 << 30)
 
 
 def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float,
@@ -177,19 +178,18 @@ def row_distance_reference(column: torch.Tensor) -> torch.Tensor:
 def line_neighbours(sparse: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(gaps, depths), each (2,1,H,W): distance in pixels and depth of the nearest input at or
     before each pixel of a (1,1,H,W) frame along `dim` (2: up, then down the column; 3: left,
-    then right along the row); where none: (>= NO_BOUND_M, 0)."""
-    values = torch.cat([sparse, sparse.flip(dim)])
-    length = values.shape[dim]
-    shape = [1, 1, 1, 1]
-    shape[dim] = length
-    position = torch.arange(length, dtype=torch.int32, device=sparse.device).view(shape)
+    then right along the row); where none: (>= NO_NEIGHBOUR_PX, 0). Scans run along the
+    contiguous dimension (columns are transposed first: ~4x faster on the CPU)."""
+    values = sparse if dim == 3 else sparse.transpose(2, 3)
+    values = torch.cat([values, values.flip(3)]).contiguous()
+    position = torch.arange(values.shape[3], dtype=torch.int32, device=sparse.device)
     valid = (values > 0).to(torch.int32)
-    last = (position * valid + valid - 1).cummax(dim).values  # -1 before the first input
-    found = (last >= 0).to(sparse.dtype)
-    value = values.gather(dim, last.clamp_min(0).long()) * found
-    gap = (position - last).to(sparse.dtype) + (1 - found) * NO_BOUND_M
-    flip_second = (lambda x: torch.cat([x[:1], x[1:].flip(dim)]))
-    return flip_second(gap), flip_second(value)
+    # index of the last input so far; -NO_NEIGHBOUR_PX before the first
+    last = (position * valid + (valid - 1) * int(NO_NEIGHBOUR_PX)).cummax(3).values
+    value = F.pad(values, (1, 0)).gather(3, (last + 1).clamp_min(0).long())  # 0 where none
+    gap = (position - last).to(sparse.dtype)
+    gap, value = (torch.cat([x[:1], x[1:].flip(3)]) for x in (gap, value))
+    return (gap, value) if dim == 3 else (gap.transpose(2, 3), value.transpose(2, 3))
 
 
 def input_range(sparse: Optional[torch.Tensor], radius: int, low: torch.Tensor,
