@@ -11,9 +11,9 @@ enclose the pixel, and clamps it to their range otherwise:
    enclose every pixel of a gap this way, so a vertical edge crossing rows keeps its side.
 2. **Line neighbour as near as the nearest input** (no close pair): clamped to the range of the
    row / column neighbours at most 1 pixel farther than the nearest input.
-3. **Window** (neither): clamped to [min, max] of the inputs in the smallest window of
-   WINDOW_RADII that holds an input and is at least `spacings` x the frame's mean input
-   spacing sqrt(H W / inputs) wide (its radius).
+3. **Window** (neither, and the inputs themselves): clamped to [min, max] of the inputs in the
+   smallest window of WINDOW_RADII whose radius is at least the distance to the nearest input
+   and `spacings` x the frame's mean input spacing sqrt(H W / inputs).
 
 The nearest input distance is Euclidean (pixels, exact up to DISTANCE_CAP_PX). Shapes
 (B,1,H,W), metres, 0 = no input. The same torch code runs on the GPU (max pooling, cummax, a
