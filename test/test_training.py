@@ -178,6 +178,13 @@ def test_frame_rmse_depth_loss_trains_from_the_cli(lidar_bag, tmp_path, capsys):
     with pytest.raises(SystemExit):
         training_main(_args(lidar_bag, tmp_path / 'x', 'dense', '--depth-loss', 'l3'))
     assert "invalid choice: 'l3'" in capsys.readouterr().err
+    bounded = json.dumps({**json.loads(TINY), 'input_bound': 0.25})
+    out = tmp_path / 'bounded'
+    assert training_main(_args(lidar_bag, out, 'dense', '--depth-loss', 'frame_rmse',
+                               '--config', bounded, '--bounded-loss')) == 0
+    _assert_trained(out, 2)
+    assert training_main(_args(lidar_bag, tmp_path / 'y', 'dense', '--bounded-loss')) == 1
+    assert 'bounded_loss needs' in capsys.readouterr().err
 
 
 def test_training_fails_clearly_without_usable_samples(lidar_bag, tmp_path, capsys):
@@ -264,6 +271,7 @@ from cspn_ros.model.checkpoint import save_checkpoint  # noqa: E402
 from cspn_ros.train.losses import confidence_loss, frame_rmse  # noqa: E402
 from cspn_ros.train.losses import depth_loss as depth_loss_l1_l2  # noqa: E402
 from cspn_ros.train.metrics import compute_metrics  # noqa: E402
+from cspn_ros.model.input_bound import bound_by_inputs  # noqa: E402
 from cspn_ros.train.batching import collate_samples  # noqa: E402
 from cspn_ros.train.trainer import Trainer, TrainingError, TrainOptions  # noqa: E402
 
@@ -328,6 +336,45 @@ def test_trainer_loss_follows_the_depth_loss_option(tmp_path):
     with pytest.raises(TrainingError, match="depth_loss must be one of"):
         Trainer(ModelConfig(width=8, steps=2), TrainOptions(device='cpu', depth_loss='l3'),
                 _random_samples(rng, 1), None, tmp_path / 'bad')
+
+
+def test_bounded_loss_scores_the_depth_the_completer_outputs(tmp_path):
+    """bounded_loss: the depth loss and the confidence loss see the depth after the input
+    bound (gradients reach the network where it is not clamped); validation scores the
+    bounded depth whenever the config has an input bound; without one, bounded_loss is an
+    error."""
+    rng = np.random.default_rng()
+    torch.manual_seed(int(rng.integers(1000)))
+    config = ModelConfig(width=8, steps=2, input_bound=0.25)
+    batch = collate_samples(_random_samples(rng, 3))[0]
+    options = TrainOptions(device='cpu', progress=False, depth_loss='frame_rmse',
+                           confidence_weight=0.5, bounded_loss=True)
+    val = _random_samples(rng, 2)
+    trainer = Trainer(config, options, _random_samples(rng, 1), val, tmp_path / 'bounded')
+    outputs = trainer.model(batch['rgb'], batch['sparse'])
+    depth, init, target = outputs['depth'], outputs['depth_init'], batch['target']
+    bounded = bound_by_inputs(depth, batch['sparse'], 0.25)
+    assert not torch.equal(bounded, depth)
+    expected = (frame_rmse(bounded, target) + 0.2 * frame_rmse(init, target)
+                + 0.5 * confidence_loss(outputs['confidence'], bounded, target))
+    loss = trainer.loss(outputs, batch)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in trainer.model.parameters())
+    trainer.model.eval()
+    validation = trainer.validate()
+    with torch.no_grad():
+        val_batch = collate_samples(val)[0]
+        scored = bound_by_inputs(trainer.model(val_batch['rgb'], val_batch['sparse'])['depth'],
+                                 val_batch['sparse'], 0.25)
+    rmse = np.mean([compute_metrics(p, t)['rmse'] for p, t in
+                    zip(scored[:, 0].numpy(), val_batch['target'][:, 0].numpy())])
+    assert validation['rmse'] == pytest.approx(rmse, rel=1e-5)
+    trainer.close()
+    with pytest.raises(TrainingError, match='bounded_loss needs'):
+        Trainer(ModelConfig(width=8, steps=2), options, _random_samples(rng, 1), None,
+                tmp_path / 'bad')
 
 
 @pytest.mark.parametrize('pattern, message', [('no_such_layer', 'matches no parameter'),

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--precise-bn', type=int, default=0, metavar='N',
                         help='after the last epoch, BatchNorm statistics = the plain average over '
                              'N training batches instead of the running average (0 = off)')
+    parser.add_argument('--bounded-loss', action='store_true',
+                        help="score the depth after the model config's input_bound, as the "
+                             'completer outputs it (needs input_bound > 0 in --config or the '
+                             '--init checkpoint)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--weight-decay', type=float, default=1e-2)
@@ -246,7 +250,8 @@ def _train(args: argparse.Namespace, config: ModelConfig, initial_weights: Optio
                      l1_weight=args.l1_weight, l2_weight=args.l2_weight,
                      trainable=args.trainable, precise_bn_batches=args.precise_bn,
                      amp=not args.no_amp, num_workers=args.workers, seed=args.seed,
-                     device=args.device, progress=not args.no_progress),
+                     device=args.device, progress=not args.no_progress,
+                     bounded_loss=args.bounded_loss),
         train_set, val_set, args.out, resume=args.resume, on_progress=on_progress)
     try:
         if initial_weights is not None:

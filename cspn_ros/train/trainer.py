@@ -37,6 +37,7 @@ from torch.utils.data import (DataLoader, Dataset, DistributedSampler, IterableD
 from cspn_ros.config import ModelConfig
 from cspn_ros.core.colorize import colorize_depth
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from cspn_ros.model.input_bound import bound_by_inputs
 from cspn_ros.model.network import CompletionNet
 from cspn_ros.train.batching import EpochKeys, collate_samples, whole_batch
 from cspn_ros.train.losses import (confidence_loss, depth_loss, edge_aware_smoothness,
@@ -68,7 +69,11 @@ class TrainOptions:
     input points; trainable (regex searched in parameter names: only matching ones are
     trained; '' = all), amp (CUDA only), precise_bn_batches (after the last epoch, the
     BatchNorm statistics are averaged over this many training batches: 0 = off, see
-    Trainer.recalibrate_batchnorm), device ('auto' | 'cpu' | 'cuda[:i]')."""
+    Trainer.recalibrate_batchnorm), device ('auto' | 'cpu' | 'cuda[:i]'), bounded_loss (the
+    supervised losses score the depth after the model's input bound, as DepthCompleter outputs
+    it, so the network learns what the bound leaves to it; needs ModelConfig.input_bound > 0).
+    Validation always scores the depth as DepthCompleter outputs it (bounded when
+    input_bound > 0)."""
 
     epochs: int = 10
     batch_size: int = 4
@@ -92,6 +97,7 @@ class TrainOptions:
     seed: int = 0
     device: str = 'auto'
     progress: bool = True
+    bounded_loss: bool = False
 
 
 class Trainer:
@@ -108,6 +114,9 @@ class Trainer:
         if options.depth_loss not in DEPTH_LOSSES:
             raise TrainingError(f'depth_loss must be one of {DEPTH_LOSSES}, got '
                                 f'{options.depth_loss!r}')
+        if options.bounded_loss and not config.input_bound > 0:
+            raise TrainingError('bounded_loss needs ModelConfig.input_bound > 0 (the bound it '
+                                'trains through), got 0')
         if options.precise_bn_batches < 0:
             raise TrainingError(f'precise_bn_batches must be >= 0, got '
                                 f'{options.precise_bn_batches}')
@@ -416,6 +425,8 @@ class Trainer:
         depth, init = outputs['depth'].float(), outputs['depth_init'].float()
         if o.supervision != 'photometric':
             target = batch['target']
+            if o.bounded_loss:
+                depth = self._bounded(depth, batch['sparse'])
             return (self._depth_loss(depth, target) + o.init_weight * self._depth_loss(init, target)
                     + o.confidence_weight * confidence_loss(outputs['confidence'], depth, target))
         sources = batch['source_rgbs'].unbind(1)
@@ -444,13 +455,21 @@ class Trainer:
             if batch is None:
                 continue
             batch = {key: value.cpu() for key, value in batch.items()}
-            depth = self.model(batch['rgb'].to(self.device),
-                               batch['sparse'].to(self.device))['depth'].float().cpu()
+            sparse = batch['sparse'].to(self.device)
+            depth = self.model(batch['rgb'].to(self.device), sparse)['depth'].float()
+            depth = self._bounded(depth, sparse).cpu()
             for pred, target in zip(depth[:, 0].numpy(), batch['target'][:, 0].numpy()):
                 frames.append(compute_metrics(pred, target))
             if len(frames) == depth.shape[0] and self.writer is not None:
                 self._log_pictures(batch, depth)
         return {**mean_metrics(frames), 'rmse_geomean': geometric_mean_rmse(frames)}
+
+    def _bounded(self, depth: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """depth (B,1,H,W) as DepthCompleter outputs it: bounded by the network's inputs when
+        config.input_bound > 0 (differentiable where not clamped)."""
+        if self.config.input_bound <= 0:
+            return depth
+        return bound_by_inputs(depth, sparse, self.config.input_bound)
 
     def _log_pictures(self, batch: dict[str, torch.Tensor], depth: torch.Tensor) -> None:
         """rgb | sparse | prediction of the first validation frame."""
