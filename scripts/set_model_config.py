@@ -2,7 +2,7 @@
 """Re-save a checkpoint with inference-time ModelConfig fields changed; the weights are unchanged.
 
     python3 scripts/set_model_config.py IN.safetensors OUT.safetensors NAME=VALUE [NAME=VALUE ...]
-    e.g. max_log_residual=0.1 input_bound=0.5
+    e.g. max_log_residual=0.1 input_bound=0.25
 
 How the packaged default was made from its training run (docs/real_data.md): the log-residual
 bound (max_log_residual) and the bound of the output by the inputs around each pixel

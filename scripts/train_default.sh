@@ -23,7 +23,7 @@
 set -euo pipefail
 out=${1:?output folder}; epochs=${2:-9}; steps=${3:-400}
 python=${PYTHON:-python3}; device=${DEVICE:-cuda}
-work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; bound=${BOUND:-0.1}; input_bound=${INPUT_BOUND:-0.5}
+work=${WORK:-/tmp/cspn_default}; run=${RUN:-run}; batch=${BATCH:-8}; bound=${BOUND:-0.1}; input_bound=${INPUT_BOUND:-0.25}
 mkdir -p "$out" "$work"
 config=${CONFIG:-'{"width": 16, "steps": 24, "initial_fill": "morphological", "residual": "log", "max_depth": 250.0}'}
 resume=(); [ "${RESUME:-0}" = 1 ] && resume=(--resume)
