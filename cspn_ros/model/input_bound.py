@@ -207,9 +207,12 @@ def input_range(sparse: Optional[torch.Tensor], radius: int, low: torch.Tensor,
     if low.device.type == 'cpu' if opencv is None else opencv:
         kernel = np.ones((size, size), np.uint8)
         # OpenCV's borders never win: the float maximum for erode, its negative for dilate
-        low_np = np.stack([cv2.erode(v[0], kernel)[None] for v in low.float().numpy()])
-        high_np = np.stack([cv2.dilate(v[0], kernel)[None] for v in high.float().numpy()])
-        return (torch.from_numpy(low_np).to(low.dtype), torch.from_numpy(high_np).to(high.dtype))
+        grown_low, grown_high = (np.empty(tuple(x.shape), np.float32) for x in (low, high))
+        for source, grown, grow in ((low, grown_low, cv2.erode), (high, grown_high, cv2.dilate)):
+            for frame, out in zip(source.float().numpy(), grown):
+                grow(frame[0], kernel, dst=out[0])
+        return (torch.from_numpy(grown_low).to(low.dtype),
+                torch.from_numpy(grown_high).to(high.dtype))
 
     def window_max(values: torch.Tensor) -> torch.Tensor:
         rows = F.max_pool2d(values, (1, size), stride=1, padding=(0, radius))
