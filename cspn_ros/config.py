@@ -60,7 +60,7 @@ class ModelConfig:
         input, else to [min, max] of the inputs in the smallest window holding one, at least
         input_bound x the frame's mean input spacing (sqrt(H W / inputs) pixels) wide. The
         output never leaves the depths measured around it; applied after the network (not in
-        training losses, not in the ONNX export); 0 = off.
+        the ONNX export; in training losses only with TrainOptions.bounded_loss); 0 = off.
     """
 
     propagation: str = 'cspn'

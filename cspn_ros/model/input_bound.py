@@ -79,10 +79,10 @@ def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int, openc
     """One frame (1,1,H,W) bounded with windows of radius >= smallest (0: unchanged)."""
     if smallest <= 0:
         return depth
-    nearest = nearest_input_distance(sparse, opencv)
     # (4,1,H,W): the nearest input up, down, left and right of each pixel
     gaps, values = (torch.cat(pieces) for pieces in zip(*(line_neighbours(sparse, dim)
                                                           for dim in (2, 3))))
+    nearest = nearest_input_distance(sparse, opencv, column_gaps=gaps[:2])
     # rule 1: per axis (up, down) and (left, right); a missing neighbour's gap never passes
     pair = (gaps[0::2] + gaps[1::2] <= 2 * PAIR_GAP_FACTOR * nearest + 2).to(depth.dtype)
     pair_low = (pair * torch.minimum(values[0::2], values[1::2])).amax(0, keepdim=True)
@@ -134,12 +134,13 @@ def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tens
     return low_out.view_as(sparse), high_out.view_as(sparse)
 
 
-def nearest_input_distance(sparse: torch.Tensor, opencv: Optional[bool] = None
-                           ) -> torch.Tensor:
+def nearest_input_distance(sparse: torch.Tensor, opencv: Optional[bool] = None,
+                           column_gaps: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(1,1,H,W) Euclidean distance (pixels) from each pixel to the nearest input of sparse
     (1,1,H,W) (> 0 valid), at most DISTANCE_CAP_PX (also where there is none). With opencv
     (default on the CPU) OpenCV's exact transform; else the two-pass transform (the column
-    distance, then the nearest column within the cap along each row: `row_distance`)."""
+    distance, then the nearest column within the cap along each row: `row_distance`), whose
+    first pass is `line_neighbours(sparse, 2)`'s gaps (column_gaps, when already computed)."""
     if sparse.device.type == 'cpu' if opencv is None else opencv:
         missing = (sparse[0, 0] <= 0).to(torch.uint8).numpy()
         distance = cv2.distanceTransform(missing, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
@@ -147,8 +148,9 @@ def nearest_input_distance(sparse: torch.Tensor, opencv: Optional[bool] = None
             distance[:] = DISTANCE_CAP_PX
         return torch.from_numpy(np.minimum(distance, DISTANCE_CAP_PX))[None, None].to(
             sparse.dtype)
-    column = line_neighbours(sparse, 2)[0].amin(0, keepdim=True)
-    return row_distance(column.clamp_max(DISTANCE_CAP_PX))
+    if column_gaps is None:
+        column_gaps = line_neighbours(sparse, 2)[0]
+    return row_distance(column_gaps.amin(0, keepdim=True).clamp_max(DISTANCE_CAP_PX))
 
 
 def row_distance(column: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ recomputed as plain averages over that many training batches, before the last va
 Datasets yield sample dicts of numpy arrays (data/augment.py describes the keys) or None for a
 frame that could not be used; None samples are counted and reported, never silently trained on.
 A dataset with `set_epoch` (random draws per epoch) is indexed with (epoch, position) keys
-(`train.batching.EpochKeys`): the DataLoader workers persist across epochs, keeping their open bags, and never
-see the main process's set_epoch.
+(`train.batching.EpochKeys`): the DataLoader workers persist across epochs, keeping their open
+bags, and never see the main process's set_epoch.
 Out dir: last.safetensors + last_state.pt (optimizer, scheduler, step: what resume needs),
 best.safetensors, tb/ (TensorBoard).
 """
