@@ -3,8 +3,8 @@
 The CPU path (OpenCV filters and exact distance transform) is the reference the tests check
 against a per-pixel loop; here the CUDA path (max pooling, cummax, the Triton distance kernel)
 must give the same depths on random inputs of several patterns and sizes. Then the model's
-latency at 1216x352 in the node's default modes (CUDA events after warm-up), with and without
-the bound, and the bound alone.
+latency at 1216x352 in the node's default modes (median of CUDA-event timings after warm-up,
+`bench_core.median_ms_cuda`), with and without the bound, and the bound alone.
 
     python3 bench/gpu_check_input_bound.py [--checkpoint P] [--json OUT.json]
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,12 +20,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_core import median_ms_cuda  # noqa: E402
 
 from cspn_ros.model.completer import DepthCompleter  # noqa: E402
 from cspn_ros.model.input_bound import bound_by_inputs, nearest_input_distance  # noqa: E402
 
 SIZES = [(352, 1216), (480, 640), (37, 91)]
 PATTERNS = ('lidar64', 'random500', 'rows32', 'holes')
+#: Timed calls per latency figure (median, CUDA events, after bench_core's warm-up).
+REPEATS = 200
 
 
 def pattern(rng: np.random.Generator, name: str, height: int, width: int) -> np.ndarray:
@@ -72,21 +76,6 @@ def check(rng: np.random.Generator) -> list[dict]:
     return rows
 
 
-def cuda_ms(fn, repeats: int = 200, warmup: int = 30) -> dict:
-    """Median and p95 milliseconds of fn() over CUDA events after warm-up."""
-    times = []
-    for i in range(warmup + repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        if i >= warmup:
-            times.append(start.elapsed_time(end))
-    times.sort()
-    return dict(median_ms=statistics.median(times), p95_ms=times[int(0.95 * len(times))])
-
-
 def latency(checkpoint: str | None, rng: np.random.Generator) -> dict:
     """Model latency at 1216x352 (64-line pattern) in the default modes, bound on and off."""
     height, width = 352, 1216
@@ -98,11 +87,14 @@ def latency(checkpoint: str | None, rng: np.random.Generator) -> dict:
     completer.warmup(height, width)
     out['modes'] = dict(precision=str(completer.precision), cuda_graphs=completer.cuda_graphs,
                         input_bound=bound)
-    out['model_with_bound'] = cuda_ms(lambda: completer.complete_tensor(rgb, sparse))
+    out['model_with_bound_ms'] = median_ms_cuda(lambda: completer.complete_tensor(rgb, sparse),
+                                                REPEATS)
     completer.config = dataclasses.replace(completer.config, input_bound=0.0)
-    out['model_without_bound'] = cuda_ms(lambda: completer.complete_tensor(rgb, sparse))
+    out['model_without_bound_ms'] = median_ms_cuda(
+        lambda: completer.complete_tensor(rgb, sparse), REPEATS)
     depth = torch.rand(1, 1, height, width, device='cuda') * 80
-    out['bound_alone'] = cuda_ms(lambda: bound_by_inputs(depth, sparse[None, None], bound or 0.5))
+    out['bound_alone_ms'] = median_ms_cuda(
+        lambda: bound_by_inputs(depth, sparse[None, None], bound or 0.5), REPEATS)
     print(out, flush=True)
     return out
 
