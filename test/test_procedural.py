@@ -84,6 +84,53 @@ def test_training_node_trains_on_procedural_batches(tmp_path):
     assert completer.config.initial_fill == 'blend' and completer.config.affinity == 'convex'
 
 
+
+def test_bag_batches_are_mixed_into_procedural_ones_by_a_seeded_share(tmp_path):
+    from cspn_ros.data.bag_arguments import frames_from_args
+    from cspn_ros.data.synthetic_bag import write_synthetic_bag
+    from cspn_ros.nodes.training_node import bag_sets, build_parser, main, procedural_sets
+    from cspn_ros.train.batching import MixedBatches
+    bag = write_synthetic_bag(tmp_path / 'bag', 'mcap', num_frames=3, depth_source='lidar',
+                              width=96, height=72, lidar_beams=16, seed=3)
+    args = build_parser().parse_args(['--procedural', '12', '--bag', str(bag), '--crop', '32x48',
+                                      '--batch-size', '2', '--out', str(tmp_path / 'run')])
+    sources = frames_from_args(args, args.bag, ground_truth=args.gt_topic)
+    try:
+        samples, val_set = bag_sets(args, sources)
+        assert val_set is None and len(samples) == 3  # mixed runs train on every bag frame
+        procedural, _ = procedural_sets(args)
+
+        def epoch_batches(share):
+            mixed = MixedBatches(procedural, samples, share, 2, seed=1)
+            mixed.set_epoch(1)
+            return mixed, list(mixed)
+
+        mixed, batches = epoch_batches(0.5)
+        from_bags = [mixed.takes_samples(step) for step in range(12)]
+        assert 0 < sum(from_bags) < 12 and len(batches) == 12
+        _, again = epoch_batches(0.5)
+        for step, (batch, repeat) in enumerate(zip(batches, again)):
+            assert sorted(batch) == ['rgb', 'sparse', 'target']
+            assert batch['rgb'].shape == (2, 3, 32, 48) and batch['target'].shape == (2, 1, 32, 48)
+            for key in batch:  # a pure function of (seed, epoch, step)
+                torch.testing.assert_close(batch[key], repeat[key], rtol=0, atol=0)
+            made_here = torch.equal(batch['target'], procedural.batch(1, step)['target'])
+            assert made_here != from_bags[step]
+        assert all(torch.equal(b['target'], procedural.batch(1, k)['target'])
+                   for k, b in enumerate(epoch_batches(0.0)[1]))
+        assert not any(torch.equal(b['target'], procedural.batch(1, k)['target'])
+                       for k, b in enumerate(epoch_batches(1.0)[1]))
+        with pytest.raises(ValueError, match='share'):
+            MixedBatches(procedural, samples, 1.5, 2)
+    finally:
+        for frames, _ in sources.values():
+            frames.close()
+    code = main(['--procedural', '2', '--procedural-val', '1', '--bag', str(bag),
+                 '--bag-share', '0.5', '--batch-size', '2', '--crop', '32x48', '--epochs', '1',
+                 '--out', str(tmp_path / 'run'), '--config', '{"width": 8, "steps": 2}',
+                 '--device', 'cpu', '--no-progress'])
+    assert code == 0 and (tmp_path / 'run' / 'best.safetensors').is_file()
+
 def test_jpeg_artefacts_change_some_images_a_little():
     rgb = ProceduralBatches(steps=1, batch_size=6, height=40, width=56, seed=2).batch(0, 0)['rgb']
     rng = np.random.default_rng(0)

@@ -23,7 +23,10 @@ confidence_head` trains the confidence alone and leaves the depth output bit-ide
 --precise-bn N: after the last epoch the BatchNorm running statistics are recomputed as plain
 averages over N training batches (training augmentation), then validated; `--init CKPT
 --epochs 0 --precise-bn N` does that to a checkpoint (--epochs 0 trains nothing: it validates
-the starting weights and writes them as DIR/last and best). Supervised modes add
+the starting weights and writes them as DIR/last and best). --procedural STEPS trains on
+sensor-agnostic scenes ray cast on the device; with --bag as well, --bag-share of its batches
+come from the bags (dense supervision): a robot's own recordings join the sensor-agnostic
+scenes instead of replacing them. Supervised modes add
 --confidence-weight x the confidence loss (BCE to 'the depth is within max(5 %, 5 cm)').
 Writes DIR/last.safetensors, DIR/best.safetensors (loadable by DepthCompleter.from_checkpoint
 and the node's `checkpoint` parameter), DIR/last_state.pt (for --resume) and DIR/tb/.
@@ -57,6 +60,7 @@ from cspn_ros.data.bag_samples import (SUPERVISIONS, BagTrainingSamples, Concate
                                        SupervisionOptions)
 from cspn_ros.data.procedural import PATTERNS, ProceduralBatches, parse_pattern_weights
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
+from cspn_ros.train.batching import MixedBatches
 from cspn_ros.train.runtime import is_main_process
 from cspn_ros.train.trainer import DEPTH_LOSSES, Trainer, TrainingError, TrainOptions
 
@@ -66,6 +70,8 @@ ROS_NAMES = {'extrinsic_translation': 'extrinsic.translation',
              'extrinsic_rotation': 'extrinsic.rotation', 'tof_registered': 'tof.registered'}
 #: Supervisions that work with --depth-source both (the others need one particular sensor).
 BOTH_SUPERVISIONS = ('dense', 'photometric')
+#: (height, width) of --procedural scenes without --crop, pixels.
+PROCEDURAL_SIZE = (256, 320)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--procedural', type=int, default=0, metavar='STEPS',
                         help='train on STEPS batches per epoch of sensor-agnostic procedural '
                              'scenes made on the device (data.procedural; --crop is their size, '
-                             'default 256x320) instead of --bag')
+                             'default 256x320); with --bag, --bag-share of the batches are the '
+                             "bags' (every bag frame trains; validation on procedural scenes)")
+    parser.add_argument('--bag-share', type=float, default=0.5, metavar='SHARE',
+                        help='with --procedural and --bag: share of the training batches drawn '
+                             'from the bags (0-1)')
     parser.add_argument('--procedural-val', type=int, default=8, metavar='BATCHES',
                         help='with --procedural: fixed validation batches (another seed)')
     parser.add_argument('--procedural-patterns', type=parse_pattern_weights, default=None,
@@ -180,26 +190,45 @@ def train(args: argparse.Namespace,
     if args.depth_source == 'both' and supervision not in BOTH_SUPERVISIONS:
         raise ValueError(f'--depth-source both trains with supervision {BOTH_SUPERVISIONS}, '
                          f'not {supervision!r}')
-    crop = _crop(args.crop)
     config = _model_config(args.config)
     initial_weights = None
     if args.init and not args.resume:
         initial_weights, config = _initial_checkpoint(args.init, args.config, config)
-    if args.procedural:
-        if supervision != 'dense':
-            raise ValueError('--procedural scenes are supervised with their true depth: '
-                             f'--supervision dense, not {supervision!r}')
+    if args.procedural and supervision != 'dense':
+        raise ValueError('--procedural scenes are supervised with their true depth: '
+                         f'--supervision dense, not {supervision!r}')
+    if args.procedural and not args.bag:
         return _train(args, config, initial_weights, *procedural_sets(args), on_progress)
+    if args.procedural and not args.crop:  # mixed-in bag samples take the scenes' size
+        args.crop = 'x'.join(map(str, PROCEDURAL_SIZE))
     sources = frames_from_args(args, args.bag,
                                ground_truth=args.gt_topic if supervision == 'dense' else None,
                                pose=args.pose_topic or None)
+    try:
+        train_set, val_set = bag_sets(args, sources)
+        if args.procedural:
+            procedural, val_set = procedural_sets(args)
+            train_set = MixedBatches(procedural, train_set, args.bag_share, args.batch_size,
+                                     seed=procedural.seed)
+        return _train(args, config, initial_weights, train_set, val_set, on_progress)
+    finally:
+        for frames, _ in sources.values():
+            frames.close()
+
+
+def bag_sets(args: argparse.Namespace, sources: dict
+             ) -> tuple[ConcatenatedSamples, Optional[ConcatenatedSamples]]:
+    """Training and validation samples of the bags' paired frames (`frames_from_args`'s
+    sources); with --procedural every frame trains (the procedural scenes validate)."""
+    supervision, crop = args.supervision, _crop(args.crop)
     options = SupervisionOptions(supervision, args.holdout, args.tof_input_points,
                                  args.slop, np.eye(4), args.accumulate_sweeps)
     augment = training_augmenter(args)
+    val_fraction = 0.0 if args.procedural else args.val_fraction
     train_parts, val_parts = [], []
     for part, (frames, pipeline_options) in enumerate(sources.values()):
         pipeline = CompletionPipeline(None, **pipeline_options)  # prepare only: no completer
-        train_indices, val_indices = frames.validation_split(args.val_fraction)
+        train_indices, val_indices = frames.validation_split(val_fraction)
         train_parts.append(BagTrainingSamples(  # seed + part: a frame's two samples differ
             frames, pipeline, options, train_indices, augment, args.seed + part))
         if val_indices:
@@ -211,19 +240,15 @@ def train(args: argparse.Namespace,
                 val_indices, Augmenter(crop, flip=False, jitter=0.0), args.seed))
         LOGGER.info('%s: %d paired frames in %d bag(s), %d for validation', pipeline.depth_source,
                     len(frames), len(frames.paths), len(val_indices))
-    try:
-        return _train(args, config, initial_weights, ConcatenatedSamples(train_parts),
-                      ConcatenatedSamples(val_parts) if val_parts else None, on_progress)
-    finally:
-        for frames, _ in sources.values():
-            frames.close()
+    return (ConcatenatedSamples(train_parts),
+            ConcatenatedSamples(val_parts) if val_parts else None)
 
 
 def procedural_sets(args: argparse.Namespace) -> tuple[ProceduralBatches, ProceduralBatches]:
     """Training and validation batch sources for --procedural, on the training device (each
     torchrun process draws its own scenes)."""
     import torch
-    height, width = _crop(args.crop) or (256, 320)
+    height, width = _crop(args.crop) or PROCEDURAL_SIZE
     rank = int(os.environ.get('RANK', '0'))
     device = args.device
     if device == 'auto':
