@@ -2,9 +2,10 @@
 
 The CPU path (OpenCV filters and exact distance transform) is the reference the tests check
 against a per-pixel loop; here the CUDA path (max pooling, cummax, the Triton distance kernel)
-must give the same depths on random inputs of several patterns and sizes. Then the model's
-latency at 1216x352 in the node's default modes (median of CUDA-event timings after warm-up,
-`bench_core.median_ms_cuda`), with and without the bound, and the bound alone.
+must give the same depths on random inputs of several patterns and sizes, one frame and a
+batch. Then the model's latency at 1216x352 in the node's default modes (median of CUDA-event
+timings after warm-up, `bench_core.median_ms_cuda`; the bound inside the CUDA graph), with and
+without the bound, and the bound alone on 1 and 6 frames, eager and in a CUDA graph.
 
     python3 bench/gpu_check_input_bound.py [--checkpoint P] [--json OUT.json]
 """
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import median_ms_cuda  # noqa: E402
 
 from cspn_ros.model.completer import DepthCompleter  # noqa: E402
+from cspn_ros.model.inference import capture_cuda_graph  # noqa: E402
 from cspn_ros.model.input_bound import bound_by_inputs, nearest_input_distance  # noqa: E402
 
 SIZES = [(352, 1216), (480, 640), (37, 91)]
@@ -73,6 +75,16 @@ def check(rng: np.random.Generator) -> list[dict]:
                              depth_max_error_m=(gpu - cpu).abs().max().item(),
                              changed_pixels=int((cpu != depth).sum())))
             print(rows[-1], flush=True)
+    # a batch: the device path bounds all frames at once, the CPU path one by one
+    frames = [torch.from_numpy(pattern(rng, name, 480, 640))[None, None] for name in PATTERNS]
+    sparse = torch.cat(frames + [torch.zeros_like(frames[0])])
+    depth = torch.from_numpy(rng.uniform(0.1, 90.0, tuple(sparse.shape)).astype(np.float32))
+    error = (bound_by_inputs(depth.cuda(), sparse.cuda(), 0.5).cpu()
+             - bound_by_inputs(depth, sparse, 0.5)).abs().max().item()
+    rows.append(dict(size='640x480', pattern='batch of ' + '+'.join(PATTERNS) + '+empty',
+                     distance_max_error_px=0.0, depth_max_error_m=error,
+                     changed_pixels=-1))
+    print(rows[-1], flush=True)
     return rows
 
 
@@ -90,11 +102,18 @@ def latency(checkpoint: str | None, rng: np.random.Generator) -> dict:
     out['model_with_bound_ms'] = median_ms_cuda(lambda: completer.complete_tensor(rgb, sparse),
                                                 REPEATS)
     completer.config = dataclasses.replace(completer.config, input_bound=0.0)
+    completer.release_graphs()  # captured with the bound
     out['model_without_bound_ms'] = median_ms_cuda(
         lambda: completer.complete_tensor(rgb, sparse), REPEATS)
-    depth = torch.rand(1, 1, height, width, device='cuda') * 80
-    out['bound_alone_ms'] = median_ms_cuda(
-        lambda: bound_by_inputs(depth, sparse[None, None], bound or 0.5), REPEATS)
+    spacings = bound or 0.5
+    for frames in (1, 6):
+        depth = torch.rand(frames, 1, height, width, device='cuda') * 80
+        inputs = sparse[None, None].expand(frames, 1, height, width).contiguous()
+        out[f'bound_alone_{frames}_eager_ms'] = median_ms_cuda(
+            lambda: bound_by_inputs(depth, inputs, spacings), REPEATS)
+        captured = capture_cuda_graph(
+            lambda d, s: {'depth': bound_by_inputs(d, s, spacings)}, (depth, inputs))
+        out[f'bound_alone_{frames}_graph_ms'] = median_ms_cuda(captured.replay, REPEATS)
     print(out, flush=True)
     return out
 

@@ -98,13 +98,17 @@ def test_the_bound_is_its_definition(pattern, opencv):
         assert torch.equal(out, depth)
 
 
-def test_frames_of_a_batch_are_bounded_each_with_its_own_spacing():
+@pytest.mark.parametrize('opencv', [True, False], ids=['opencv', 'device_path'])
+def test_frames_of_a_batch_are_bounded_each_with_its_own_spacing(opencv):
+    """The device path bounds the whole batch at once (no per-frame loop): each frame as the
+    CPU path bounds it alone, a frame without inputs unchanged."""
     rng = np.random.default_rng()
-    sparse = torch.cat([_sparse(rng, 30, 40, 'random'), _sparse(rng, 30, 40, 'rows')])
-    depth = torch.from_numpy(rng.uniform(0.1, 70.0, (2, 1, 30, 40)).astype(np.float32))
-    out = bound_by_inputs(depth, sparse, 0.5)
-    for b in range(2):
+    sparse = torch.cat([_sparse(rng, 30, 40, pattern) for pattern in ('random', 'rows', 'empty')])
+    depth = torch.from_numpy(rng.uniform(0.1, 70.0, (3, 1, 30, 40)).astype(np.float32))
+    out = bound_by_inputs(depth, sparse, 0.5, opencv=opencv)
+    for b in range(3):
         assert torch.equal(out[b:b + 1], bound_by_inputs(depth[b:b + 1], sparse[b:b + 1], 0.5))
+    assert torch.equal(out[2], depth[2])
     assert smallest_radius(0, 100, 100, 0.5) == 0
     assert smallest_radius(100, 100, 100, 0.5) == 5       # one input per 10 x 10 pixels
     assert smallest_radius(10000, 100, 100, 0.5) == 1     # dense: at least 1
@@ -132,7 +136,7 @@ def test_the_two_distance_transforms_agree(pattern):
     GPU's, here through its torch reference) give the same distances up to float rounding."""
     rng = np.random.default_rng()
     sparse = _sparse(rng, 33, 47, pattern)
-    column = line_neighbours(sparse, 2)[0].amin(0, keepdim=True)
+    column = line_neighbours(sparse, 2)[0].amin(0)
     two_pass = row_distance(column.clamp_max(WINDOW_RADII[-1] + 1.0))
     opencv = nearest_input_distance(sparse)
     torch.testing.assert_close(two_pass, opencv, rtol=0, atol=1e-4)

@@ -294,21 +294,11 @@ class DepthCompleter:
     def _run(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network on device tensors, one frame (H,W,3) / (H,W) or a batch (B,H,W,3) /
         (B,H,W); OUTPUTS as (B,1,H,W) float32, the depth bounded by the inputs around each
-        pixel when config.input_bound > 0 (outside the CUDA graph: its radius follows each
-        frame's input count)."""
-        outputs = self._run_network(rgb_t, sparse_t)
-        if self.config.input_bound > 0:
-            with torch.inference_mode():
-                outputs['depth'] = bound_by_inputs(outputs['depth'], _network_sparse(sparse_t),
-                                                   self.config.input_bound)
-        return outputs
-
-    def _run_network(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor
-                     ) -> dict[str, torch.Tensor]:
-        """The network alone (through the CUDA graph when enabled, or onnxruntime)."""
+        pixel when config.input_bound > 0 (on a GPU inside the CUDA graph when enabled)."""
         with torch.inference_mode():
             if self.backend == 'onnxruntime':
-                return self._run_onnx(*_network_inputs(rgb_t, sparse_t))
+                outputs = self._run_onnx(*_network_inputs(rgb_t, sparse_t))
+                return self._bounded(outputs, _network_sparse(sparse_t))
             if self._graphs is None:
                 return self._forward(rgb_t, sparse_t)
             return self._graphs(self._forward, rgb_t, sparse_t, key=(self.precision, self.steps))
@@ -325,14 +315,24 @@ class DepthCompleter:
         return {key: outputs[key] for key in OUTPUTS}
 
     def _forward(self, rgb_t: torch.Tensor, sparse_t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """rgb_t ([B,]H,W,3) uint8, sparse_t ([B,]H,W) metres -> OUTPUTS (B,1,H,W), under
-        autocast."""
+        """rgb_t ([B,]H,W,3) uint8, sparse_t ([B,]H,W) metres -> OUTPUTS (B,1,H,W): the
+        network under autocast, then the input bound (`_bounded`)."""
         dtype = PRECISIONS[self.precision]
         autocast = (contextlib.nullcontext() if dtype is None
                     else torch.autocast(self.device.type, dtype=dtype))
+        rgb, sparse = _network_inputs(rgb_t, sparse_t)
         with autocast:
-            outputs = self._network(*_network_inputs(rgb_t, sparse_t))
-        return {key: outputs[key] for key in OUTPUTS}
+            outputs = self._network(rgb, sparse)
+        return self._bounded({key: outputs[key] for key in OUTPUTS}, sparse)
+
+    def _bounded(self, outputs: dict[str, torch.Tensor], sparse: torch.Tensor
+                 ) -> dict[str, torch.Tensor]:
+        """outputs with the depth bounded by the inputs of sparse (B,1,H,W) m around each pixel
+        when config.input_bound > 0 (model/input_bound.py; no host synchronisation on a
+        GPU)."""
+        if self.config.input_bound > 0:
+            outputs['depth'] = bound_by_inputs(outputs['depth'], sparse, self.config.input_bound)
+        return outputs
 
     def _export(self, path, height: int, width: int):
         """The network before propagation as ONNX at (height, width) px (for OnnxRunner)."""

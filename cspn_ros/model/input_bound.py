@@ -17,13 +17,14 @@ enclose the pixel, and clamps it to their range otherwise:
 
 The nearest input distance is Euclidean (pixels, exact up to DISTANCE_CAP_PX). Shapes
 (B,1,H,W), metres, 0 = no input. The same torch code runs on the GPU (max pooling, cummax, a
-Triton kernel for the distance transform; host synchronisations: the frames' input counts and
-the window sizes needed) and on the CPU (OpenCV's min / max filters and distance transform).
+Triton kernel for the distance transform; no host synchronisation, so the completer captures
+it in its CUDA graph) and on the CPU (OpenCV's min / max filters and distance transform).
 Selections are written as products with 0 / 1 masks and NO_BOUND_M instead of torch.where,
 which is ~10x slower than arithmetic on the CPU.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -54,16 +55,24 @@ def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float,
                     opencv: Optional[bool] = None) -> torch.Tensor:
     """(B,1,H,W) depth bounded by the inputs of sparse (B,1,H,W) around each pixel (module
     docstring), computed in float32 and returned in depth's dtype; `spacings` sets the
-    smallest window in mean input spacings of each frame. opencv: the CPU's filters and
-    distance transform (default on the CPU), else the device path (max pooling, two-pass
-    distance transform)."""
+    smallest window in mean input spacings of each frame. opencv (default on the CPU): the
+    CPU's filters and distance transform, frame by frame, windows only where and as large as
+    needed; else the device path: the whole batch at once without host synchronisation (it can
+    be captured in a CUDA graph), every window size at every pixel."""
     height, width = sparse.shape[-2:]
-    counts = (sparse > 0).flatten(1).sum(1).tolist()
     depth32, sparse32 = depth.float(), sparse.float()  # NO_BOUND_M overflows float16
     opencv = depth.device.type == 'cpu' if opencv is None else opencv
-    return torch.cat([_bound_frame(depth32[b:b + 1], sparse32[b:b + 1],
-                                   smallest_radius(count, height, width, spacings), opencv)
-                      for b, count in enumerate(counts)]).to(depth.dtype)
+    if not opencv:
+        counts = (sparse32 > 0).sum((1, 2, 3), keepdim=True).double().clamp_min(1)
+        smallest = (spacings * (height * width / counts).sqrt()).round().clamp_min(1)
+        return _bound(depth32, sparse32, smallest.float(), opencv).to(depth.dtype)
+    counts = (sparse32 > 0).flatten(1).sum(1).tolist()
+    frames = []
+    for b, count in enumerate(counts):
+        smallest = smallest_radius(count, height, width, spacings)
+        frame = depth32[b:b + 1]
+        frames.append(_bound(frame, sparse32[b:b + 1], smallest, opencv) if smallest else frame)
+    return torch.cat(frames).to(depth.dtype)
 
 
 def smallest_radius(inputs: int, height: int, width: int, spacings: float) -> int:
@@ -74,32 +83,33 @@ def smallest_radius(inputs: int, height: int, width: int, spacings: float) -> in
     return max(1, round(spacings * math.sqrt(height * width / inputs)))
 
 
-def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int, opencv: bool
-                 ) -> torch.Tensor:
-    """One frame (1,1,H,W) bounded with windows of radius >= smallest (0: unchanged)."""
-    if smallest <= 0:
-        return depth
-    # (4,1,H,W): the nearest input up, down, left and right of each pixel
+def _bound(depth: torch.Tensor, sparse: torch.Tensor, smallest: int | torch.Tensor,
+           opencv: bool) -> torch.Tensor:
+    """Frames (B,1,H,W) bounded with windows of radius >= smallest (pixels; an int or a
+    (B,1,1,1) tensor). A frame without inputs comes back unchanged: no rule finds an input."""
+    # (4,B,1,H,W): the nearest input up, down, left and right of each pixel
     gaps, values = (torch.cat(pieces) for pieces in zip(*(line_neighbours(sparse, dim)
                                                           for dim in (2, 3))))
     nearest = nearest_input_distance(sparse, opencv, column_gaps=gaps[:2])
     # rule 1: per axis (up, down) and (left, right); a missing neighbour's gap never passes
     pair = (gaps[0::2] + gaps[1::2] <= 2 * PAIR_GAP_FACTOR * nearest + 2).to(depth.dtype)
-    pair_low = (pair * torch.minimum(values[0::2], values[1::2])).amax(0, keepdim=True)
+    pair_low = (pair * torch.minimum(values[0::2], values[1::2])).amax(0)
     pair_high = (pair * torch.maximum(values[0::2], values[1::2])
-                 + (1 - pair) * NO_BOUND_M).amin(0, keepdim=True)
+                 + (1 - pair) * NO_BOUND_M).amin(0)
     pair_high = torch.maximum(pair_high, pair_low)  # disjoint row and column pairs: the higher
     # rule 2: neighbours at most LINE_SLACK_PX farther than the nearest input
     near = (gaps <= nearest + LINE_SLACK_PX).to(depth.dtype)
-    line_low = (near * values + (1 - near) * NO_BOUND_M).amin(0, keepdim=True)
-    line_high = (near * values).amax(0, keepdim=True)
+    line_low = (near * values + (1 - near) * NO_BOUND_M).amin(0)
+    line_high = (near * values).amax(0)
     missing = (sparse <= 0).to(depth.dtype)  # inputs take their window's range
-    by_pair = pair.amax(0, keepdim=True) * missing
-    by_line = near.amax(0, keepdim=True) * missing * (1 - by_pair)
+    by_pair = pair.amax(0) * missing
+    by_line = near.amax(0) * missing * (1 - by_pair)
     by_window = 1 - by_pair - by_line
-    # rule 3, only where it applies
-    window_low, window_high = _window_range(
-        sparse, nearest.ceil().clamp(smallest, WINDOW_RADII[-1]), by_window > 0, opencv)
+    # rule 3
+    radius = torch.maximum(nearest.ceil(), torch.as_tensor(smallest, dtype=nearest.dtype,
+                                                           device=nearest.device))
+    window_low, window_high = _window_range(sparse, radius.clamp_max(WINDOW_RADII[-1]),
+                                            by_window > 0, opencv)
     low = by_pair * pair_low + by_line * line_low + by_window * window_low
     high = by_pair * pair_high + by_line * line_high + by_window * window_high
     return torch.minimum(torch.maximum(depth, low), high)
@@ -107,18 +117,25 @@ def _bound_frame(depth: torch.Tensor, sparse: torch.Tensor, smallest: int, openc
 
 def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tensor,
                   opencv: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) (1,1,H,W) at the `wanted` pixels (bool (1,1,H,W)): [min, max] of the inputs
-    within the smallest window of WINDOW_RADII with at least `radius` (1,1,H,W, at most
-    WINDOW_RADII[-1]) pixels; (0, NO_BOUND_M) where it holds none and at the other pixels.
-    Windows are grown only up to the largest a wanted pixel needs."""
-    pixels = wanted.flatten().nonzero().squeeze(1)
-    low_out = torch.zeros_like(sparse).flatten()
-    high_out = torch.full_like(low_out, NO_BOUND_M)
-    radii = torch.tensor(WINDOW_RADII, dtype=radius.dtype, device=radius.device)
-    level = torch.searchsorted(radii, radius.flatten()[pixels].contiguous())
-    needed = {index for index, count in enumerate(
-        torch.bincount(level, minlength=len(WINDOW_RADII)).tolist()) if count}
-    taken_low, taken_high = (torch.zeros_like(pixels, dtype=sparse.dtype) for _ in range(2))
+    """(low, high) (B,1,H,W) at the `wanted` pixels (bool (B,1,H,W)): [min, max] of the inputs
+    within the smallest window of WINDOW_RADII with at least `radius` (B,1,H,W, at most
+    WINDOW_RADII[-1]) pixels; (0, NO_BOUND_M) where it holds none. With opencv only the wanted
+    pixels are picked and windows grown only up to the largest one needs ((0, NO_BOUND_M) at
+    the others); else every window size is grown and picked at every pixel (no host
+    synchronisation)."""
+    radii = _window_radii(radius.device, radius.dtype)
+    if opencv:
+        pixels = wanted.flatten().nonzero().squeeze(1)
+        level = torch.searchsorted(radii, radius.flatten()[pixels].contiguous())
+        needed = set(torch.unique(level).tolist())
+    else:
+        pixels, needed = None, set(range(len(WINDOW_RADII)))
+        level = torch.searchsorted(radii, radius.flatten().contiguous())
+
+    def at_pixels(values: torch.Tensor) -> torch.Tensor:
+        return values.flatten() if pixels is None else values.flatten()[pixels]
+
+    taken_low, taken_high = (torch.zeros_like(level, dtype=sparse.dtype) for _ in range(2))
     low, high, previous = sparse, sparse, 0
     for index, size in enumerate(WINDOW_RADII[:max(needed, default=-1) + 1]):
         low, high = input_range(sparse if previous == 0 else None, size - previous, low, high,
@@ -126,31 +143,44 @@ def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tens
         previous = size
         if index in needed:
             here = (level == index).to(sparse.dtype)
-            taken_low = taken_low + here * low.flatten()[pixels]
-            taken_high = taken_high + here * high.flatten()[pixels]
+            taken_low = taken_low + here * at_pixels(low)
+            taken_high = taken_high + here * at_pixels(high)
     found = (taken_high > 0).to(sparse.dtype)
-    low_out[pixels] = found * taken_low
-    high_out[pixels] = taken_high + (1 - found) * NO_BOUND_M
+    taken_low, taken_high = found * taken_low, taken_high + (1 - found) * NO_BOUND_M
+    if pixels is None:
+        return taken_low.view_as(sparse), taken_high.view_as(sparse)
+    low_out = torch.zeros_like(sparse).flatten()
+    high_out = torch.full_like(low_out, NO_BOUND_M)
+    low_out[pixels], high_out[pixels] = taken_low, taken_high
     return low_out.view_as(sparse), high_out.view_as(sparse)
+
+
+@functools.cache
+def _window_radii(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """WINDOW_RADII as a tensor on `device`, made once (the first call, not a CUDA graph's
+    capture, copies it there)."""
+    return torch.tensor(WINDOW_RADII, dtype=dtype, device=device)
 
 
 def nearest_input_distance(sparse: torch.Tensor, opencv: Optional[bool] = None,
                            column_gaps: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(1,1,H,W) Euclidean distance (pixels) from each pixel to the nearest input of sparse
-    (1,1,H,W) (> 0 valid), at most DISTANCE_CAP_PX (also where there is none). With opencv
+    """(B,1,H,W) Euclidean distance (pixels) from each pixel to the nearest input of sparse
+    (B,1,H,W) (> 0 valid), at most DISTANCE_CAP_PX (also where there is none). With opencv
     (default on the CPU) OpenCV's exact transform; else the two-pass transform (the column
     distance, then the nearest column within the cap along each row: `row_distance`), whose
     first pass is `line_neighbours(sparse, 2)`'s gaps (column_gaps, when already computed)."""
     if sparse.device.type == 'cpu' if opencv is None else opencv:
-        missing = (sparse[0, 0] <= 0).to(torch.uint8).numpy()
-        distance = cv2.distanceTransform(missing, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        if not (missing == 0).any():
-            distance[:] = DISTANCE_CAP_PX
-        return torch.from_numpy(np.minimum(distance, DISTANCE_CAP_PX))[None, None].to(
-            sparse.dtype)
+        distances = []
+        for frame in sparse[:, 0]:
+            missing = (frame <= 0).to(torch.uint8).numpy()
+            distance = cv2.distanceTransform(missing, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            if not (missing == 0).any():
+                distance[:] = DISTANCE_CAP_PX
+            distances.append(np.minimum(distance, DISTANCE_CAP_PX))
+        return torch.from_numpy(np.stack(distances))[:, None].to(sparse.dtype)
     if column_gaps is None:
         column_gaps = line_neighbours(sparse, 2)[0]
-    return row_distance(column_gaps.amin(0, keepdim=True).clamp_max(DISTANCE_CAP_PX))
+    return row_distance(column_gaps.amin(0).clamp_max(DISTANCE_CAP_PX))
 
 
 def row_distance(column: torch.Tensor) -> torch.Tensor:
@@ -178,20 +208,20 @@ def row_distance_reference(column: torch.Tensor) -> torch.Tensor:
 
 
 def line_neighbours(sparse: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gaps, depths), each (2,1,H,W): distance in pixels and depth of the nearest input at or
-    before each pixel of a (1,1,H,W) frame along `dim` (2: up, then down the column; 3: left,
+    """(gaps, depths), each (2,B,1,H,W): distance in pixels and depth of the nearest input at
+    or before each pixel of (B,1,H,W) frames along `dim` (2: up, then down the column; 3: left,
     then right along the row); where none: (>= NO_NEIGHBOUR_PX, 0). Scans run along the
     contiguous dimension (columns are transposed first: ~4x faster on the CPU)."""
     values = sparse if dim == 3 else sparse.transpose(2, 3)
-    values = torch.cat([values, values.flip(3)]).contiguous()
-    position = torch.arange(values.shape[3], dtype=torch.int32, device=sparse.device)
+    values = torch.stack([values, values.flip(3)]).contiguous()
+    position = torch.arange(values.shape[-1], dtype=torch.int32, device=sparse.device)
     valid = (values > 0).to(torch.int32)
     # index of the last input so far; -NO_NEIGHBOUR_PX before the first
-    last = (position * valid + (valid - 1) * int(NO_NEIGHBOUR_PX)).cummax(3).values
-    value = F.pad(values, (1, 0)).gather(3, (last + 1).clamp_min(0).long())  # 0 where none
+    last = (position * valid + (valid - 1) * int(NO_NEIGHBOUR_PX)).cummax(-1).values
+    value = F.pad(values, (1, 0)).gather(-1, (last + 1).clamp_min(0).long())  # 0 where none
     gap = (position - last).to(sparse.dtype)
-    gap, value = (torch.cat([x[:1], x[1:].flip(3)]) for x in (gap, value))
-    return (gap, value) if dim == 3 else (gap.transpose(2, 3), value.transpose(2, 3))
+    gap, value = (torch.stack([x[0], x[1].flip(-1)]) for x in (gap, value))
+    return (gap, value) if dim == 3 else (gap.transpose(-2, -1), value.transpose(-2, -1))
 
 
 def input_range(sparse: Optional[torch.Tensor], radius: int, low: torch.Tensor,
