@@ -162,6 +162,11 @@ def test_both_range_filters_equal_a_loop_and_windows_compose(radius):
     grown = input_range(None, 2, *ranges[0])
     assert all(torch.equal(a, b) for a, b in zip(grown, input_range(sparse, radius + 2, sparse,
                                                                       sparse)))
+    # the device path grows by up to 2 r + 1 with one dilated 3-tap max per axis
+    step = 2 * radius + 1
+    dilated = input_range(None, step, *ranges[1], opencv=False, spans=radius)
+    direct = input_range(sparse, radius + step, sparse, sparse, opencv=True)
+    assert all(torch.equal(a, b) for a, b in zip(dilated, direct))
 
 
 def test_the_completer_bounds_its_output_and_the_network_is_unchanged():

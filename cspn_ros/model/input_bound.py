@@ -132,19 +132,22 @@ def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tens
         pixels, needed = None, set(range(len(WINDOW_RADII)))
         level = torch.searchsorted(radii, radius.flatten().contiguous())
 
-    def at_pixels(values: torch.Tensor) -> torch.Tensor:
-        return values.flatten() if pixels is None else values.flatten()[pixels]
-
     taken_low, taken_high = (torch.zeros_like(level, dtype=sparse.dtype) for _ in range(2))
-    low, high, previous = sparse, sparse, 0
+    low, high, previous, ranges = sparse, sparse, 0, []
     for index, size in enumerate(WINDOW_RADII[:max(needed, default=-1) + 1]):
         low, high = input_range(sparse if previous == 0 else None, size - previous, low, high,
-                                opencv)
+                                opencv, spans=previous)
         previous = size
-        if index in needed:
+        if pixels is None:
+            ranges.append(torch.cat([low, high], 1))
+        elif index in needed:
             here = (level == index).to(sparse.dtype)
-            taken_low = taken_low + here * at_pixels(low)
-            taken_high = taken_high + here * at_pixels(high)
+            taken_low = taken_low + here * low.flatten()[pixels]
+            taken_high = taken_high + here * high.flatten()[pixels]
+    if pixels is None:  # (levels,B,2,H,W) -> the level of each pixel, one gather
+        choice = level.view(1, -1, 1, *sparse.shape[2:]).expand(1, -1, 2, -1, -1)
+        picked = torch.stack(ranges).gather(0, choice)[0]
+        taken_low, taken_high = picked[:, 0].flatten(), picked[:, 1].flatten()
     found = (taken_high > 0).to(sparse.dtype)
     taken_low, taken_high = found * taken_low, taken_high + (1 - found) * NO_BOUND_M
     if pixels is None:
@@ -225,16 +228,19 @@ def line_neighbours(sparse: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch
 
 
 def input_range(sparse: Optional[torch.Tensor], radius: int, low: torch.Tensor,
-                high: torch.Tensor, opencv: Optional[bool] = None
+                high: torch.Tensor, opencv: Optional[bool] = None, spans: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grow (low, high) (B,1,H,W), the lowest / highest valid depth within some window of each
-    pixel (NO_BOUND_M / 0 where none), by `radius` pixels (Chebyshev): windows compose, so
-    growing the range of radius r by s gives the range of radius r + s. With `sparse` (> 0
-    valid) the range of radius `radius` of its inputs. Exact min / max filters: OpenCV's
-    erode / dilate (opencv; default on the CPU), else separable max pooling."""
+    """Grow (low, high) (B,1,H,W), the lowest / highest valid depth within the window of radius
+    `spans` of each pixel (NO_BOUND_M / 0 where none), by `radius` pixels (Chebyshev): windows
+    compose, so growing the range of radius r by s gives the range of radius r + s. With
+    `sparse` (> 0 valid) the range of radius `radius` of its inputs. Exact min / max filters:
+    OpenCV's erode / dilate (opencv; default on the CPU), else separable max pooling; a growth
+    by at most 2 spans + 1 pixels is one 3-tap max per axis (x - s, x, x + s: windows of radius
+    spans around them leave no gap), whatever its size."""
     if sparse is not None:
         high = sparse
         low = sparse + (sparse <= 0).to(sparse.dtype) * NO_BOUND_M
+        spans = 0
     size = 2 * radius + 1
     if low.device.type == 'cpu' if opencv is None else opencv:
         kernel = np.ones((size, size), np.uint8)
@@ -245,10 +251,15 @@ def input_range(sparse: Optional[torch.Tensor], radius: int, low: torch.Tensor,
                 grow(frame[0], kernel, dst=out[0])
         return (torch.from_numpy(grown_low).to(low.dtype),
                 torch.from_numpy(grown_high).to(high.dtype))
+    taps, dilation = (3, radius) if radius <= 2 * spans + 1 else (size, 1)
 
     def window_max(values: torch.Tensor) -> torch.Tensor:
-        rows = F.max_pool2d(values, (1, size), stride=1, padding=(0, radius))
-        return F.max_pool2d(rows, (size, 1), stride=1, padding=(radius, 0))
+        # borders replicated: a tap outside the frame stands for the edge pixel's window,
+        # which lies inside the grown window and holds all of the frame the tap would
+        rows = F.max_pool2d(F.pad(values, (radius, radius, 0, 0), mode='replicate'),
+                            (1, taps), stride=1, dilation=(1, dilation))
+        return F.max_pool2d(F.pad(rows, (0, 0, radius, radius), mode='replicate'),
+                            (taps, 1), stride=1, dilation=(dilation, 1))
 
     both = window_max(torch.cat([high, -low], dim=1))
     return -both[:, 1:], both[:, :1]
