@@ -12,8 +12,8 @@ import torch
 
 from cspn_ros.config import ModelConfig
 from cspn_ros.model.completer import DepthCompleter
-from cspn_ros.model.input_bound import (LINE_SLACK_PX, NO_BOUND_M, PAIR_GAP_FACTOR, WINDOW_RADII,
-                                        bound_by_inputs, input_range, line_neighbours,
+from cspn_ros.model.input_bound import (ENCLOSURE_SPACINGS, LINE_SLACK_PX, NO_BOUND_M,
+                                        PAIR_GAP_FACTOR, WINDOW_RADII, bound_by_inputs, input_range, line_neighbours,
                                         nearest_input_distance, row_distance, smallest_radius)
 from cspn_ros.model.network import CompletionNet
 
@@ -36,14 +36,18 @@ def _sparse(rng: np.random.Generator, height: int, width: int, pattern: str) -> 
     return torch.from_numpy(np.where(keep, depth, 0.0).astype(np.float32))[None, None]
 
 
-def _reference(depth: np.ndarray, sparse: np.ndarray, smallest: int) -> np.ndarray:
-    """The module docstring's three rules, pixel by pixel (H,W)."""
+def _reference(depth: np.ndarray, sparse: np.ndarray, smallest: int, band: int) -> np.ndarray:
+    """The module docstring's three rules at the enclosed pixels, pixel by pixel (H,W)."""
     height, width = sparse.shape
     ys, xs = np.nonzero(sparse > 0)
     out = depth.copy()
     if smallest == 0:
         return out
     for y, x in np.ndindex(height, width):
+        in_columns, in_rows = np.abs(xs - x) <= band, np.abs(ys - y) <= band
+        if sparse[y, x] <= 0 and not ((ys[in_columns] <= y).any() and (ys[in_columns] >= y).any()
+                                      or (xs[in_rows] <= x).any() and (xs[in_rows] >= x).any()):
+            continue  # beyond the inputs' extent
         nearest = min(float(np.sqrt(((ys - y) ** 2 + (xs - x) ** 2).min())) if len(ys)
                       else math.inf, WINDOW_RADII[-1] + 1.0)
         radius = min(max(math.ceil(nearest), smallest), WINDOW_RADII[-1])
@@ -91,8 +95,10 @@ def test_the_bound_is_its_definition(pattern, opencv):
     sparse = _sparse(rng, 29, 41, pattern)
     depth = torch.from_numpy(rng.uniform(0.1, 70.0, (1, 1, 29, 41)).astype(np.float32))
     out = bound_by_inputs(depth, sparse, 0.5, opencv=opencv)
-    smallest = smallest_radius(int((sparse > 0).sum()), 29, 41, 0.5)
-    expected = _reference(depth[0, 0].numpy(), sparse[0, 0].numpy(), smallest)
+    count = int((sparse > 0).sum())
+    expected = _reference(depth[0, 0].numpy(), sparse[0, 0].numpy(),
+                          smallest_radius(count, 29, 41, 0.5),
+                          smallest_radius(count, 29, 41, ENCLOSURE_SPACINGS))
     np.testing.assert_array_equal(out[0, 0].numpy(), expected)
     if pattern == 'empty':
         assert torch.equal(out, depth)
@@ -128,6 +134,26 @@ def test_a_vertical_edge_across_rows_keeps_its_sides():
     out = bound_by_inputs(torch.from_numpy(blurred)[None, None],
                           torch.from_numpy(sparse)[None, None], 0.5)[0, 0].numpy()
     np.testing.assert_array_equal(out, truth)
+
+
+@pytest.mark.parametrize('opencv', [True, False], ids=['opencv', 'device_path'])
+def test_ground_below_the_lowest_ring_keeps_the_network_depth(opencv):
+    """A LiDAR's rings cover the upper 2/3 of the frame; below the lowest ring the ground comes
+    nearer than any measurement. There the network's depth stays (a clamp would copy the
+    lowest ring down each column); between the rings it is bounded."""
+    height, width = 48, 64
+    rows = np.arange(height, dtype=np.float32)[:, None].repeat(width, 1)
+    truth = 400.0 / (rows + 8.0)  # a ground plane: nearer towards the bottom
+    sparse = np.zeros_like(truth)
+    sparse[2:32:5] = truth[2:32:5]
+    network = truth * 1.3  # too far everywhere
+    out = bound_by_inputs(torch.from_numpy(network)[None, None],
+                          torch.from_numpy(sparse)[None, None], 0.25, opencv=opencv)[0, 0].numpy()
+    np.testing.assert_array_equal(out[33:], network[33:])
+    for top in range(2, 27, 5):  # between two rings: within their depths
+        assert (out[top + 1:top + 5] <= truth[top, 0]).all()
+        assert (out[top + 1:top + 5] >= truth[top + 5, 0]).all()
+    assert not np.array_equal(out[3:27], network[3:27])
 
 
 @pytest.mark.parametrize('pattern', ['random', 'rows', 'holes'])

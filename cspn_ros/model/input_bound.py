@@ -15,6 +15,13 @@ enclose the pixel, and clamps it to their range otherwise:
    smallest window of WINDOW_RADII whose radius is at least the distance to the nearest input
    and `spacings` x the frame's mean input spacing sqrt(H W / inputs).
 
+Only pixels the inputs enclose are bounded: an input at or above and one at or below within
+ENCLOSURE_SPACINGS mean input spacings of the pixel's column, or one at or left and one at or
+right within as many of its row. Beyond the inputs' extent (the ground below a LiDAR's lowest
+ring, above its top ring, outside its field of view) the true depth runs on past the last
+measurement, and clamping it there would copy that measurement down each column; the
+network's depth is kept.
+
 The nearest input distance is Euclidean (pixels, exact up to DISTANCE_CAP_PX). Shapes
 (B,1,H,W), metres, 0 = no input. The same torch code runs on the GPU (max pooling, cummax, a
 Triton kernel for the distance transform; no host synchronisation, so the completer captures
@@ -49,6 +56,9 @@ LINE_SLACK_PX = 1.0
 NO_BOUND_M = 1e30
 #: The gap (pixels) of a missing row / column neighbour: beyond every limit the rules compare.
 NO_NEIGHBOUR_PX = float(1 << 30)
+#: Half-width of the column (row) band, in the frame's mean input spacings, in which inputs
+#: above and below (left and right) a pixel enclose it.
+ENCLOSURE_SPACINGS = 0.5
 
 
 def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float,
@@ -64,14 +74,18 @@ def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float,
     opencv = depth.device.type == 'cpu' if opencv is None else opencv
     if not opencv:
         counts = (sparse32 > 0).sum((1, 2, 3), keepdim=True).double().clamp_min(1)
-        smallest = (spacings * (height * width / counts).sqrt()).round().clamp_min(1)
-        return _bound(depth32, sparse32, smallest.float(), opencv).to(depth.dtype)
+        spacing = (height * width / counts).sqrt()
+        smallest, band = ((share * spacing).round().clamp_min(1).float()
+                          for share in (spacings, ENCLOSURE_SPACINGS))
+        return _bound(depth32, sparse32, smallest, band, opencv).to(depth.dtype)
     counts = (sparse32 > 0).flatten(1).sum(1).tolist()
     frames = []
     for b, count in enumerate(counts):
         smallest = smallest_radius(count, height, width, spacings)
+        band = smallest_radius(count, height, width, ENCLOSURE_SPACINGS)
         frame = depth32[b:b + 1]
-        frames.append(_bound(frame, sparse32[b:b + 1], smallest, opencv) if smallest else frame)
+        frames.append(_bound(frame, sparse32[b:b + 1], smallest, band, opencv) if smallest
+                      else frame)
     return torch.cat(frames).to(depth.dtype)
 
 
@@ -84,9 +98,10 @@ def smallest_radius(inputs: int, height: int, width: int, spacings: float) -> in
 
 
 def _bound(depth: torch.Tensor, sparse: torch.Tensor, smallest: int | torch.Tensor,
-           opencv: bool) -> torch.Tensor:
-    """Frames (B,1,H,W) bounded with windows of radius >= smallest (pixels; an int or a
-    (B,1,1,1) tensor). A frame without inputs comes back unchanged: no rule finds an input."""
+           band: int | torch.Tensor, opencv: bool) -> torch.Tensor:
+    """Frames (B,1,H,W) bounded with windows of radius >= smallest at the pixels enclosed
+    within `band` (pixels; ints or (B,1,1,1) tensors). A frame without inputs comes back
+    unchanged: no rule finds an input."""
     # (4,B,1,H,W): the nearest input up, down, left and right of each pixel
     gaps, values = (torch.cat(pieces) for pieces in zip(*(line_neighbours(sparse, dim)
                                                           for dim in (2, 3))))
@@ -102,17 +117,42 @@ def _bound(depth: torch.Tensor, sparse: torch.Tensor, smallest: int | torch.Tens
     line_low = (near * values + (1 - near) * NO_BOUND_M).amin(0)
     line_high = (near * values).amax(0)
     missing = (sparse <= 0).to(depth.dtype)  # inputs take their window's range
-    by_pair = pair.amax(0) * missing
-    by_line = near.amax(0) * missing * (1 - by_pair)
-    by_window = 1 - by_pair - by_line
+    inside = enclosed(gaps, band, opencv).to(depth.dtype) * missing
+    free = missing - inside  # beyond the inputs' extent: no bound
+    by_pair = pair.amax(0) * inside
+    by_line = near.amax(0) * inside * (1 - by_pair)
+    by_window = 1 - by_pair - by_line - free
     # rule 3
     radius = torch.maximum(nearest.ceil(), torch.as_tensor(smallest, dtype=nearest.dtype,
                                                            device=nearest.device))
     window_low, window_high = _window_range(sparse, radius.clamp_max(WINDOW_RADII[-1]),
                                             by_window > 0, opencv)
     low = by_pair * pair_low + by_line * line_low + by_window * window_low
-    high = by_pair * pair_high + by_line * line_high + by_window * window_high
+    high = (by_pair * pair_high + by_line * line_high + by_window * window_high
+            + free * NO_BOUND_M)
     return torch.minimum(torch.maximum(depth, low), high)
+
+
+def enclosed(gaps: torch.Tensor, band: int | torch.Tensor, opencv: bool) -> torch.Tensor:
+    """bool (B,1,H,W): pixels with an input at or above and one at or below within `band`
+    columns, or at or left and at or right within `band` rows (module docstring), from
+    line_neighbours' gaps (4,B,1,H,W: up, down, left, right). The bands widen each direction's
+    'an input in my line' map across lines: OpenCV's dilation (opencv), else the distance
+    across lines by `row_distance` (exact up to DISTANCE_CAP_PX)."""
+    seen = gaps < NO_NEIGHBOUR_PX
+    if opencv:
+        widened = []
+        for direction, frames in enumerate(seen.to(torch.uint8).numpy()):
+            size = (1, 2 * band + 1) if direction < 2 else (2 * band + 1, 1)  # (rows, columns)
+            kernel = np.ones(size, np.uint8)
+            widened.append(np.stack([cv2.dilate(frame[0], kernel)[None] for frame in frames]))
+        seen = torch.from_numpy(np.stack(widened)) > 0
+    else:  # distance to the nearest line that sees one, across columns (rows transposed)
+        distance = (~seen).float() * DISTANCE_CAP_PX
+        across = torch.cat([row_distance(distance[:2]),
+                            row_distance(distance[2:].transpose(-2, -1)).transpose(-2, -1)])
+        seen = across <= band
+    return (seen[0] & seen[1]) | (seen[2] & seen[3])
 
 
 def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tensor,
