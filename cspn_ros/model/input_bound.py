@@ -137,8 +137,8 @@ def enclosed(gaps: torch.Tensor, band: int | torch.Tensor, opencv: bool) -> torc
     """bool (B,1,H,W): pixels with an input at or above and one at or below within `band`
     columns, or at or left and at or right within `band` rows (module docstring), from
     line_neighbours' gaps (4,B,1,H,W: up, down, left, right). The bands widen each direction's
-    'an input in my line' map across lines: OpenCV's dilation (opencv), else the distance
-    across lines by `row_distance` (exact up to DISTANCE_CAP_PX)."""
+    'an input in my line' map across lines: OpenCV's dilation (opencv), else the distance to
+    the nearest line that has one, by `line_neighbours` across the lines."""
     seen = gaps < NO_NEIGHBOUR_PX
     if opencv:
         widened = []
@@ -147,11 +147,11 @@ def enclosed(gaps: torch.Tensor, band: int | torch.Tensor, opencv: bool) -> torc
             kernel = np.ones(size, np.uint8)
             widened.append(np.stack([cv2.dilate(frame[0], kernel)[None] for frame in frames]))
         seen = torch.from_numpy(np.stack(widened)) > 0
-    else:  # distance to the nearest line that sees one, across columns (rows transposed)
-        distance = (~seen).float() * DISTANCE_CAP_PX
-        across = torch.cat([row_distance(distance[:2]),
-                            row_distance(distance[2:].transpose(-2, -1)).transpose(-2, -1)])
-        seen = across <= band
+    else:
+        maps = seen.to(torch.float32)
+        across = [line_neighbours(maps[pair].flatten(0, 1), dim)[0].amin(0).view_as(maps[pair])
+                  for pair, dim in ((slice(0, 2), 3), (slice(2, 4), 2))]
+        seen = torch.cat(across) <= band
     return (seen[0] & seen[1]) | (seen[2] & seen[3])
 
 
