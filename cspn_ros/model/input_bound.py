@@ -58,7 +58,7 @@ NO_BOUND_M = 1e30
 NO_NEIGHBOUR_PX = float(1 << 30)
 #: Half-width of the column (row) band, in the frame's mean input spacings, in which inputs
 #: above and below (left and right) a pixel enclose it.
-ENCLOSURE_SPACINGS = 0.5
+ENCLOSURE_SPACINGS = 1.0
 
 
 def bound_by_inputs(depth: torch.Tensor, sparse: torch.Tensor, spacings: float,
