@@ -59,9 +59,9 @@ class ModelConfig:
         pixel when that pair is close, else to row / column neighbours as near as the nearest
         input, else to [min, max] of the inputs in the smallest window holding one, at least
         input_bound x the frame's mean input spacing (sqrt(H W / inputs) pixels) wide; only
-        at pixels the inputs enclose (inputs above and below, or left and right, within one
-        spacing): beyond their extent, e.g. below a LiDAR's lowest ring, the network's depth
-        stays. The output never leaves the depths measured around it; applied after the
+        at pixels with an input below (or inputs left and right) within one spacing: below
+        the lowest measurements, e.g. the ground under a LiDAR's lowest ring, the network's
+        depth stays. The output never leaves the depths measured around it; applied after the
         network (on a GPU inside its CUDA graph; not in
         the ONNX export; in training losses only with TrainOptions.bounded_loss); 0 = off.
     """

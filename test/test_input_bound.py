@@ -45,9 +45,9 @@ def _reference(depth: np.ndarray, sparse: np.ndarray, smallest: int, band: int) 
         return out
     for y, x in np.ndindex(height, width):
         in_columns, in_rows = np.abs(xs - x) <= band, np.abs(ys - y) <= band
-        if sparse[y, x] <= 0 and not ((ys[in_columns] <= y).any() and (ys[in_columns] >= y).any()
+        if sparse[y, x] <= 0 and not ((ys[in_columns] >= y).any()
                                       or (xs[in_rows] <= x).any() and (xs[in_rows] >= x).any()):
-            continue  # beyond the inputs' extent
+            continue  # below the lowest inputs
         nearest = min(float(np.sqrt(((ys - y) ** 2 + (xs - x) ** 2).min())) if len(ys)
                       else math.inf, WINDOW_RADII[-1] + 1.0)
         radius = min(max(math.ceil(nearest), smallest), WINDOW_RADII[-1])
@@ -140,7 +140,7 @@ def test_a_vertical_edge_across_rows_keeps_its_sides():
 def test_ground_below_the_lowest_ring_keeps_the_network_depth(opencv):
     """A LiDAR's rings cover the upper 2/3 of the frame; below the lowest ring the ground comes
     nearer than any measurement. There the network's depth stays (a clamp would copy the
-    lowest ring down each column); between the rings it is bounded."""
+    lowest ring down each column); between the rings and above the top one it is bounded."""
     height, width = 48, 64
     rows = np.arange(height, dtype=np.float32)[:, None].repeat(width, 1)
     truth = 400.0 / (rows + 8.0)  # a ground plane: nearer towards the bottom
@@ -150,6 +150,7 @@ def test_ground_below_the_lowest_ring_keeps_the_network_depth(opencv):
     out = bound_by_inputs(torch.from_numpy(network)[None, None],
                           torch.from_numpy(sparse)[None, None], 0.25, opencv=opencv)[0, 0].numpy()
     np.testing.assert_array_equal(out[33:], network[33:])
+    assert (out[:2] <= truth[2, 0]).all()  # above the top ring: bounded by it
     for top in range(2, 27, 5):  # between two rings: within their depths
         assert (out[top + 1:top + 5] <= truth[top, 0]).all()
         assert (out[top + 1:top + 5] >= truth[top + 5, 0]).all()

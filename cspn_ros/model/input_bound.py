@@ -15,12 +15,13 @@ enclose the pixel, and clamps it to their range otherwise:
    smallest window of WINDOW_RADII whose radius is at least the distance to the nearest input
    and `spacings` x the frame's mean input spacing sqrt(H W / inputs).
 
-Only pixels the inputs enclose are bounded: an input at or above and one at or below within
-ENCLOSURE_SPACINGS mean input spacings of the pixel's column, or one at or left and one at or
-right within as many of its row. Beyond the inputs' extent (the ground below a LiDAR's lowest
-ring, above its top ring, outside its field of view) the true depth runs on past the last
-measurement, and clamping it there would copy that measurement down each column; the
-network's depth is kept.
+Only pixels with an input at or below them within ENCLOSURE_SPACINGS mean input spacings of
+their column, or inputs at or left and at or right within as many of their row, are bounded.
+Below the lowest measurements (the ground under a LiDAR's lowest ring) the ground comes nearer
+than any measurement, and a clamp would copy the lowest ring down each column: there the
+network's depth is kept. Above the top ring the bound stays: what stands there (walls, poles)
+mostly continues the depth of the ring below it (on the held-out synthetic street bags the
+clamp is 2-5% better there, and 25-37% worse below the lowest ring).
 
 The nearest input distance is Euclidean (pixels, exact up to DISTANCE_CAP_PX). Shapes
 (B,1,H,W), metres, 0 = no input. The same torch code runs on the GPU (max pooling, cummax, a
@@ -56,8 +57,8 @@ LINE_SLACK_PX = 1.0
 NO_BOUND_M = 1e30
 #: The gap (pixels) of a missing row / column neighbour: beyond every limit the rules compare.
 NO_NEIGHBOUR_PX = float(1 << 30)
-#: Half-width of the column (row) band, in the frame's mean input spacings, in which inputs
-#: above and below (left and right) a pixel enclose it.
+#: Half-width of the column (row) band, in the frame's mean input spacings, in which an input
+#: below (inputs left and right of) a pixel let the bound act there.
 ENCLOSURE_SPACINGS = 1.0
 
 
@@ -134,25 +135,25 @@ def _bound(depth: torch.Tensor, sparse: torch.Tensor, smallest: int | torch.Tens
 
 
 def enclosed(gaps: torch.Tensor, band: int | torch.Tensor, opencv: bool) -> torch.Tensor:
-    """bool (B,1,H,W): pixels with an input at or above and one at or below within `band`
-    columns, or at or left and at or right within `band` rows (module docstring), from
-    line_neighbours' gaps (4,B,1,H,W: up, down, left, right). The bands widen each direction's
-    'an input in my line' map across lines: OpenCV's dilation (opencv), else the distance to
-    the nearest line that has one, by `line_neighbours` across the lines."""
-    seen = gaps < NO_NEIGHBOUR_PX
+    """bool (B,1,H,W): pixels with an input at or below within `band` columns, or at or left
+    and at or right within `band` rows (module docstring), from line_neighbours' gaps
+    (4,B,1,H,W: up, down, left, right). The bands widen the 'an input in my line' maps of
+    down, left and right across lines: OpenCV's dilation (opencv), else the distance to the
+    nearest line that has one, by `line_neighbours` across the lines."""
+    seen = gaps[1:] < NO_NEIGHBOUR_PX  # down, left, right
     if opencv:
         widened = []
         for direction, frames in enumerate(seen.to(torch.uint8).numpy()):
-            size = (1, 2 * band + 1) if direction < 2 else (2 * band + 1, 1)  # (rows, columns)
+            size = (1, 2 * band + 1) if direction == 0 else (2 * band + 1, 1)  # (rows, columns)
             kernel = np.ones(size, np.uint8)
             widened.append(np.stack([cv2.dilate(frame[0], kernel)[None] for frame in frames]))
         seen = torch.from_numpy(np.stack(widened)) > 0
     else:
         maps = seen.to(torch.float32)
-        across = [line_neighbours(maps[pair].flatten(0, 1), dim)[0].amin(0).view_as(maps[pair])
-                  for pair, dim in ((slice(0, 2), 3), (slice(2, 4), 2))]
+        across = [line_neighbours(maps[lines].flatten(0, 1), dim)[0].amin(0).view_as(maps[lines])
+                  for lines, dim in ((slice(0, 1), 3), (slice(1, 3), 2))]
         seen = torch.cat(across) <= band
-    return (seen[0] & seen[1]) | (seen[2] & seen[3])
+    return seen[0] | (seen[1] & seen[2])
 
 
 def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tensor,
