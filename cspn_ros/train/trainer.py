@@ -181,9 +181,12 @@ class Trainer:
         if isinstance(dataset, IterableDataset):
             return DataLoader(dataset, batch_size=None, collate_fn=whole_batch)
         workers = self.options.num_workers
+        # Workers are spawned, not forked: a fork copies locks that other threads (DDS of the
+        # ROS node, OpenCV / torch thread pools) may hold, and the child can hang on them.
         return DataLoader(dataset, batch_size=self.options.batch_size,
                           collate_fn=collate_samples, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, drop_last=False)
+                          persistent_workers=workers > 0, drop_last=False,
+                          multiprocessing_context='spawn' if workers > 0 else None)
 
     def _freeze(self, trainable: str) -> list[torch.nn.Module]:
         """Freeze the parameters whose names do not match the regex `trainable` ('' = train
