@@ -62,8 +62,8 @@ class ModelConfig:
         at pixels with an input below (or inputs left and right) within one spacing: below
         the lowest measurements, e.g. the ground under a LiDAR's lowest ring, the network's
         depth stays. The output never leaves the depths measured around it; applied after the
-        network (on a GPU inside its CUDA graph; not in
-        the ONNX export; in training losses only with TrainOptions.bounded_loss); 0 = off.
+        network (on a GPU inside its CUDA graph; not in the ONNX export; in training losses
+        only with TrainOptions.bounded_loss); 0 = off.
     """
 
     propagation: str = 'cspn'

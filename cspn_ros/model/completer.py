@@ -297,8 +297,8 @@ class DepthCompleter:
         pixel when config.input_bound > 0 (on a GPU inside the CUDA graph when enabled)."""
         with torch.inference_mode():
             if self.backend == 'onnxruntime':
-                outputs = self._run_onnx(*_network_inputs(rgb_t, sparse_t))
-                return self._bounded(outputs, _network_sparse(sparse_t))
+                rgb, sparse = _network_inputs(rgb_t, sparse_t)
+                return self._bounded(self._run_onnx(rgb, sparse), sparse)
             if self._graphs is None:
                 return self._forward(rgb_t, sparse_t)
             return self._graphs(self._forward, rgb_t, sparse_t, key=(self.precision, self.steps))

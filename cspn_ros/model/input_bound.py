@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Window radii (pixels) the bound chooses from, about sqrt(2) apart; only those a frame needs
-#: are computed (windows up to 32 px only cost Argoverse 2-4% RMSE on the real-data suite).
+#: Window radii (pixels) the bound chooses from, about sqrt(2) apart (windows up to 32 px only
+#: cost Argoverse 2-4% RMSE on the real-data suite); the CPU path grows only those a frame needs.
 WINDOW_RADII = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: A row or column pair of inputs enclosing a pixel bounds it when their gap (pixels) is at
 #: most PAIR_GAP_FACTOR x 2 x the pixel's nearest input distance + 2.
@@ -173,7 +173,8 @@ def _window_range(sparse: torch.Tensor, radius: torch.Tensor, wanted: torch.Tens
         pixels, needed = None, set(range(len(WINDOW_RADII)))
         level = torch.searchsorted(radii, radius.flatten().contiguous())
 
-    taken_low, taken_high = (torch.zeros_like(level, dtype=sparse.dtype) for _ in range(2))
+    if pixels is not None:  # the CPU's wanted pixels take the ranges of their level
+        taken_low, taken_high = (torch.zeros_like(level, dtype=sparse.dtype) for _ in range(2))
     low, high, previous, ranges = sparse, sparse, 0, []
     for index, size in enumerate(WINDOW_RADII[:max(needed, default=-1) + 1]):
         low, high = input_range(sparse if previous == 0 else None, size - previous, low, high,

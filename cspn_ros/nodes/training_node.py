@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import socket
 import sys
 from typing import Callable, Optional, Sequence
@@ -61,7 +60,7 @@ from cspn_ros.data.bag_samples import (SUPERVISIONS, BagTrainingSamples, Concate
 from cspn_ros.data.procedural import PATTERNS, ProceduralBatches, parse_pattern_weights
 from cspn_ros.model.checkpoint import load_checkpoint, load_weights
 from cspn_ros.train.batching import MixedBatches
-from cspn_ros.train.runtime import is_main_process
+from cspn_ros.train.runtime import distributed_ranks, is_main_process, training_device
 from cspn_ros.train.trainer import DEPTH_LOSSES, Trainer, TrainingError, TrainOptions
 
 LOGGER = logging.getLogger('training_node')
@@ -247,14 +246,9 @@ def bag_sets(args: argparse.Namespace, sources: dict
 def procedural_sets(args: argparse.Namespace) -> tuple[ProceduralBatches, ProceduralBatches]:
     """Training and validation batch sources for --procedural, on the training device (each
     torchrun process draws its own scenes)."""
-    import torch
     height, width = _crop(args.crop) or PROCEDURAL_SIZE
-    rank = int(os.environ.get('RANK', '0'))
-    device = args.device
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device == 'cuda' and 'LOCAL_RANK' in os.environ:
-        device = f'cuda:{os.environ["LOCAL_RANK"]}'
+    rank, world, local_rank = distributed_ranks()
+    device = training_device(args.device, local_rank, world)  # the trainer's device
     patterns = getattr(args, 'procedural_patterns', None)
     train_set = ProceduralBatches(args.procedural, args.batch_size, height, width, device,
                                   seed=args.seed + 7919 * rank, patterns=patterns)
